@@ -1,0 +1,110 @@
+package heartbeat
+
+import (
+	"encoding/binary"
+	"time"
+)
+
+// trackerSize is how many pings a Tracker keeps waiting for a pong.
+const trackerSize = 16
+
+type sentPing struct {
+	at     time.Time
+	ackSeq uint64
+	id     uint64 // RFC ping payload; 0 for a JSON ping
+}
+
+// Tracker pairs pongs with tether's own pings on one leg, for round-trip
+// times and delivery acknowledgement (SPEC §4 "provably received").
+//
+// Each ping records ackSeq, the number of data messages written to the
+// connection before it, and callers pass non-decreasing values. When its
+// pong arrives, every message with a sequence number below ackSeq is
+// acknowledged. A Tracker keeps the last 16 outstanding pings in a fixed
+// ring and never allocates; when the ring is full, the oldest outstanding
+// ping is dropped to make room, which loses nothing, because the pong of
+// any newer ping acknowledges at least as much.
+//
+// The zero value is ready to use. A Tracker is not safe for concurrent use:
+// the caller holds the leg's lock.
+type Tracker struct {
+	ring   [trackerSize]sentPing
+	head   int    // index of the oldest outstanding ping
+	n      int    // outstanding pings
+	lastID uint64 // last RFC ping payload handed out
+}
+
+func (t *Tracker) push(p sentPing) {
+	if t.n == trackerSize {
+		t.head = (t.head + 1) % trackerSize
+		t.n--
+	}
+	t.ring[(t.head+t.n)%trackerSize] = p
+	t.n++
+}
+
+// SentWS records an RFC 6455 ping sent at now and returns the payload to
+// send with it: a big-endian counter, unique for the Tracker's life (Reset
+// does not restart it, so a late pong from an old connection never matches).
+func (t *Tracker) SentWS(now time.Time, ackSeq uint64) [8]byte {
+	t.lastID++
+	t.push(sentPing{at: now, ackSeq: ackSeq, id: t.lastID})
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], t.lastID)
+	return b
+}
+
+// SentJSON records a JSON ping sent at now.
+func (t *Tracker) SentJSON(now time.Time, ackSeq uint64) {
+	t.push(sentPing{at: now, ackSeq: ackSeq})
+}
+
+// PongWS matches the payload of an RFC 6455 pong received at now to an
+// outstanding RFC ping. For an unknown payload (an unsolicited pong, a
+// wrong length, an already answered or dropped ping) ok is false and
+// nothing changes. On a match it returns the round-trip time (never
+// negative) and that ping's ackSeq, and forgets that ping and every older
+// outstanding ping of either kind.
+func (t *Tracker) PongWS(now time.Time, payload []byte) (rtt time.Duration, ackSeq uint64, ok bool) {
+	if len(payload) != 8 {
+		return 0, 0, false
+	}
+	id := binary.BigEndian.Uint64(payload)
+	if id == 0 {
+		return 0, 0, false
+	}
+	for k := range t.n {
+		if t.ring[(t.head+k)%trackerSize].id == id {
+			return t.answer(now, k)
+		}
+	}
+	return 0, 0, false
+}
+
+// PongJSON matches a JSON pong received at now to the oldest outstanding
+// JSON ping (JSON pongs carry no id), with the same contract as PongWS.
+func (t *Tracker) PongJSON(now time.Time) (rtt time.Duration, ackSeq uint64, ok bool) {
+	for k := range t.n {
+		if t.ring[(t.head+k)%trackerSize].id == 0 {
+			return t.answer(now, k)
+		}
+	}
+	return 0, 0, false
+}
+
+// answer completes the k-th oldest outstanding ping and forgets it and
+// every older one.
+func (t *Tracker) answer(now time.Time, k int) (time.Duration, uint64, bool) {
+	p := t.ring[(t.head+k)%trackerSize]
+	t.head = (t.head + k + 1) % trackerSize
+	t.n -= k + 1
+	return max(now.Sub(p.at), 0), p.ackSeq, true
+}
+
+// Outstanding reports how many pings await a pong.
+func (t *Tracker) Outstanding() int { return t.n }
+
+// Reset forgets every outstanding ping, for a new connection.
+func (t *Tracker) Reset() {
+	t.head, t.n = 0, 0
+}

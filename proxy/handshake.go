@@ -1,0 +1,175 @@
+package proxy
+
+import (
+	"encoding/base64"
+	"net"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"strings"
+)
+
+// hopHeaders are removed before a request is forwarded (RFC 9110 §7.6.1,
+// as in net/http/httputil), together with the WebSocket handshake headers
+// that tether sets itself on the upstream request (SPEC §2).
+var hopHeaders = []string{
+	"Connection",
+	"Proxy-Connection",
+	"Keep-Alive",
+	"Proxy-Authenticate",
+	"Proxy-Authorization",
+	"Te",
+	"Trailer",
+	"Transfer-Encoding",
+	"Upgrade",
+	"Host",
+	"Sec-Websocket-Key",
+	"Sec-Websocket-Version",
+	"Sec-Websocket-Extensions",
+	"Sec-Websocket-Protocol", // sent through the dialer's protocol list
+	"Sec-Websocket-Accept",
+	"Content-Length",
+}
+
+// headerHasToken reports whether a comma-separated header contains token,
+// case-insensitively (net/http/httputil's upgradeType does the same).
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// checkUpgrade validates a client handshake before anything is dialed
+// (SPEC §2). It returns 0 when the request is a valid WebSocket upgrade, or
+// the status to answer with.
+func checkUpgrade(r *http.Request) (status int, why string) {
+	if !headerHasToken(r.Header, "Connection", "upgrade") || !strings.EqualFold(strings.TrimSpace(r.Header.Get("Upgrade")), "websocket") {
+		return http.StatusUpgradeRequired, "a WebSocket upgrade is required"
+	}
+	if r.Method != http.MethodGet {
+		return http.StatusBadRequest, "the upgrade must be a GET"
+	}
+	if r.ProtoMajor != 1 || r.ProtoMinor < 1 {
+		return http.StatusBadRequest, "the upgrade needs HTTP/1.1"
+	}
+	switch v := r.Header.Values("Sec-Websocket-Version"); {
+	case len(v) == 0 || v[0] == "":
+		return http.StatusBadRequest, "missing Sec-WebSocket-Version"
+	case len(v) > 1 || strings.TrimSpace(v[0]) != "13":
+		return http.StatusUpgradeRequired, "unsupported Sec-WebSocket-Version"
+	}
+	keys := r.Header.Values("Sec-Websocket-Key")
+	if len(keys) != 1 {
+		return http.StatusBadRequest, "missing or repeated Sec-WebSocket-Key"
+	}
+	if k, err := base64.StdEncoding.DecodeString(strings.TrimSpace(keys[0])); err != nil || len(k) != 16 {
+		return http.StatusBadRequest, "bad Sec-WebSocket-Key"
+	}
+	return 0, ""
+}
+
+// originAllowed applies TETHER_ALLOWED_ORIGINS.
+func originAllowed(allowed []string, origin string) bool {
+	if origin == "" || len(allowed) == 0 {
+		return true
+	}
+	for _, a := range allowed {
+		a = strings.TrimSpace(a)
+		if a == "*" || strings.EqualFold(a, origin) {
+			return true
+		}
+	}
+	return false
+}
+
+// upstreamHeader builds the headers forwarded to the upstream: the
+// client's, minus hop-by-hop and handshake headers, plus X-Forwarded-*.
+func upstreamHeader(r *http.Request) http.Header {
+	h := r.Header.Clone()
+	for _, f := range h.Values("Connection") {
+		for _, name := range strings.Split(f, ",") {
+			if name = textproto.TrimString(name); name != "" {
+				h.Del(name)
+			}
+		}
+	}
+	for _, name := range hopHeaders {
+		h.Del(name)
+	}
+	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		if prior := r.Header.Values("X-Forwarded-For"); len(prior) > 0 {
+			ip = strings.Join(prior, ", ") + ", " + ip
+		}
+		h.Set("X-Forwarded-For", ip)
+	}
+	if r.TLS != nil {
+		h.Set("X-Forwarded-Proto", "https")
+	} else {
+		h.Set("X-Forwarded-Proto", "http")
+	}
+	h.Set("X-Forwarded-Host", r.Host)
+	return h
+}
+
+// offeredProtocols lists the client's Sec-WebSocket-Protocol values.
+func offeredProtocols(r *http.Request) []string {
+	var ps []string
+	for _, v := range r.Header.Values("Sec-Websocket-Protocol") {
+		for _, p := range strings.Split(v, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				ps = append(ps, p)
+			}
+		}
+	}
+	return ps
+}
+
+// targetURL joins the request's path and query onto base, like
+// net/http/httputil.NewSingleHostReverseProxy.
+func targetURL(base *url.URL, req *url.URL) string {
+	u := *base
+	u.Path, u.RawPath = joinURLPath(base, req)
+	switch {
+	case base.RawQuery == "":
+		u.RawQuery = req.RawQuery
+	case req.RawQuery != "":
+		u.RawQuery = base.RawQuery + "&" + req.RawQuery
+	}
+	u.User = base.User
+	return u.String()
+}
+
+func singleJoiningSlash(a, b string) string {
+	aslash := strings.HasSuffix(a, "/")
+	bslash := strings.HasPrefix(b, "/")
+	switch {
+	case aslash && bslash:
+		return a + b[1:]
+	case !aslash && !bslash:
+		return a + "/" + b
+	}
+	return a + b
+}
+
+// joinURLPath is net/http/httputil's, which SPEC §2 follows.
+func joinURLPath(a, b *url.URL) (path, rawpath string) {
+	if a.RawPath == "" && b.RawPath == "" {
+		return singleJoiningSlash(a.Path, b.Path), ""
+	}
+	apath := a.EscapedPath()
+	bpath := b.EscapedPath()
+	aslash := strings.HasSuffix(apath, "/")
+	bslash := strings.HasPrefix(bpath, "/")
+	switch {
+	case aslash && bslash:
+		return a.Path + b.Path[1:], apath + bpath[1:]
+	case !aslash && !bslash:
+		return a.Path + "/" + b.Path, apath + "/" + bpath
+	}
+	return a.Path + b.Path, apath + bpath
+}

@@ -1,0 +1,140 @@
+package proxy_test
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tether-proxy/tether/internal/leakcheck"
+	"github.com/tether-proxy/tether/proxy"
+)
+
+func TestMain(m *testing.M) { leakcheck.Main(m) }
+
+// backend is a gorilla/websocket server on 127.0.0.1.
+type backend struct {
+	*httptest.Server
+	URL string // ws://...
+
+	mu       sync.Mutex
+	requests []*http.Request
+	conns    []*websocket.Conn
+}
+
+// newBackend starts a backend whose handler runs per connection. A nil
+// handler echoes every message.
+func newBackend(t *testing.T, upgrader *websocket.Upgrader, handle func(c *websocket.Conn, r *http.Request)) *backend {
+	t.Helper()
+	if upgrader == nil {
+		upgrader = &websocket.Upgrader{}
+	}
+	if handle == nil {
+		handle = echo
+	}
+	b := &backend{}
+	b.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b.mu.Lock()
+		b.requests = append(b.requests, r.Clone(context.Background()))
+		b.mu.Unlock()
+		c, err := upgrader.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		b.mu.Lock()
+		b.conns = append(b.conns, c)
+		b.mu.Unlock()
+		defer c.Close()
+		handle(c, r)
+	}))
+	b.URL = "ws" + strings.TrimPrefix(b.Server.URL, "http")
+	t.Cleanup(func() {
+		b.CloseClientConnections()
+		b.Close()
+	})
+	return b
+}
+
+func (b *backend) lastRequest() *http.Request {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.requests) == 0 {
+		return nil
+	}
+	return b.requests[len(b.requests)-1]
+}
+
+func echo(c *websocket.Conn, _ *http.Request) {
+	for {
+		mt, p, err := c.ReadMessage()
+		if err != nil {
+			return
+		}
+		if err := c.WriteMessage(mt, p); err != nil {
+			return
+		}
+	}
+}
+
+// tether is a running proxy.Server on 127.0.0.1.
+type tether struct {
+	*proxy.Server
+	URL  string // ws://127.0.0.1:port
+	Addr string
+	reg  *prometheus.Registry
+	done chan struct{}
+}
+
+func startTether(t *testing.T, upstream string, mod func(*proxy.Config)) *tether {
+	t.Helper()
+	cfg, err := proxy.DefaultConfig(upstream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ListenAddr = "127.0.0.1:0"
+	if mod != nil {
+		mod(&cfg)
+	}
+	reg := prometheus.NewRegistry()
+	srv, err := proxy.New(cfg, proxy.Options{Registry: reg, Logger: testLogger(t), CloseWait: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tt := &tether{Server: srv, Addr: ln.Addr().String(), URL: "ws://" + ln.Addr().String(), reg: reg, done: make(chan struct{})}
+	go func() {
+		defer close(tt.done)
+		_ = srv.Serve(ln)
+	}()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		<-tt.done
+	})
+	return tt
+}
+
+func dial(t *testing.T, url string, h http.Header) *websocket.Conn {
+	t.Helper()
+	c, resp, err := websocket.DefaultDialer.Dial(url, h)
+	if err != nil {
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		t.Fatalf("dial %s: %v (status %d)", url, err, status)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}

@@ -1,0 +1,106 @@
+package proxy
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/tether-proxy/tether/session"
+)
+
+// Label values, spelled as in SPEC §6.
+const (
+	dirClientToUpstream = "client_to_upstream"
+	dirUpstreamToClient = "upstream_to_client"
+)
+
+// metrics holds SPEC §6's collectors, registered in the server's own
+// registry. Label children are resolved once, so the per-message path is a
+// pair of atomic adds.
+type metrics struct {
+	sessionsActive prometheus.Gauge
+	sessionsTotal  prometheus.Counter
+	msgUp, msgDown prometheus.Counter
+	bytUp, bytDown prometheus.Counter
+	pings          [2]prometheus.Counter
+	pongs          [2]prometheus.Counter
+	timeouts       [2]prometheus.Counter
+	rtt            [2]prometheus.Observer
+	reconnectOK    prometheus.Counter
+	reconnectFail  prometheus.Counter
+	buffered       prometheus.Gauge
+	overflows      prometheus.Counter
+	resent         prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	f := func(c prometheus.Collector) prometheus.Collector { reg.MustRegister(c); return c }
+	messages := f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_messages_total", Help: "Messages relayed, by direction."}, []string{"direction"})).(*prometheus.CounterVec)
+	bytes := f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_bytes_total", Help: "Message payload bytes relayed, by direction."}, []string{"direction"})).(*prometheus.CounterVec)
+	pings := f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_heartbeat_pings_sent_total", Help: "Heartbeat pings tether sent, by leg."}, []string{"leg"})).(*prometheus.CounterVec)
+	pongs := f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_heartbeat_pongs_received_total", Help: "Heartbeat pongs received, by leg."}, []string{"leg"})).(*prometheus.CounterVec)
+	timeouts := f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_heartbeat_timeouts_total", Help: "Legs found dead by their heartbeat timeout, by leg."}, []string{"leg"})).(*prometheus.CounterVec)
+	rtt := f(prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "tether_heartbeat_rtt_seconds",
+		Help:    "Round-trip time of tether's own pings, by leg.",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+	}, []string{"leg"})).(*prometheus.HistogramVec)
+	reconnects := f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_upstream_reconnects_total", Help: "Upstream reconnect attempts, by result."}, []string{"result"})).(*prometheus.CounterVec)
+	m := &metrics{
+		sessionsActive: f(prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_sessions_active", Help: "Sessions open now."})).(prometheus.Gauge),
+		sessionsTotal:  f(prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_sessions_total", Help: "Sessions opened since start."})).(prometheus.Counter),
+		msgUp:          messages.WithLabelValues(dirClientToUpstream),
+		msgDown:        messages.WithLabelValues(dirUpstreamToClient),
+		bytUp:          bytes.WithLabelValues(dirClientToUpstream),
+		bytDown:        bytes.WithLabelValues(dirUpstreamToClient),
+		reconnectOK:    reconnects.WithLabelValues("success"),
+		reconnectFail:  reconnects.WithLabelValues("failure"),
+		buffered:       f(prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_buffered_messages", Help: "Client messages held: buffered while reconnecting or retained until acknowledged."})).(prometheus.Gauge),
+		overflows:      f(prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_buffer_overflows_total", Help: "Sessions closed with 1013 because their buffer was full."})).(prometheus.Counter),
+		resent:         f(prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_resent_messages_total", Help: "Client messages sent again on a new upstream connection."})).(prometheus.Counter),
+	}
+	for i, leg := range []string{session.LegClient, session.LegUpstream} {
+		m.pings[i] = pings.WithLabelValues(leg)
+		m.pongs[i] = pongs.WithLabelValues(leg)
+		m.timeouts[i] = timeouts.WithLabelValues(leg)
+		m.rtt[i] = rtt.WithLabelValues(leg)
+	}
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func legIndex(leg string) int {
+	if leg == session.LegUpstream {
+		return 1
+	}
+	return 0
+}
+
+// The session.Metrics implementation.
+
+func (m *metrics) Message(toUpstream bool, n int) {
+	if toUpstream {
+		m.msgUp.Inc()
+		m.bytUp.Add(float64(n))
+		return
+	}
+	m.msgDown.Inc()
+	m.bytDown.Add(float64(n))
+}
+func (m *metrics) PingSent(leg string)         { m.pings[legIndex(leg)].Inc() }
+func (m *metrics) PongReceived(leg string)     { m.pongs[legIndex(leg)].Inc() }
+func (m *metrics) HeartbeatTimeout(leg string) { m.timeouts[legIndex(leg)].Inc() }
+func (m *metrics) RTT(leg string, d time.Duration) {
+	m.rtt[legIndex(leg)].Observe(d.Seconds())
+}
+func (m *metrics) Reconnect(ok bool) {
+	if ok {
+		m.reconnectOK.Inc()
+	} else {
+		m.reconnectFail.Inc()
+	}
+}
+func (m *metrics) Buffered(d int) { m.buffered.Add(float64(d)) }
+func (m *metrics) Overflow()      { m.overflows.Inc() }
+func (m *metrics) Resent(n int)   { m.resent.Add(float64(n)) }

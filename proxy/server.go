@@ -1,0 +1,469 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tether-proxy/tether/session"
+)
+
+// Options are a Server's collaborators. The zero value works: logs are
+// discarded and metrics go to a fresh registry.
+type Options struct {
+	Logger   *slog.Logger
+	Registry *prometheus.Registry
+	// Jitter replaces the reconnect backoff's random source (tests).
+	Jitter func(n int64) int64
+	// CloseWait bounds waits for Close replies; 0 means 3 s.
+	CloseWait time.Duration
+}
+
+// Server is tether's client-facing handler (SPEC §2) with its session
+// registry, metrics and drain (SPEC §5). Safe for concurrent use.
+type Server struct {
+	cfg       Config
+	log       *slog.Logger
+	reg       *prometheus.Registry
+	metrics   *metrics
+	env       *session.Env
+	clientTLS *tls.Config
+	upTLS     *tls.Config
+	preferred atomic.Int64 // index of the upstream URL that last worked
+
+	mu       sync.Mutex
+	sessions map[*entry]struct{}
+	draining bool
+	wg       sync.WaitGroup
+
+	ready atomic.Bool
+	http  *http.Server
+}
+
+type entry struct {
+	cancel context.CancelFunc
+	sess   *session.Session // nil while handshaking
+}
+
+// New validates cfg and builds a Server. Errors name the variable.
+func New(cfg Config, opts Options) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	reg := opts.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	clientTLS, err := cfg.serverTLS()
+	if err != nil {
+		return nil, err
+	}
+	upTLS, err := cfg.upstreamTLS()
+	if err != nil {
+		return nil, err
+	}
+	m := newMetrics(reg)
+	env, err := session.NewEnv(cfg.Session, log, m)
+	if err != nil {
+		return nil, err
+	}
+	env.Jitter = opts.Jitter
+	env.CloseWait = opts.CloseWait
+	s := &Server{
+		cfg:       cfg,
+		log:       log,
+		reg:       reg,
+		metrics:   m,
+		env:       env,
+		clientTLS: clientTLS,
+		upTLS:     upTLS,
+		sessions:  make(map[*entry]struct{}),
+	}
+	s.http = &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: cfg.HandshakeTimeout,
+		IdleTimeout:       cfg.HandshakeTimeout,
+		// net/http allows 4 KiB over MaxHeaderBytes: 32 KiB in all (SPEC §2).
+		MaxHeaderBytes: 28 << 10,
+		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		ConnContext: func(ctx context.Context, _ net.Conn) context.Context {
+			return context.WithValue(ctx, acceptKey{}, time.Now())
+		},
+	}
+	// The upgrade needs Hijack: HTTP/1.1 only.
+	s.http.Protocols = new(http.Protocols)
+	s.http.Protocols.SetHTTP1(true)
+	if cfg.UpstreamTLSInsecure {
+		log.Warn("upstream TLS certificate checks are off (TETHER_UPSTREAM_TLS_INSECURE)")
+	}
+	s.ready.Store(true)
+	return s, nil
+}
+
+type acceptKey struct{}
+
+// Serve accepts client connections on ln (wrapped in TLS when configured)
+// until Shutdown; it then returns nil.
+func (s *Server) Serve(ln net.Listener) error {
+	if s.clientTLS != nil {
+		ln = tls.NewListener(ln, s.clientTLS)
+	}
+	err := s.http.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Env exposes the shared session environment (tests and benchmarks).
+func (s *Server) Env() *session.Env { return s.env }
+
+// Ready reports whether the server accepts new sessions.
+func (s *Server) Ready() bool { return s.ready.Load() }
+
+// Sessions reports the registered sessions, handshakes included.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
+
+// AdminHandler serves /healthz, /readyz and /metrics (SPEC §6).
+func (s *Server) AdminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if !s.ready.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte("draining\n"))
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
+	return mux
+}
+
+// register reserves a session slot; it fails when draining or full.
+func (s *Server) register() (*entry, func(), int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining {
+		return nil, nil, http.StatusServiceUnavailable
+	}
+	if m := s.cfg.MaxSessions; m > 0 && len(s.sessions) >= m {
+		return nil, nil, http.StatusServiceUnavailable
+	}
+	e := &entry{}
+	s.sessions[e] = struct{}{}
+	s.wg.Add(1)
+	return e, func() {
+		s.mu.Lock()
+		delete(s.sessions, e)
+		s.mu.Unlock()
+		s.wg.Done()
+	}, 0
+}
+
+func newID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func httpError(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Connection", "close")
+	w.WriteHeader(status)
+	_, _ = w.Write([]byte(msg + "\n"))
+}
+
+// ServeHTTP handles one client handshake and then runs the session until
+// it ends (SPEC §2).
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if status, why := checkUpgrade(r); status != 0 {
+		if status == http.StatusUpgradeRequired {
+			w.Header().Set("Upgrade", "websocket")
+			w.Header().Set("Sec-WebSocket-Version", "13")
+		}
+		httpError(w, status, why)
+		return
+	}
+	if !originAllowed(s.cfg.AllowedOrigins, r.Header.Get("Origin")) {
+		httpError(w, http.StatusForbidden, "origin not allowed")
+		return
+	}
+	e, unregister, status := s.register()
+	if status != 0 {
+		w.Header().Set("Retry-After", "1")
+		httpError(w, status, "tether is not accepting sessions")
+		return
+	}
+	defer unregister()
+
+	id := newID()
+	log := s.log.With("session", id)
+	w.Header().Set("X-Tether-Session", id)
+
+	d := s.newDialer(r)
+	up, err := d.dial(r.Context(), true)
+	if err != nil {
+		var se ws.StatusError
+		if errors.As(err, &se) {
+			log.Info("upstream refused the handshake", "code", int(se), "err", err)
+			httpError(w, int(se), http.StatusText(int(se)))
+			return
+		}
+		log.Warn("upstream unreachable", "err", err)
+		httpError(w, http.StatusBadGateway, "upstream unreachable")
+		return
+	}
+
+	h := http.Header{"X-Tether-Session": {id}}
+	if len(d.cookies) > 0 {
+		h["Set-Cookie"] = d.cookies
+	}
+	upgrader := ws.HTTPUpgrader{Header: h, Timeout: s.remaining(r)}
+	if up.Protocol != "" {
+		proto := up.Protocol
+		upgrader.Protocol = func(p string) bool { return p == proto }
+	}
+	conn, rw, _, err := upgrader.Upgrade(r, w)
+	if err != nil {
+		if conn != nil {
+			_ = conn.Close()
+		}
+		_ = up.Conn.Close()
+		log.Info("client upgrade failed", "err", err)
+		return
+	}
+	buffered := drain(rw.Reader)
+
+	sess := session.New(s.env, id, conn, buffered, up, func(ctx context.Context) (session.Upstream, error) {
+		return d.dial(ctx, false)
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s.mu.Lock()
+	e.cancel, e.sess = cancel, sess
+	draining := s.draining
+	s.mu.Unlock()
+	if draining {
+		cancel()
+	}
+	s.metrics.sessionsTotal.Inc()
+	s.metrics.sessionsActive.Inc()
+	defer s.metrics.sessionsActive.Dec()
+	sess.Run(ctx)
+}
+
+// remaining is what is left of the handshake deadline (SPEC §1
+// TETHER_HANDSHAKE_TIMEOUT, counted from TCP accept).
+func (s *Server) remaining(r *http.Request) time.Duration {
+	t, ok := r.Context().Value(acceptKey{}).(time.Time)
+	if !ok {
+		return s.cfg.HandshakeTimeout
+	}
+	left := time.Until(t.Add(s.cfg.HandshakeTimeout))
+	if left < 100*time.Millisecond {
+		left = 100 * time.Millisecond
+	}
+	return left
+}
+
+// drain copies the bytes a bufio.Reader holds beyond the handshake.
+func drain(br *bufio.Reader) []byte {
+	if br == nil || br.Buffered() == 0 {
+		return nil
+	}
+	p, _ := br.Peek(br.Buffered())
+	return append([]byte(nil), p...)
+}
+
+// upstreamDialer dials the upstream for one session, replaying the
+// client's request (SPEC §2, §4).
+type upstreamDialer struct {
+	s         *Server
+	reqURL    string // path and query of the client request
+	r         *http.Request
+	header    ws.HandshakeHeaderHTTP
+	protocols []string
+	next      int      // rotation index (reconnect loop only: one goroutine)
+	cookies   []string // Set-Cookie of the first 101
+}
+
+func (s *Server) newDialer(r *http.Request) *upstreamDialer {
+	return &upstreamDialer{
+		s:         s,
+		r:         r,
+		header:    ws.HandshakeHeaderHTTP(upstreamHeader(r)),
+		protocols: offeredProtocols(r),
+		next:      int(s.preferred.Load()),
+	}
+}
+
+// dial dials the upstream. The first dial tries every URL in turn from the
+// one that last worked; a reconnect attempt dials one URL, the next in
+// rotation after a failure.
+func (d *upstreamDialer) dial(ctx context.Context, first bool) (session.Upstream, error) {
+	urls := d.s.cfg.UpstreamURLs
+	tries := 1
+	if first {
+		tries = len(urls)
+	}
+	var lastErr error
+	for i := 0; i < tries; i++ {
+		idx := d.next % len(urls)
+		up, err := d.dialOne(ctx, idx, first)
+		if err == nil {
+			d.s.preferred.Store(int64(idx))
+			return up, nil
+		}
+		lastErr = err
+		var se ws.StatusError
+		if errors.As(err, &se) {
+			if !first && int(se) >= 400 && int(se) < 500 {
+				return up, fmt.Errorf("%w: %w", session.ErrUpstreamRejected, err)
+			}
+			if first {
+				return up, err // the client gets that same status
+			}
+		}
+		d.next = idx + 1
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return session.Upstream{}, lastErr
+}
+
+func (d *upstreamDialer) dialOne(ctx context.Context, idx int, first bool) (session.Upstream, error) {
+	base := d.s.cfg.UpstreamURLs[idx]
+	target := targetURL(base, d.r.URL)
+	var cookies []string
+	dialer := ws.Dialer{
+		Timeout:   d.s.cfg.DialTimeout,
+		Protocols: d.protocols,
+		Header:    d.header,
+		TLSConfig: d.s.upTLS,
+		OnHeader: func(key, value []byte) error {
+			if first && strings.EqualFold(string(key), "Set-Cookie") {
+				cookies = append(cookies, string(value))
+			}
+			return nil
+		},
+	}
+	conn, br, hs, err := dialer.Dial(ctx, target)
+	if err != nil {
+		if conn != nil {
+			_ = conn.Close()
+		}
+		return session.Upstream{}, fmt.Errorf("dial upstream %s: %w", base.Host, err)
+	}
+	buffered := drain(br)
+	if br != nil {
+		ws.PutReader(br)
+	}
+	if first {
+		d.cookies = cookies
+	}
+	return session.Upstream{Conn: conn, Buffered: buffered, Protocol: hs.Protocol, Host: base.Host}, nil
+}
+
+// Shutdown drains (SPEC §5): /readyz turns 503, the listener closes, new
+// handshakes get 503, and sessions are closed (client 1012, upstream 1001)
+// spread over TETHER_SHUTDOWN_SPREAD. It returns when every session has
+// ended or ctx is done, after which the remaining sessions are closed at
+// once.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.ready.Store(false)
+	s.mu.Lock()
+	s.draining = true
+	var entries []*entry
+	for e := range s.sessions {
+		if e.cancel != nil {
+			entries = append(entries, e)
+		}
+	}
+	s.mu.Unlock()
+
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- s.http.Shutdown(ctx) }()
+
+	spread := s.cfg.ShutdownSpread
+	if half := s.cfg.ShutdownTimeout / 2; spread > half {
+		spread = half
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		if half := time.Until(dl) / 2; spread > half {
+			spread = half
+		}
+	}
+	s.log.Info("draining", "sessions", len(entries), "spread", spread)
+	start := time.Now()
+	for i, e := range entries {
+		if len(entries) > 1 && spread > 0 {
+			at := start.Add(spread * time.Duration(i) / time.Duration(len(entries)))
+			if !sleepUntil(ctx, at) {
+				break
+			}
+		}
+		e.cancel()
+	}
+	// Sessions still handshaking when the drain began are cancelled as
+	// they register (ServeHTTP checks draining).
+
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.mu.Lock()
+		for e := range s.sessions {
+			if e.sess != nil {
+				e.sess.Close()
+			}
+		}
+		s.mu.Unlock()
+		<-done
+	}
+	return <-httpDone
+}
+
+func sleepUntil(ctx context.Context, t time.Time) bool {
+	d := time.Until(t)
+	if d <= 0 {
+		return true
+	}
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-tm.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

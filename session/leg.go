@@ -1,0 +1,375 @@
+package session
+
+import (
+	"bufio"
+	"errors"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/tether-proxy/tether/heartbeat"
+)
+
+// Leg names, as used in logs and metric labels (SPEC §6).
+const (
+	LegClient   = "client"
+	LegUpstream = "upstream"
+)
+
+// pending control work, left by a goroutine that could not take the write
+// lock for the goroutine that holds it.
+const (
+	pendPong     uint32 = 1 << iota // RFC pong with the latest ping payload
+	pendJSONPong                    // JSON pong
+	pendPingWS                      // RFC ping
+	pendPingJSON                    // JSON ping
+)
+
+var errLegClosed = errors.New("leg closed")
+
+// leg is one WebSocket connection of a session: the client leg, or one
+// generation of the upstream leg.
+//
+// Writes: a leg has a write lock (a 1-slot channel, so that a goodbye
+// write can give up waiting). It is held for one frame write under a write
+// deadline and never across anything else. Control frames that another
+// goroutine wants written (pongs, heartbeat pings) are left as flags in
+// pending; whoever holds or next takes the lock writes them before it
+// releases it (see unlock). Reads: only the leg's read loop reads.
+type leg struct {
+	s      *Session
+	name   string // LegClient or LegUpstream
+	conn   net.Conn
+	br     *bufio.Reader
+	fr     frameReader
+	mask   bool   // frames we send are masked (we are the client side)
+	gen    uint64 // upstream generation; 0 for the client leg
+	hb     heartbeat.Config
+	wt     time.Duration // write timeout
+	closeW time.Duration // how long to wait for a Close reply
+
+	wlock   chan struct{}
+	hdr     [14]byte
+	bufs    net.Buffers
+	bufArr  [2][]byte
+	werr    error  // sticky write error, under wlock
+	ackMark uint64 // seq+1 of the last data message written, under wlock
+	closed  bool   // a Close frame was written, under wlock
+
+	pending atomic.Uint32
+
+	ctl      sync.Mutex // guards the fields below
+	pong     [125]byte
+	pongN    int
+	jsonPong []byte
+	tracker  heartbeat.Tracker
+
+	closing   atomic.Bool  // a Close was sent or the leg is being torn down
+	closeDL   atomic.Int64 // read deadline (unix nano) once closing
+	timer     *time.Timer
+	timerStop atomic.Bool
+	failed    atomic.Pointer[error] // why the leg was torn down by a writer
+}
+
+func newLeg(s *Session, name string, conn net.Conn, buffered []byte, fromClient bool, hb heartbeat.Config) *leg {
+	l := &leg{
+		s:      s,
+		name:   name,
+		conn:   conn,
+		mask:   !fromClient,
+		hb:     hb,
+		wt:     s.cfg.WriteTimeout,
+		closeW: s.env.closeWait(),
+		wlock:  make(chan struct{}, 1),
+	}
+	l.br = bufio.NewReaderSize(&legReader{l: l, pre: buffered}, 4096)
+	l.fr = frameReader{br: l.br, fromClient: fromClient, max: int64(s.cfg.MaxMessageBytes)}
+	return l
+}
+
+// legReader refreshes the liveness deadline before every socket read, so
+// that any byte received, including bytes of a frame still arriving, keeps
+// the leg alive (SPEC §3). It needs no goroutine and no timer of its own.
+type legReader struct {
+	l   *leg
+	pre []byte // bytes read past the handshake, served first
+}
+
+func (r *legReader) Read(p []byte) (int, error) {
+	if len(r.pre) > 0 {
+		n := copy(p, r.pre)
+		r.pre = r.pre[n:]
+		return n, nil
+	}
+	l := r.l
+	if !l.closing.Load() {
+		if t := l.hb.Timeout; l.hb.Mode.On() && t > 0 {
+			_ = l.conn.SetReadDeadline(time.Now().Add(t))
+		}
+		if l.closing.Load() { // lost a race with beginClose
+			_ = l.conn.SetReadDeadline(time.Unix(0, l.closeDL.Load()))
+		}
+	}
+	return l.conn.Read(p)
+}
+
+func (l *leg) lock() { l.wlock <- struct{}{} }
+
+func (l *leg) tryLock() bool {
+	select {
+	case l.wlock <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (l *leg) lockTimeout(d time.Duration) bool {
+	if l.tryLock() {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case l.wlock <- struct{}{}:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// unlock writes the control frames other goroutines left in pending, then
+// releases the lock. A flag set after the last check is picked up by the
+// goroutine that set it (its tryLock succeeds) or by the next holder.
+func (l *leg) unlock() {
+	for {
+		if l.pending.Load() != 0 {
+			l.flushControlLocked()
+		}
+		err := l.werr
+		<-l.wlock
+		if err != nil {
+			l.fail(err)
+			return
+		}
+		if l.pending.Load() == 0 || !l.tryLock() {
+			return
+		}
+	}
+}
+
+// signal asks for control work to be done as soon as the write lock is
+// free, without waiting for it.
+func (l *leg) signal(flags uint32) {
+	l.pending.Or(flags)
+	if l.tryLock() {
+		l.unlock()
+	}
+}
+
+// fail tears the leg down after a write error: it records why and closes
+// the connection, so that the leg's read loop (the only goroutine that
+// decides about a leg) returns and handles it. Safe from any goroutine.
+func (l *leg) fail(err error) {
+	if l.failed.CompareAndSwap(nil, &err) {
+		_ = l.conn.Close()
+	}
+}
+
+// failure returns the error recorded by fail, or nil.
+func (l *leg) failure() error {
+	if p := l.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// writeFrameLocked writes one final frame. The caller holds the lock.
+func (l *leg) writeFrameLocked(op ws.OpCode, p []byte, deadline time.Duration) error {
+	if l.werr != nil {
+		return l.werr
+	}
+	var key [4]byte
+	if l.mask {
+		k := rand.Uint32()
+		key = [4]byte{byte(k), byte(k >> 8), byte(k >> 16), byte(k >> 24)}
+		ws.Cipher(p, key, 0)
+	}
+	l.bufArr[0] = putHeader(&l.hdr, op, len(p), l.mask, key)
+	l.bufArr[1] = p
+	l.bufs = l.bufArr[:]
+	_ = l.conn.SetWriteDeadline(time.Now().Add(deadline))
+	_, err := l.bufs.WriteTo(l.conn)
+	l.bufArr = [2][]byte{}
+	if l.mask {
+		ws.Cipher(p, key, 0) // restore the caller's bytes
+	}
+	if err != nil {
+		l.werr = err
+	}
+	return err
+}
+
+// writeData writes one data message. seq is the session sequence number
+// of a client message (used for acknowledgement) or 0 for upstream
+// messages. It blocks while another frame is being written.
+func (l *leg) writeData(op ws.OpCode, p []byte, seq uint64) error {
+	l.lock()
+	var err error
+	if l.closed {
+		err = errLegClosed
+	} else if err = l.writeFrameLocked(op, p, l.wt); err == nil && seq >= l.ackMark {
+		l.ackMark = seq + 1
+	}
+	l.unlock()
+	return err
+}
+
+// flushControlLocked writes the pending control frames. Pongs go first:
+// they answer the peer; pings after.
+func (l *leg) flushControlLocked() {
+	f := l.pending.Swap(0)
+	if l.werr != nil || l.closed {
+		return
+	}
+	s := l.s
+	if f&pendPong != 0 {
+		var buf [125]byte
+		l.ctl.Lock()
+		n := copy(buf[:], l.pong[:l.pongN])
+		l.ctl.Unlock()
+		if l.writeFrameLocked(ws.OpPong, buf[:n], l.wt) != nil {
+			return
+		}
+	}
+	if f&pendJSONPong != 0 {
+		l.ctl.Lock()
+		p := l.jsonPong
+		l.jsonPong = nil
+		l.ctl.Unlock()
+		if p != nil && l.writeFrameLocked(ws.OpText, p, l.wt) != nil {
+			return
+		}
+	}
+	if f&pendPingWS != 0 {
+		l.ctl.Lock()
+		payload := l.tracker.SentWS(time.Now(), l.ackMark)
+		l.ctl.Unlock()
+		if l.writeFrameLocked(ws.OpPing, payload[:], l.wt) != nil {
+			return
+		}
+		s.pingSent(l)
+	}
+	if f&pendPingJSON != 0 {
+		l.ctl.Lock()
+		l.tracker.SentJSON(time.Now(), l.ackMark)
+		l.ctl.Unlock()
+		ping := s.env.Messages.Ping()
+		// writeFrameLocked masks in place; never mask the shared bytes.
+		var tmp []byte
+		if l.mask {
+			tmp = make([]byte, len(ping))
+			copy(tmp, ping)
+		} else {
+			tmp = ping
+		}
+		if l.writeFrameLocked(ws.OpText, tmp, l.wt) != nil {
+			return
+		}
+		s.pingSent(l)
+	}
+}
+
+// queuePong records the latest RFC ping payload to answer (RFC 6455
+// §5.5.3: only the latest needs an answer, so a ping flood costs nothing).
+func (l *leg) queuePong(p []byte) {
+	l.ctl.Lock()
+	l.pongN = copy(l.pong[:], p)
+	l.ctl.Unlock()
+	l.signal(pendPong)
+}
+
+// queueJSONPong records the JSON pong answering ping (latest wins).
+func (l *leg) queueJSONPong(ping []byte) {
+	l.ctl.Lock()
+	l.jsonPong = l.s.env.Messages.AppendPong(l.jsonPong[:0:0], ping)
+	l.ctl.Unlock()
+	l.signal(pendJSONPong)
+}
+
+// startHeartbeat arms the leg's ping timer (no goroutine until it fires).
+func (l *leg) startHeartbeat() {
+	if !l.hb.Mode.On() {
+		return
+	}
+	l.timer = time.AfterFunc(l.hb.Interval, l.tick)
+}
+
+func (l *leg) tick() {
+	if l.timerStop.Load() {
+		return
+	}
+	var f uint32
+	if l.hb.Mode.SendsWS() {
+		f |= pendPingWS
+	}
+	if l.hb.Mode.SendsJSON() {
+		f |= pendPingJSON
+	}
+	l.signal(f)
+	if !l.timerStop.Load() {
+		l.timer.Reset(l.hb.Interval)
+	}
+}
+
+// earlyPing sends a ping now (SPEC §4: retained bytes past half the limit).
+func (l *leg) earlyPing() {
+	var f uint32
+	if l.hb.Mode.SendsWS() {
+		f |= pendPingWS
+	} else if l.hb.Mode.SendsJSON() {
+		f |= pendPingJSON
+	}
+	if f != 0 {
+		l.signal(f)
+	}
+}
+
+func (l *leg) stopHeartbeat() {
+	l.timerStop.Store(true)
+	if l.timer != nil {
+		l.timer.Stop()
+	}
+}
+
+// writeClose sends a Close frame, waiting at most d for the write lock and
+// d for the write, and marks the leg closing so that its read loop waits at
+// most closeW for the peer's reply. It reports whether the frame was
+// written.
+func (l *leg) writeClose(c CloseError, d time.Duration) bool {
+	l.beginClose(l.closeW)
+	if !l.lockTimeout(d) {
+		return false
+	}
+	ok := false
+	if !l.closed && l.werr == nil {
+		l.pending.Store(0)
+		ok = l.writeFrameLocked(ws.OpClose, closePayload(c), d) == nil
+	}
+	l.closed = true
+	<-l.wlock
+	return ok
+}
+
+// beginClose stops the heartbeat and bounds the remaining read time.
+func (l *leg) beginClose(wait time.Duration) {
+	l.stopHeartbeat()
+	dl := time.Now().Add(wait)
+	l.closeDL.Store(dl.UnixNano())
+	l.closing.Store(true)
+	_ = l.conn.SetReadDeadline(dl)
+}

@@ -1,0 +1,571 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+	"golang.org/x/time/rate"
+
+	"github.com/tether-proxy/tether/heartbeat"
+)
+
+// Metrics receives what sessions count (SPEC §6). Implementations must be
+// safe for concurrent use and cheap: they are called per message.
+type Metrics interface {
+	Message(toUpstream bool, bytes int)
+	PingSent(leg string)
+	PongReceived(leg string)
+	RTT(leg string, rtt time.Duration)
+	HeartbeatTimeout(leg string)
+	Reconnect(success bool)
+	Buffered(delta int)
+	Overflow()
+	Resent(n int)
+}
+
+// NopMetrics counts nothing.
+type NopMetrics struct{}
+
+func (NopMetrics) Message(bool, int)         {}
+func (NopMetrics) PingSent(string)           {}
+func (NopMetrics) PongReceived(string)       {}
+func (NopMetrics) RTT(string, time.Duration) {}
+func (NopMetrics) HeartbeatTimeout(string)   {}
+func (NopMetrics) Reconnect(bool)            {}
+func (NopMetrics) Buffered(int)              {}
+func (NopMetrics) Overflow()                 {}
+func (NopMetrics) Resent(int)                {}
+
+// Upstream is an upgraded upstream connection.
+type Upstream struct {
+	Conn     net.Conn
+	Buffered []byte // bytes read past the handshake, to be read first
+	Protocol string // subprotocol the upstream selected
+	Host     string // for logs: host only, never userinfo or query
+}
+
+// DialFunc dials the upstream again for a session, replaying the original
+// request; each call is one attempt (proxy rotates over the URLs). An error
+// that wraps ErrUpstreamRejected (a 4xx answer) ends the session.
+type DialFunc func(ctx context.Context) (Upstream, error)
+
+// Sentinels that change what a session does.
+var (
+	ErrUpstreamRejected  = errors.New("upstream rejected the handshake")
+	ErrBufferOverflow    = errors.New("buffer overflow")
+	ErrAttemptsExhausted = errors.New("reconnect attempts exhausted")
+	ErrHeartbeatTimeout  = errors.New("heartbeat timeout")
+)
+
+// Env is what all sessions of a process share. Safe for concurrent use
+// once built; do not change its fields after the first session starts.
+type Env struct {
+	Config   Config              // validated
+	Messages *heartbeat.Messages // JSON ping/pong
+	Logger   *slog.Logger
+	Metrics  Metrics
+	// Limiter is the process-wide reconnect dial rate; nil = unlimited.
+	Limiter *rate.Limiter
+	// Jitter returns a random number in [0, n); nil uses math/rand/v2.
+	Jitter func(n int64) int64
+	// CloseWait bounds the wait for a peer's Close reply; 0 means 3 s.
+	CloseWait time.Duration
+
+	total atomic.Int64 // buffered + retained bytes of all sessions
+}
+
+// NewEnv validates cfg and builds an Env with its defaults filled in.
+func NewEnv(cfg Config, logger *slog.Logger, m Metrics) (*Env, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	msgs, err := heartbeat.NewMessages(cfg.PingMessage, cfg.PongMessage)
+	if err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if m == nil {
+		m = NopMetrics{}
+	}
+	e := &Env{Config: cfg, Messages: msgs, Logger: logger, Metrics: m}
+	if r := cfg.Reconnect.Rate; r > 0 {
+		burst := int(r)
+		if burst < 1 {
+			burst = 1
+		}
+		e.Limiter = rate.NewLimiter(rate.Limit(r), burst)
+	}
+	return e, nil
+}
+
+// BufferedBytes reports the bytes all sessions buffer and retain.
+func (e *Env) BufferedBytes() int64 { return e.total.Load() }
+
+func (e *Env) closeWait() time.Duration {
+	if e.CloseWait > 0 {
+		return e.CloseWait
+	}
+	return 3 * time.Second
+}
+
+func (e *Env) jitter(n int64) int64 {
+	if n <= 0 {
+		return 0
+	}
+	if e.Jitter != nil {
+		return e.Jitter(n)
+	}
+	return rand.Int64N(n)
+}
+
+type state uint8
+
+const (
+	stateConnected    state = iota
+	stateReconnecting       // includes re-sending on a new connection
+	stateClosed
+)
+
+// qmsg is a client message held by the session: buffered while
+// reconnecting or retained until acknowledged. The queue owns p.
+type qmsg struct {
+	seq  uint64
+	op   ws.OpCode
+	p    []byte
+	sent bool // written to some upstream connection at least once
+}
+
+// Session relays one client leg to a replaceable upstream leg.
+//
+// Goroutines: Run reads the client leg; one read loop per upstream
+// connection; a reconnect loop only while reconnecting; heartbeat timers
+// run callbacks briefly when they fire. Run waits for all of them. All
+// session state is under mu; legs' writes are under their own locks, never
+// taken while holding mu.
+type Session struct {
+	id   string
+	cfg  *Config
+	env  *Env
+	log  *slog.Logger
+	dial DialFunc
+
+	client *leg
+
+	mu          sync.Mutex
+	cond        sync.Cond
+	state       state
+	up          *leg
+	gen         uint64
+	protocol    string
+	q           []*qmsg // in order; q[:unsent] were written to the current connection
+	unsent      int
+	qBytes      int64
+	replay      []*qmsg // first ReplayFirst messages, kept for the session's life
+	nextSeq     uint64
+	earlyPinged bool
+	lostInFlush bool
+	lostAt      time.Time
+	closeInfo   closeInfo
+
+	curGen      atomic.Uint64
+	closed      atomic.Bool
+	dropReplies atomic.Int64
+
+	ctx    context.Context // cancelled when the session ends
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	force  *time.Timer
+	upHost string
+}
+
+type closeInfo struct {
+	why      string
+	client   CloseError
+	upstream CloseError
+}
+
+// New builds a session over an upgraded client connection and its first
+// upstream connection. clientBuffered holds bytes read past the client's
+// handshake. Run starts it.
+func New(env *Env, id string, client net.Conn, clientBuffered []byte, up Upstream, dial DialFunc) *Session {
+	s := &Session{
+		id:       id,
+		cfg:      &env.Config,
+		env:      env,
+		log:      env.Logger.With("session", id),
+		dial:     dial,
+		protocol: up.Protocol,
+		upHost:   up.Host,
+	}
+	s.cond.L = &s.mu
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.client = newLeg(s, LegClient, client, clientBuffered, true, s.cfg.ClientHeartbeat)
+	s.installLocked(up)
+	return s
+}
+
+// ID returns the session id.
+func (s *Session) ID() string { return s.id }
+
+func (s *Session) retention() bool { return s.cfg.UpstreamHeartbeat.Mode.On() }
+
+// installLocked makes up the current upstream leg. The caller holds mu or
+// owns s exclusively.
+func (s *Session) installLocked(up Upstream) *leg {
+	u := newLeg(s, LegUpstream, up.Conn, up.Buffered, false, s.cfg.UpstreamHeartbeat)
+	s.gen++
+	u.gen = s.gen
+	s.up = u
+	s.curGen.Store(s.gen)
+	s.upHost = up.Host
+	return u
+}
+
+// Run relays until the session ends and every goroutine it started has
+// returned. Cancelling ctx drains the session: the client gets Close 1012,
+// the upstream Close 1001.
+func (s *Session) Run(ctx context.Context) {
+	s.log.Info("session open", "remote", s.client.conn.RemoteAddr().String(), "upstream", s.upHost)
+	stop := context.AfterFunc(ctx, func() {
+		s.end(act{kind: actSend, ce: CloseError{Code: CloseServiceRestart, Reason: "tether shutting down"}},
+			act{kind: actSend, ce: CloseError{Code: CloseGoingAway, Reason: "tether shutting down"}}, "shutdown")
+	})
+	up := s.up
+	s.wg.Add(1)
+	go s.upstreamLoop(up)
+	s.client.startHeartbeat()
+	up.startHeartbeat()
+
+	err := s.guard(s.clientLoop)
+	stop()
+	s.clientDone(err)
+	_ = s.client.conn.Close()
+	s.wg.Wait()
+	s.cancel()
+	s.mu.Lock()
+	if s.force != nil {
+		s.force.Stop()
+	}
+	ci := s.closeInfo
+	s.mu.Unlock()
+	s.log.Info("session closed", "why", ci.why,
+		"code", codeAttr(ci.client), "reason", ci.client.Reason,
+		"upstream_code", codeAttr(ci.upstream))
+}
+
+func codeAttr(c CloseError) int {
+	if c.NoCode {
+		return int(CloseNoStatus)
+	}
+	return int(c.Code)
+}
+
+// Close tears the session down at once (drain deadline passed).
+func (s *Session) Close() {
+	s.end(act{kind: actDrop}, act{kind: actDrop}, "forced")
+	s.forceClose()
+}
+
+func (s *Session) forceClose() {
+	_ = s.client.conn.Close()
+	s.mu.Lock()
+	up := s.up
+	s.mu.Unlock()
+	if up != nil {
+		_ = up.conn.Close()
+	}
+}
+
+// guard turns a panic in f into an error that closes both legs with 1011.
+func (s *Session) guard(f func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("session panic", "err", fmt.Sprint(r), "stack", string(debug.Stack()))
+			ce := CloseError{Code: CloseInternalError, Reason: "tether internal error"}
+			s.end(act{kind: actSendNoWait, ce: ce}, act{kind: actSendNoWait, ce: ce}, "panic")
+			err = nil
+		}
+	}()
+	return f()
+}
+
+// clientLoop reads the client leg until it ends.
+func (s *Session) clientLoop() error {
+	c := s.client
+	answerJSON := s.cfg.ClientHeartbeat.Mode.AnswersJSON()
+	for {
+		ev, op, p, frag, ce, err := c.fr.next()
+		if err != nil {
+			return err
+		}
+		switch ev {
+		case evPing:
+			c.queuePong(p)
+		case evPong:
+			s.pong(c, p, false)
+		case evClose:
+			if c.closing.Load() {
+				return nil // the reply to our Close
+			}
+			s.end(act{kind: actReply, ce: *ce}, act{kind: actSend, ce: *ce}, "client closed")
+			return nil
+		case evData:
+			if s.closed.Load() {
+				continue
+			}
+			if answerJSON && op == ws.OpText && !frag {
+				switch s.env.Messages.Classify(p) {
+				case heartbeat.KindPing:
+					c.queueJSONPong(p)
+					continue
+				case heartbeat.KindPong:
+					s.pong(c, nil, true)
+					continue
+				}
+			}
+			s.toUpstream(op, p)
+			c.fr.release()
+		}
+	}
+}
+
+// clientDone ends the session after the client loop returned err.
+func (s *Session) clientDone(err error) {
+	if err == nil || s.closed.Load() {
+		return
+	}
+	upAct := act{kind: actSend, ce: CloseError{Code: CloseGoingAway, Reason: "client gone"}}
+	var pe *protocolError
+	switch {
+	case s.client.failure() != nil:
+		s.end(act{kind: actDrop}, upAct, "client write failed: "+s.client.failure().Error())
+	case errors.As(err, &pe):
+		s.end(act{kind: actSendNoWait, ce: CloseError{Code: pe.Code, Reason: pe.msg}}, upAct, "client protocol error: "+pe.msg)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		s.env.Metrics.HeartbeatTimeout(LegClient)
+		s.log.Warn("heartbeat timeout", "leg", LegClient, "timeout", s.cfg.ClientHeartbeat.Timeout)
+		s.end(act{kind: actSendNoWait, ce: CloseError{Code: CloseGoingAway, Reason: "heartbeat timeout"}}, upAct, "client heartbeat timeout")
+	default:
+		s.end(act{kind: actDrop}, upAct, "client connection lost")
+	}
+}
+
+// pong handles a pong from l's peer: RTT and, upstream, acknowledgement.
+func (s *Session) pong(l *leg, payload []byte, isJSON bool) {
+	now := time.Now()
+	l.ctl.Lock()
+	var rtt time.Duration
+	var ack uint64
+	var ok bool
+	if isJSON {
+		rtt, ack, ok = l.tracker.PongJSON(now)
+	} else {
+		rtt, ack, ok = l.tracker.PongWS(now, payload)
+	}
+	l.ctl.Unlock()
+	s.env.Metrics.PongReceived(l.name)
+	if !ok {
+		return
+	}
+	s.env.Metrics.RTT(l.name, rtt)
+	if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		s.log.Debug("pong received", "leg", l.name, "rtt", rtt)
+	}
+	if l.name == LegUpstream {
+		s.ack(l.gen, ack)
+	}
+}
+
+func (s *Session) pingSent(l *leg) {
+	s.env.Metrics.PingSent(l.name)
+	if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		s.log.Debug("ping sent", "leg", l.name)
+	}
+}
+
+// upstreamLoop reads one upstream connection until it ends.
+func (s *Session) upstreamLoop(u *leg) {
+	defer s.wg.Done()
+	defer u.conn.Close()
+	err := s.guard(func() error { return s.upstreamRead(u) })
+	if err != nil {
+		s.upstreamErr(u, err)
+	}
+}
+
+func (s *Session) upstreamRead(u *leg) error {
+	answerJSON := s.cfg.UpstreamHeartbeat.Mode.AnswersJSON()
+	for {
+		ev, op, p, frag, ce, err := u.fr.next()
+		if err != nil {
+			return err
+		}
+		switch ev {
+		case evPing:
+			u.queuePong(p)
+		case evPong:
+			s.pong(u, p, false)
+		case evClose:
+			if u.closing.Load() {
+				return nil
+			}
+			code := ce.Code
+			if ce.NoCode {
+				code = CloseNoStatus
+			}
+			if s.cfg.Reconnect.OnCodes.Has(code) {
+				u.writeClose(*ce, s.goodbye())
+				s.upstreamLost(u, fmt.Sprintf("upstream closed with %d", code))
+				return nil
+			}
+			s.end(act{kind: actSend, ce: *ce}, act{kind: actReply, ce: *ce}, "upstream closed")
+			return nil
+		case evData:
+			if s.closed.Load() || s.curGen.Load() != u.gen {
+				continue
+			}
+			if answerJSON && op == ws.OpText && !frag {
+				switch s.env.Messages.Classify(p) {
+				case heartbeat.KindPing:
+					u.queueJSONPong(p)
+					continue
+				case heartbeat.KindPong:
+					s.pong(u, nil, true)
+					continue
+				}
+			}
+			if s.dropReplies.Load() > 0 && s.dropReplies.Add(-1) >= 0 {
+				continue
+			}
+			if err := s.client.writeData(op, p, 0); err != nil {
+				continue // the client leg is failing; its loop ends the session
+			}
+			s.env.Metrics.Message(false, len(p))
+			u.fr.release()
+		}
+	}
+}
+
+// upstreamErr classifies the end of an upstream connection (SPEC §4, §5).
+func (s *Session) upstreamErr(u *leg, err error) {
+	if s.closed.Load() || s.curGen.Load() != u.gen {
+		return
+	}
+	var pe *protocolError
+	switch {
+	case u.failure() != nil:
+		s.upstreamLost(u, "upstream write failed: "+u.failure().Error())
+	case errors.As(err, &pe):
+		s.end(act{kind: actSend, ce: CloseError{Code: CloseBadGateway, Reason: "upstream protocol error"}},
+			act{kind: actSendNoWait, ce: CloseError{Code: pe.Code, Reason: pe.msg}}, "upstream protocol error: "+pe.msg)
+	case errors.Is(err, os.ErrDeadlineExceeded) && !u.closing.Load():
+		s.env.Metrics.HeartbeatTimeout(LegUpstream)
+		s.log.Warn("heartbeat timeout", "leg", LegUpstream, "timeout", s.cfg.UpstreamHeartbeat.Timeout)
+		s.upstreamLost(u, "upstream heartbeat timeout")
+	case s.cfg.Reconnect.OnCodes.Has(CloseAbnormal):
+		s.upstreamLost(u, "upstream connection lost: "+err.Error())
+	default:
+		s.end(act{kind: actSend, ce: CloseError{Code: CloseBadGateway, Reason: "upstream connection lost"}},
+			act{kind: actDrop}, "upstream connection lost: "+err.Error())
+	}
+}
+
+// goodbye bounds a Close write.
+func (s *Session) goodbye() time.Duration {
+	d := s.cfg.WriteTimeout
+	if w := s.env.closeWait(); w < d {
+		d = w
+	}
+	return d
+}
+
+type actKind uint8
+
+const (
+	actDrop       actKind = iota // close the connection without a Close frame
+	actSend                      // send a Close and wait (bounded) for the reply
+	actSendNoWait                // send a Close, then close the connection
+	actReply                     // answer the peer's Close; its read loop is ending
+)
+
+// act is what end does to one leg.
+type act struct {
+	kind actKind
+	ce   CloseError
+}
+
+// end ends the session once: it stops reconnecting, releases held
+// messages and sends each leg its Close (SPEC §5). Later calls do nothing.
+// It must not be called with mu held.
+func (s *Session) end(client, upstream act, why string) {
+	s.mu.Lock()
+	if s.state == stateClosed {
+		s.mu.Unlock()
+		return
+	}
+	s.state = stateClosed
+	s.closed.Store(true)
+	up := s.up
+	s.cancel()
+	s.releaseLocked()
+	s.cond.Broadcast()
+	s.closeInfo = closeInfo{why: why, client: client.ce, upstream: upstream.ce}
+	if client.kind == actDrop {
+		s.closeInfo.client = CloseError{Code: CloseAbnormal}
+	}
+	if up == nil || upstream.kind == actDrop {
+		s.closeInfo.upstream = CloseError{Code: CloseAbnormal}
+	}
+	// Backstop: whatever a peer does, both connections are closed after
+	// the goodbye writes and the close wait.
+	s.force = time.AfterFunc(2*s.goodbye()+s.env.closeWait(), s.forceClose)
+	s.mu.Unlock()
+
+	s.client.stopHeartbeat()
+	if up != nil {
+		up.stopHeartbeat()
+	}
+	s.apply(s.client, client)
+	if up != nil {
+		s.apply(up, upstream)
+	}
+}
+
+func (s *Session) apply(l *leg, a act) {
+	switch a.kind {
+	case actDrop:
+		l.beginClose(0)
+		_ = l.conn.Close()
+	case actSend:
+		if !l.writeClose(a.ce, s.goodbye()) {
+			_ = l.conn.Close()
+		}
+	case actSendNoWait:
+		l.writeClose(a.ce, s.goodbye())
+		_ = l.conn.Close()
+	case actReply:
+		l.writeClose(a.ce, s.goodbye())
+	}
+}
+
+// releaseLocked drops every held message. Buffers are left to the garbage
+// collector: a re-send may still be writing one.
+func (s *Session) releaseLocked() {
+	if n := len(s.q); n > 0 {
+		s.env.Metrics.Buffered(-n)
+	}
+	s.env.total.Add(-s.qBytes)
+	s.q, s.unsent, s.qBytes = nil, 0, 0
+}
