@@ -69,7 +69,7 @@ func ignored(g string) bool {
 		"os/signal.loop",
 		"created by runtime.gc",
 		"runtime.ReadTrace",
-		"net/http.(*persistConn)", // idle keep-alive conns of http.DefaultClient
+		"net/http.(*persistConn)",           // idle keep-alive conns of http.DefaultClient
 		"internal/poll.runtime_pollWait(0x", // checked below
 	} {
 		if strings.Contains(g, s) && !strings.Contains(g, "tether") {
