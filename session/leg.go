@@ -302,11 +302,16 @@ func (l *leg) queueJSONPong(ping []byte) {
 }
 
 // startHeartbeat arms the leg's ping timer (no goroutine until it fires).
+// The timer is guarded by ctl so that start, stop and re-arming never race.
 func (l *leg) startHeartbeat() {
 	if !l.hb.Mode.On() {
 		return
 	}
-	l.timer = time.AfterFunc(l.hb.Interval, l.tick)
+	l.ctl.Lock()
+	if !l.timerStop.Load() && l.timer == nil {
+		l.timer = time.AfterFunc(l.hb.Interval, l.tick)
+	}
+	l.ctl.Unlock()
 }
 
 func (l *leg) tick() {
@@ -321,9 +326,11 @@ func (l *leg) tick() {
 		f |= pendPingJSON
 	}
 	l.signal(f)
+	l.ctl.Lock()
 	if !l.timerStop.Load() {
 		l.timer.Reset(l.hb.Interval)
 	}
+	l.ctl.Unlock()
 }
 
 // earlyPing sends a ping now (SPEC §4: retained bytes past half the limit).
@@ -340,10 +347,12 @@ func (l *leg) earlyPing() {
 }
 
 func (l *leg) stopHeartbeat() {
+	l.ctl.Lock()
 	l.timerStop.Store(true)
 	if l.timer != nil {
 		l.timer.Stop()
 	}
+	l.ctl.Unlock()
 }
 
 // writeClose sends a Close frame, waiting at most d for the write lock and
