@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsflate"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -251,6 +252,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		proto := up.Protocol
 		upgrader.Protocol = func(p string) bool { return p == proto }
 	}
+	var deflate *wsflate.Extension
+	if s.cfg.ClientCompression {
+		deflate = &wsflate.Extension{Parameters: wsflate.Parameters{ServerNoContextTakeover: true, ClientNoContextTakeover: true}}
+		upgrader.Negotiate = deflate.Negotiate
+	}
 	conn, rw, _, err := upgrader.Upgrade(r, w)
 	if err != nil {
 		if conn != nil {
@@ -265,6 +271,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	sess := session.New(s.env, id, conn, buffered, up, func(ctx context.Context) (session.Upstream, error) {
 		return d.dial(ctx, false)
 	})
+	if deflate != nil {
+		if _, ok := deflate.Accepted(); ok {
+			sess.EnableClientCompression()
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	s.mu.Lock()

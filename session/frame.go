@@ -2,6 +2,7 @@ package session
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -150,8 +151,11 @@ func eofToUnexpected(err error, got int) error {
 
 // appendHeader encodes a final frame header with op and length, masked
 // with key when masked is true.
-func putHeader(dst *[14]byte, op ws.OpCode, length int, masked bool, key [4]byte) []byte {
+func putHeader(dst *[14]byte, op ws.OpCode, rsv1 bool, length int, masked bool, key [4]byte) []byte {
 	dst[0] = 0x80 | byte(op)
+	if rsv1 {
+		dst[0] |= 0x40
+	}
 	n := 2
 	var mb byte
 	if masked {
@@ -241,6 +245,10 @@ type frameReader struct {
 	max        int64
 	buf        []byte // message being assembled; reused
 	ctl        [125]byte
+
+	deflate bool // permessage-deflate negotiated (client leg)
+	zbuf    []byte
+	zr      bytes.Reader
 }
 
 // next returns the next event. For evData, op is the message opcode and
@@ -250,6 +258,7 @@ type frameReader struct {
 func (r *frameReader) next() (ev event, op ws.OpCode, payload []byte, fragmented bool, closeErr *CloseError, err error) {
 	var msgOp ws.OpCode
 	var frames int
+	var compressed bool
 	r.buf = r.buf[:0]
 	for {
 		h, err := readHeader(r.br)
@@ -257,7 +266,11 @@ func (r *frameReader) next() (ev event, op ws.OpCode, payload []byte, fragmented
 			return 0, 0, nil, false, nil, err
 		}
 		if h.rsv != 0 {
-			return 0, 0, nil, false, nil, protoErr("reserved bits set without a negotiated extension")
+			// RSV1 marks a compressed message, on its first frame only.
+			if !r.deflate || h.rsv != 4 || h.op.IsControl() || h.op == ws.OpContinuation {
+				return 0, 0, nil, false, nil, protoErr("reserved bits set without a negotiated extension")
+			}
+			compressed = true
 		}
 		if h.masked != r.fromClient {
 			if r.fromClient {
@@ -324,10 +337,17 @@ func (r *frameReader) next() (ev event, op ws.OpCode, payload []byte, fragmented
 		if !h.fin {
 			continue
 		}
-		if msgOp == ws.OpText && !utf8.Valid(r.buf) {
+		msg := r.buf
+		if compressed {
+			if r.zbuf, err = inflate(r.zbuf, r.buf, r.max, &r.zr); err != nil {
+				return 0, 0, nil, false, nil, err
+			}
+			msg = r.zbuf
+		}
+		if msgOp == ws.OpText && !utf8.Valid(msg) {
 			return 0, 0, nil, false, nil, ErrInvalidUTF8
 		}
-		return evData, msgOp, r.buf, frames > 1, nil, nil
+		return evData, msgOp, msg, frames > 1, nil, nil
 	}
 }
 
@@ -353,5 +373,8 @@ func grow(b []byte, n int) []byte {
 func (r *frameReader) release() {
 	if cap(r.buf) > 64<<10 {
 		r.buf = nil
+	}
+	if cap(r.zbuf) > 64<<10 {
+		r.zbuf = nil
 	}
 }

@@ -2,6 +2,7 @@ package session
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"math/rand/v2"
 	"net"
@@ -59,6 +60,8 @@ type leg struct {
 	werr    error  // sticky write error, under wlock
 	ackMark uint64 // seq+1 of the last data message written, under wlock
 	closed  bool   // a Close frame was written, under wlock
+	deflate bool   // permessage-deflate on sends (client leg), fixed before Run
+	zbuf    bytes.Buffer
 
 	pending atomic.Uint32
 
@@ -190,6 +193,10 @@ func (l *leg) failure() error {
 
 // writeFrameLocked writes one final frame. The caller holds the lock.
 func (l *leg) writeFrameLocked(op ws.OpCode, p []byte, deadline time.Duration) error {
+	return l.writeFrameRSV(op, false, p, deadline)
+}
+
+func (l *leg) writeFrameRSV(op ws.OpCode, rsv1 bool, p []byte, deadline time.Duration) error {
 	if l.werr != nil {
 		return l.werr
 	}
@@ -199,7 +206,7 @@ func (l *leg) writeFrameLocked(op ws.OpCode, p []byte, deadline time.Duration) e
 		key = [4]byte{byte(k), byte(k >> 8), byte(k >> 16), byte(k >> 24)}
 		ws.Cipher(p, key, 0)
 	}
-	l.bufArr[0] = putHeader(&l.hdr, op, len(p), l.mask, key)
+	l.bufArr[0] = putHeader(&l.hdr, op, rsv1, len(p), l.mask, key)
 	l.bufArr[1] = p
 	l.bufs = l.bufArr[:]
 	_ = l.conn.SetWriteDeadline(time.Now().Add(deadline))
@@ -220,9 +227,21 @@ func (l *leg) writeFrameLocked(op ws.OpCode, p []byte, deadline time.Duration) e
 func (l *leg) writeData(op ws.OpCode, p []byte, seq uint64) error {
 	l.lock()
 	var err error
-	if l.closed {
+	switch {
+	case l.closed:
 		err = errLegClosed
-	} else if err = l.writeFrameLocked(op, p, l.wt); err == nil && seq >= l.ackMark {
+	case l.deflate && len(p) >= minDeflate:
+		var z []byte
+		if z, err = deflate(&l.zbuf, p); err == nil {
+			err = l.writeFrameRSV(op, true, z, l.wt)
+		}
+		if l.zbuf.Cap() > 64<<10 {
+			l.zbuf = bytes.Buffer{}
+		}
+	default:
+		err = l.writeFrameLocked(op, p, l.wt)
+	}
+	if err == nil && seq >= l.ackMark {
 		l.ackMark = seq + 1
 	}
 	l.unlock()

@@ -216,6 +216,14 @@ func New(env *Env, id string, client net.Conn, clientBuffered []byte, up Upstrea
 	return s
 }
 
+// EnableClientCompression turns on permessage-deflate (RFC 7692, no
+// context takeover) on the client leg, as negotiated in its handshake. Call
+// it before Run.
+func (s *Session) EnableClientCompression() {
+	s.client.deflate = true
+	s.client.fr.deflate = true
+}
+
 // ID returns the session id.
 func (s *Session) ID() string { return s.id }
 
