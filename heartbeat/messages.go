@@ -47,10 +47,10 @@ type Messages struct {
 	pongExtra  bool   // pong has members other than "type"
 
 	// Prefilter: a heartbeat contains one of these byte strings (the
-	// quoted type, as configured and as JSON encoders write it).
-	pingPats, pongPats [][]byte
-	pats               [][]byte // pingPats and pongPats
-	lead               int      // the byte after '"' in every pattern, or -1
+	// quoted ping and pong types, as configured and as JSON encoders
+	// write them).
+	pats [][]byte
+	lead int // the byte after '"' in every pattern, or -1
 }
 
 // NewMessages checks ping and pong and returns their Messages. Each must be
@@ -75,9 +75,7 @@ func NewMessages(ping, pong string) (*Messages, error) {
 	}
 	m.pongRaw = pongRaw
 	m.pingExtra, m.pongExtra = hasExtra(m.ping), hasExtra(m.pong)
-	m.pingPats = patterns(pingRaw, m.pingType)
-	m.pongPats = patterns(pongRaw, m.pongType)
-	m.pats = append(append(m.pats, m.pingPats...), m.pongPats...)
+	m.pats = append(patterns(pingRaw, m.pingType), patterns(pongRaw, m.pongType)...)
 	m.lead = int(m.pats[0][1])
 	for _, pat := range m.pats {
 		if int(pat[1]) != m.lead {

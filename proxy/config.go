@@ -38,7 +38,7 @@ type Config struct {
 	// MaxSessions: 0 = unlimited; beyond it handshakes get 503.
 	MaxSessions int `env:"MAX_SESSIONS" envDefault:"0" help:"0 = unlimited; beyond it new handshakes get HTTP 503"`
 	// ClientCompression negotiates permessage-deflate on the client leg.
-	ClientCompression bool `env:"CLIENT_COMPRESSION" envDefault:"false" help:"negotiate permessage-deflate on the client leg (not implemented yet: parsed and validated)"`
+	ClientCompression bool `env:"CLIENT_COMPRESSION" envDefault:"false" help:"negotiate permessage-deflate (RFC 7692) on the client leg when the client offers it"`
 	// HandshakeTimeout bounds accept to completed upgrade.
 	HandshakeTimeout time.Duration `env:"HANDSHAKE_TIMEOUT" envDefault:"10s" help:"one deadline from TCP accept to a completed upgrade"`
 	// DialTimeout bounds connecting and upgrading to the upstream.
