@@ -49,6 +49,7 @@ type Server struct {
 
 	mu       sync.Mutex
 	sessions map[*entry]struct{}
+	slots    int // sessions counted against TETHER_MAX_SESSIONS
 	draining bool
 	wg       sync.WaitGroup
 
@@ -57,8 +58,9 @@ type Server struct {
 }
 
 type entry struct {
-	cancel context.CancelFunc
-	sess   *session.Session // nil while handshaking
+	released bool // its slot is free (under Server.mu)
+	cancel   context.CancelFunc
+	sess     *session.Session // nil while handshaking
 }
 
 // New validates cfg and builds a Server. Errors name the variable.
@@ -175,18 +177,31 @@ func (s *Server) register() (*entry, func(), int) {
 	if s.draining {
 		return nil, nil, http.StatusServiceUnavailable
 	}
-	if m := s.cfg.MaxSessions; m > 0 && len(s.sessions) >= m {
+	if m := s.cfg.MaxSessions; m > 0 && s.slots >= m {
 		return nil, nil, http.StatusServiceUnavailable
 	}
 	e := &entry{}
 	s.sessions[e] = struct{}{}
+	s.slots++
 	s.wg.Add(1)
 	return e, func() {
+		s.releaseSlot(e)
 		s.mu.Lock()
 		delete(s.sessions, e)
 		s.mu.Unlock()
 		s.wg.Done()
 	}, 0
+}
+
+// releaseSlot frees e's TETHER_MAX_SESSIONS slot, once: as soon as its
+// session ends, before the goodbye handshakes finish.
+func (s *Server) releaseSlot(e *entry) {
+	s.mu.Lock()
+	if !e.released {
+		e.released = true
+		s.slots--
+	}
+	s.mu.Unlock()
 }
 
 func newID() string {
@@ -271,6 +286,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	sess := session.New(s.env, id, conn, buffered, up, func(ctx context.Context) (session.Upstream, error) {
 		return d.dial(ctx, false)
 	})
+	sess.OnEnd = func() { s.releaseSlot(e) }
 	if deflate != nil {
 		if _, ok := deflate.Accepted(); ok {
 			sess.EnableClientCompression()

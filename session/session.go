@@ -183,6 +183,10 @@ type Session struct {
 	closed      atomic.Bool
 	dropReplies atomic.Int64
 
+	// OnEnd, if set before Run, is called once when the session ends (its
+	// Close frames may still be in flight).
+	OnEnd func()
+
 	ctx    context.Context // cancelled when the session ends
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -544,6 +548,9 @@ func (s *Session) end(client, upstream act, why string) {
 	s.client.stopHeartbeat()
 	if up != nil {
 		up.stopHeartbeat()
+	}
+	if s.OnEnd != nil {
+		s.OnEnd()
 	}
 	s.apply(s.client, client)
 	if up != nil {
