@@ -97,7 +97,7 @@ func (c *Config) Validate(prefix string) error {
 			c.Timeout = 3 * c.Interval
 		}
 	}
-	if c.Timeout == 0 {
+	if c.Timeout == 0 && c.Mode.On() {
 		return fmt.Errorf("%sTIMEOUT: must be positive (3 × interval is 0)", prefix)
 	}
 	if c.Mode.On() && c.Timeout < c.Interval {

@@ -96,7 +96,6 @@ func TestConfigValidate(t *testing.T) {
 		{name: "negative interval off", in: Config{Mode: ModeOff, Interval: -time.Second}, wantErr: prefix + "INTERVAL: must be positive"},
 		{name: "negative timeout", in: Config{Mode: ModeWS, Interval: time.Second, Timeout: -time.Second}, wantErr: prefix + "TIMEOUT: must be positive"},
 		{name: "negative timeout off", in: Config{Mode: ModeOff, Interval: time.Second, Timeout: -time.Second}, wantErr: prefix + "TIMEOUT: must be positive"},
-		{name: "off zero interval and timeout", in: Config{Mode: ModeOff}, wantErr: prefix + "TIMEOUT: must be positive"},
 		{name: "timeout below interval", in: Config{Mode: ModeJSON, Interval: 10 * time.Second, Timeout: 5 * time.Second}, wantErr: prefix + "TIMEOUT: must be at least the interval"},
 		{name: "unknown mode", in: Config{Mode: 7, Interval: time.Second}, wantErr: prefix + "MODE: unknown mode Mode(7)"},
 	}
