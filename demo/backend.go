@@ -283,6 +283,9 @@ func (b *Backend) serveConn(c net.Conn) {
 	b.connections.Add(1)
 	b.logger.Debug("echo backend connection open", "remote", c.RemoteAddr().String())
 
+	// This goroutine is the connection's only writer, so letting gobwas's
+	// ControlFrameHandler answer pings and Closes from here is safe (unlike
+	// in tether's relay, STYLE §2.6).
 	control := wsutil.ControlFrameHandler(c, ws.StateServerSide)
 	onControl := func(h ws.Header, r io.Reader) error {
 		if h.OpCode == ws.OpPing {
