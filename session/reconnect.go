@@ -227,7 +227,11 @@ func Backoff(initial, max time.Duration, n int, jitter func(k int64) int64) time
 	if n < 62 && initial <= max>>uint(n) {
 		d = initial << uint(n)
 	}
-	return time.Duration(jitter(int64(d) + 1))
+	k := int64(d) + 1 // [0, d] inclusive
+	if k < 0 {
+		k = int64(d) // d is the largest Duration: d+1 does not fit
+	}
+	return time.Duration(jitter(k))
 }
 
 // reconnectLoop is the session's only reconnect loop (SPEC §4). It owns
@@ -283,7 +287,6 @@ func (s *Session) reconnectLoop() {
 			down := time.Since(s.lostAt)
 			s.mu.Unlock()
 			s.log.Info("upstream reconnected", "attempt", attempt+1, "upstream", up.Host, "downtime", down)
-			s.notify(statusConnected)
 			return
 		case resumeClosed:
 			return
@@ -325,9 +328,13 @@ func (s *Session) resume(up Upstream) resumeResult {
 	s.earlyPinged = false
 	s.dropReplies.Store(int64(s.cfg.ReplayDropReplies))
 	replay := s.replay
-	n := uint64(s.cfg.ReplayFirst)
+	// The replay covers the opening messages received so far; one that
+	// arrives later is in the queue and sent from there.
+	n := uint64(len(replay))
 	s.wg.Add(1)
 	s.mu.Unlock()
+	// Tell the client first: anything the new upstream sends comes after.
+	s.notify(statusConnected)
 	go s.upstreamLoop(u)
 	u.startHeartbeat()
 
@@ -361,15 +368,14 @@ func (s *Session) resume(up Upstream) resumeResult {
 		wasSent := m.sent
 		m.sent = true
 		s.mu.Unlock()
-		if m.seq < n {
-			continue // the replay above covered it
-		}
-		if u.writeData(m.op, m.p, m.seq) != nil {
-			return s.resumeFailed(u)
-		}
-		s.env.Metrics.Message(true, len(m.p))
-		if wasSent {
-			resent++
+		if m.seq >= n { // else the replay above covered it
+			if u.writeData(m.op, m.p, m.seq) != nil {
+				return s.resumeFailed(u)
+			}
+			s.env.Metrics.Message(true, len(m.p))
+			if wasSent {
+				resent++
+			}
 		}
 		if !s.retention() {
 			s.mu.Lock()
