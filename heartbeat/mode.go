@@ -74,7 +74,7 @@ type Config struct {
 	Interval time.Duration `env:"INTERVAL" envDefault:"15s" help:"how often tether pings the peer"`
 	// Timeout is how long the leg may receive nothing at all before it is
 	// dead. Zero means 3 × Interval (filled in by Validate).
-	Timeout time.Duration `env:"TIMEOUT" help:"the leg is dead after this long with nothing received (default 3 × interval)"`
+	Timeout time.Duration `env:"TIMEOUT" helpDefault:"3 × interval" help:"the leg is dead after this long with nothing received"`
 }
 
 // Validate checks c and fills Timeout with 3 × Interval when it is zero.

@@ -7,6 +7,7 @@ import (
 	"net/textproto"
 	"net/url"
 	"strings"
+	"sync/atomic"
 )
 
 // hopHeaders are removed before a request is forwarded (RFC 9110 §7.6.1,
@@ -172,4 +173,55 @@ func joinURLPath(a, b *url.URL) (path, rawpath string) {
 		return a.Path + "/" + b.Path, apath + "/" + bpath
 	}
 	return a.Path + b.Path, apath + bpath
+}
+
+// foldListener wraps accepted connections in foldConn. net/http accepts
+// obs-fold (a header line continued on the next line after a space or
+// tab, RFC 9112 §5.2) and joins the lines, so the fold is only visible in
+// the raw bytes; SPEC §2 wants 400 for it.
+type foldListener struct{ net.Listener }
+
+func (l foldListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &foldConn{Conn: c}, nil
+}
+
+type foldKey struct{}
+
+// foldConn scans the bytes read up to the end of the first request's
+// header for a line that starts with a space or tab. Reads happen one at a
+// time (net/http's reader, then the hijacker), so only folded is shared.
+type foldConn struct {
+	net.Conn
+	done   bool // the header's blank line was seen
+	nl     bool // the last byte scanned was LF
+	folded atomic.Bool
+}
+
+func (c *foldConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if !c.done {
+		c.scan(p[:n])
+	}
+	return n, err
+}
+
+func (c *foldConn) scan(p []byte) {
+	for _, b := range p {
+		if c.nl {
+			switch b {
+			case ' ', '\t':
+				c.folded.Store(true)
+				c.done = true
+				return
+			case '\r', '\n':
+				c.done = true
+				return
+			}
+		}
+		c.nl = b == '\n'
+	}
 }

@@ -108,8 +108,12 @@ func New(cfg Config, opts Options) (*Server, error) {
 		// net/http allows 4 KiB over MaxHeaderBytes: 32 KiB in all (SPEC §2).
 		MaxHeaderBytes: 28 << 10,
 		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-		ConnContext: func(ctx context.Context, _ net.Conn) context.Context {
-			return context.WithValue(ctx, acceptKey{}, time.Now())
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			ctx = context.WithValue(ctx, acceptKey{}, time.Now())
+			if fc, ok := c.(*foldConn); ok {
+				ctx = context.WithValue(ctx, foldKey{}, fc)
+			}
+			return ctx
 		},
 	}
 	// The upgrade needs Hijack: HTTP/1.1 only.
@@ -130,6 +134,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	if s.clientTLS != nil {
 		ln = tls.NewListener(ln, s.clientTLS)
 	}
+	ln = foldListener{ln} // sees the plaintext request (SPEC §2 obs-fold)
 	err := s.http.Serve(ln)
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
@@ -220,6 +225,17 @@ func httpError(w http.ResponseWriter, status int, msg string) {
 // ServeHTTP handles one client handshake and then runs the session until
 // it ends (SPEC §2).
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if fc, ok := r.Context().Value(foldKey{}).(*foldConn); ok {
+		if fc.folded.Load() {
+			httpError(w, http.StatusBadRequest, "obs-fold in a request header")
+			return
+		}
+		// net/http sets r.TLS only for a *tls.Conn; the wrapper hides it.
+		if tc, ok := fc.Conn.(*tls.Conn); ok && r.TLS == nil {
+			st := tc.ConnectionState()
+			r.TLS = &st
+		}
+	}
 	if status, why := checkUpgrade(r); status != 0 {
 		if status == http.StatusUpgradeRequired {
 			w.Header().Set("Upgrade", "websocket")
@@ -282,6 +298,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	buffered := drain(rw.Reader)
+	if fc, ok := conn.(*foldConn); ok {
+		conn = fc.Conn // it holds no bytes: relay without the wrapper
+	}
 
 	sess := session.New(s.env, id, conn, buffered, up, func(ctx context.Context) (session.Upstream, error) {
 		return d.dial(ctx, false)

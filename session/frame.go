@@ -249,6 +249,12 @@ type frameReader struct {
 	deflate bool // permessage-deflate negotiated (client leg)
 	zbuf    []byte
 	zr      bytes.Reader
+
+	// The message being assembled, kept across the control frames that
+	// may arrive between its fragments (RFC 6455 §5.4).
+	msgOp      ws.OpCode
+	frames     int
+	compressed bool
 }
 
 // next returns the next event. For evData, op is the message opcode and
@@ -256,10 +262,10 @@ type frameReader struct {
 // whether it arrived in more than one frame. For evPing/evPong payload is
 // the control payload; for evClose, closeErr is set.
 func (r *frameReader) next() (ev event, op ws.OpCode, payload []byte, fragmented bool, closeErr *CloseError, err error) {
-	var msgOp ws.OpCode
-	var frames int
-	var compressed bool
-	r.buf = r.buf[:0]
+	if r.frames == 0 {
+		r.buf = r.buf[:0]
+		r.compressed = false
+	}
 	for {
 		h, err := readHeader(r.br)
 		if err != nil {
@@ -270,7 +276,7 @@ func (r *frameReader) next() (ev event, op ws.OpCode, payload []byte, fragmented
 			if !r.deflate || h.rsv != 4 || h.op.IsControl() || h.op == ws.OpContinuation {
 				return 0, 0, nil, false, nil, protoErr("reserved bits set without a negotiated extension")
 			}
-			compressed = true
+			r.compressed = true
 		}
 		if h.masked != r.fromClient {
 			if r.fromClient {
@@ -309,18 +315,18 @@ func (r *frameReader) next() (ev event, op ws.OpCode, payload []byte, fragmented
 		}
 		switch h.op {
 		case ws.OpContinuation:
-			if frames == 0 {
+			if r.frames == 0 {
 				return 0, 0, nil, false, nil, protoErr("continuation frame without a message")
 			}
 		case ws.OpText, ws.OpBinary:
-			if frames != 0 {
+			if r.frames != 0 {
 				return 0, 0, nil, false, nil, protoErr("new message inside a fragmented message")
 			}
-			msgOp = h.op
+			r.msgOp = h.op
 		default:
 			return 0, 0, nil, false, nil, protoErr("unknown data opcode %d", h.op)
 		}
-		frames++
+		r.frames++
 		total := int64(len(r.buf)) + h.length
 		if total > r.max {
 			return 0, 0, nil, false, nil, ErrMessageTooBig
@@ -337,8 +343,9 @@ func (r *frameReader) next() (ev event, op ws.OpCode, payload []byte, fragmented
 		if !h.fin {
 			continue
 		}
-		msg := r.buf
-		if compressed {
+		msg, msgOp, frag := r.buf, r.msgOp, r.frames > 1
+		r.frames = 0
+		if r.compressed {
 			if r.zbuf, err = inflate(r.zbuf, r.buf, r.max, &r.zr); err != nil {
 				return 0, 0, nil, false, nil, err
 			}
@@ -347,7 +354,7 @@ func (r *frameReader) next() (ev event, op ws.OpCode, payload []byte, fragmented
 		if msgOp == ws.OpText && !utf8.Valid(msg) {
 			return 0, 0, nil, false, nil, ErrInvalidUTF8
 		}
-		return evData, msgOp, msg, frames > 1, nil, nil
+		return evData, msgOp, msg, frag, nil, nil
 	}
 }
 

@@ -151,6 +151,14 @@ func Parse(dst any, environ map[string]string) error {
 	if err == nil {
 		return nil
 	}
+	// v10's AggregateError and ParseError have no Unwrap: take the first
+	// problem out by hand so that errors.As below can see it.
+	if agg, ok := err.(env.AggregateError); ok && len(agg.Errors) > 0 {
+		err = agg.Errors[0]
+	}
+	if pe, ok := err.(env.ParseError); ok && pe.Err != nil {
+		err = pe.Err
+	}
 	var ve *VarError
 	if errors.As(err, &ve) {
 		return ve
@@ -188,6 +196,8 @@ type Var struct {
 // Vars lists the variables of the struct pointed to by cfg, in field
 // order, with the value each field holds now as its default (so
 // pre-filled per-leg defaults show) unless an envDefault tag says more.
+// A helpDefault tag names a computed default ("3 × interval"); a required
+// variable shows "(required)".
 func Vars(cfg any) []Var {
 	var out []Var
 	walk(reflect.ValueOf(cfg).Elem(), Prefix, &out)
@@ -210,6 +220,11 @@ func walk(v reflect.Value, prefix string, out *[]Var) {
 		def, ok := f.Tag.Lookup("envDefault")
 		if !ok {
 			def = valueString(fv)
+		}
+		if hd, ok := f.Tag.Lookup("helpDefault"); ok {
+			def = hd // a computed default, e.g. "3 × interval"
+		} else if strings.Contains(key, ",required") {
+			def = "(required)"
 		}
 		help := f.Tag.Get("help")
 		*out = append(*out, Var{Key: prefix + name, Default: def, Help: help})
