@@ -306,6 +306,7 @@ func TestCoreRelayBackpressure(t *testing.T) {
 		}
 		last = n
 	}
+	t.Logf("the backend stalled after %d messages of 16 KiB", last)
 	// Kernel buffers on loopback hold some MiB; tether itself must hold
 	// about one message.
 	if mib := last * 16 / 1024; mib > 64 {

@@ -1,0 +1,301 @@
+package session
+
+// Frame-level tests: headers, the frame reader's events (control frames
+// between fragments are what lets heartbeats pass a large message), and
+// Close payloads. Frames are built in a bytes.Buffer with gobwas/ws.
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/gobwas/ws"
+)
+
+// hbWire encodes frames as a client (masked) or server (unmasked) sends them.
+func hbWire(t testing.TB, masked bool, fs ...ws.Frame) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	for _, f := range fs {
+		f.Payload = bytes.Clone(f.Payload)
+		if masked {
+			f = ws.MaskFrameInPlace(f)
+		}
+		if err := ws.WriteFrame(&b, f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return b.Bytes()
+}
+
+func hbFrameReader(b []byte, fromClient bool, max int64) *frameReader {
+	return &frameReader{br: bufio.NewReader(bytes.NewReader(b)), fromClient: fromClient, max: max}
+}
+
+func TestFrameHeaderRoundTrip(t *testing.T) {
+	t.Parallel()
+	for _, n := range []int{0, 1, 125, 126, 127, 0xffff, 0x10000, 1 << 20} {
+		for _, masked := range []bool{false, true} {
+			for _, op := range []ws.OpCode{ws.OpText, ws.OpBinary, ws.OpPing, ws.OpClose} {
+				var dst [14]byte
+				key := [4]byte{1, 2, 3, 4}
+				hdr := putHeader(&dst, op, false, n, masked, key)
+				// gobwas agrees with our encoding.
+				gh, err := ws.ReadHeader(bytes.NewReader(hdr))
+				if err != nil {
+					t.Fatalf("n=%d masked=%v: gobwas: %v", n, masked, err)
+				}
+				if gh.Length != int64(n) || gh.Masked != masked || gh.OpCode != op || !gh.Fin || (masked && gh.Mask != key) {
+					t.Errorf("n=%d masked=%v: gobwas read %+v", n, masked, gh)
+				}
+				h, err := readHeader(bufio.NewReader(bytes.NewReader(hdr)))
+				if err != nil {
+					t.Fatalf("n=%d masked=%v: %v", n, masked, err)
+				}
+				if h.length != int64(n) || h.masked != masked || h.op != op || !h.fin || h.rsv != 0 || (masked && h.mask != key) {
+					t.Errorf("n=%d masked=%v: read back %+v", n, masked, h)
+				}
+			}
+		}
+	}
+}
+
+func TestFrameHeaderErrors(t *testing.T) {
+	t.Parallel()
+	len16 := func(n uint16) []byte { return binary.BigEndian.AppendUint16([]byte{0x82, 126}, n) }
+	len64 := func(n uint64) []byte { return binary.BigEndian.AppendUint64([]byte{0x82, 127}, n) }
+	for _, c := range []struct {
+		name  string
+		b     []byte
+		proto bool
+		err   error
+	}{
+		{"empty", nil, false, io.EOF},
+		{"one byte", []byte{0x81}, false, io.ErrUnexpectedEOF},
+		{"16-bit length cut", []byte{0x82, 126, 1}, false, io.ErrUnexpectedEOF},
+		{"mask cut", []byte{0x82, 0x80 | 5, 1, 2}, false, io.ErrUnexpectedEOF},
+		{"16-bit length for 125", len16(125), true, nil},
+		{"64-bit length for 0xffff", len64(0xffff), true, nil},
+		{"64-bit length with MSB", len64(1 << 63), true, nil},
+	} {
+		_, err := readHeader(bufio.NewReader(bytes.NewReader(c.b)))
+		var pe *protocolError
+		switch {
+		case c.proto && (!errors.As(err, &pe) || pe.Code != CloseProtocolError):
+			t.Errorf("%s: err %v, want a 1002 protocol error", c.name, err)
+		case !c.proto && !errors.Is(err, c.err):
+			t.Errorf("%s: err %v, want %v", c.name, err, c.err)
+		}
+	}
+	// Minimal encodings at the edges are fine.
+	for _, b := range [][]byte{len16(126), len64(0x10000)} {
+		if _, err := readHeader(bufio.NewReader(bytes.NewReader(b))); err != nil {
+			t.Errorf("% x: %v", b, err)
+		}
+	}
+}
+
+// hbEvent is one result of frameReader.next, for comparisons.
+type hbEvent struct {
+	ev   event
+	op   ws.OpCode
+	p    string
+	frag bool
+	code CloseCode // evClose
+}
+
+func hbReadAll(r *frameReader) ([]hbEvent, error) {
+	var out []hbEvent
+	for {
+		ev, op, p, frag, ce, err := r.next()
+		if err != nil {
+			if err == io.EOF {
+				err = nil
+			}
+			return out, err
+		}
+		e := hbEvent{ev: ev, op: op, p: string(p), frag: frag}
+		if ce != nil {
+			e.code = ce.Code
+		}
+		out = append(out, e)
+	}
+}
+
+func TestFrameReaderEvents(t *testing.T) {
+	t.Parallel()
+	frag := func(op ws.OpCode, fin bool, s string) ws.Frame { return ws.NewFrame(op, fin, []byte(s)) }
+	big := strings.Repeat("y", 70000)
+	for _, c := range []struct {
+		name string
+		fs   []ws.Frame
+		want []hbEvent
+	}{
+		{"text", []ws.Frame{ws.NewTextFrame([]byte("hi"))}, []hbEvent{{evData, ws.OpText, "hi", false, 0}}},
+		{"binary empty", []ws.Frame{ws.NewBinaryFrame(nil)}, []hbEvent{{evData, ws.OpBinary, "", false, 0}}},
+		{"large", []ws.Frame{ws.NewBinaryFrame([]byte(big))}, []hbEvent{{evData, ws.OpBinary, big, false, 0}}},
+		{"ping pong", []ws.Frame{ws.NewPingFrame([]byte("a")), ws.NewPongFrame([]byte("b"))},
+			[]hbEvent{{evPing, ws.OpPing, "a", false, 0}, {evPong, ws.OpPong, "b", false, 0}}},
+		{"fragmented", []ws.Frame{frag(ws.OpText, false, `{"type":`), frag(ws.OpContinuation, false, ""), frag(ws.OpContinuation, true, `"ping"}`)},
+			[]hbEvent{{evData, ws.OpText, `{"type":"ping"}`, true, 0}}},
+		// A heartbeat in the middle of a fragmented message comes out at
+		// once, so it is answered while the message is still arriving.
+		{"ping between fragments", []ws.Frame{frag(ws.OpBinary, false, "ab"), ws.NewPingFrame([]byte("p")), ws.NewPongFrame(nil), frag(ws.OpContinuation, true, "cd")},
+			[]hbEvent{{evPing, ws.OpPing, "p", false, 0}, {evPong, ws.OpPong, "", false, 0}, {evData, ws.OpBinary, "abcd", true, 0}}},
+		{"utf-8 split across fragments", []ws.Frame{frag(ws.OpText, false, "\xe2\x82"), frag(ws.OpContinuation, true, "\xac")},
+			[]hbEvent{{evData, ws.OpText, "€", true, 0}}},
+		{"close", []ws.Frame{ws.NewCloseFrame(ws.NewCloseFrameBody(4000, "bye"))}, []hbEvent{{evClose, ws.OpClose, "", false, 4000}}},
+		{"close 1014", []ws.Frame{ws.NewCloseFrame(ws.NewCloseFrameBody(1014, ""))}, []hbEvent{{evClose, ws.OpClose, "", false, 1014}}},
+		{"close without code", []ws.Frame{ws.NewCloseFrame(nil)}, []hbEvent{{evClose, ws.OpClose, "", false, CloseNoStatus}}},
+	} {
+		for _, fromClient := range []bool{true, false} {
+			r := hbFrameReader(hbWire(t, fromClient, c.fs...), fromClient, 1<<20)
+			got, err := hbReadAll(r)
+			if err != nil {
+				t.Errorf("%s (fromClient=%v): %v", c.name, fromClient, err)
+			}
+			if len(got) != len(c.want) {
+				t.Errorf("%s (fromClient=%v): got %d events, want %d", c.name, fromClient, len(got), len(c.want))
+				continue
+			}
+			for i := range got {
+				if got[i] != c.want[i] {
+					t.Errorf("%s (fromClient=%v): event %d = %+v, want %+v", c.name, fromClient, i, got[i], c.want[i])
+				}
+			}
+		}
+	}
+}
+
+func TestFrameReaderErrors(t *testing.T) {
+	t.Parallel()
+	frag := func(op ws.OpCode, fin bool, s string) ws.Frame { return ws.NewFrame(op, fin, []byte(s)) }
+	rsv := ws.NewTextFrame([]byte("x"))
+	rsv.Header.Rsv = ws.Rsv(false, true, false)
+	for _, c := range []struct {
+		name string
+		fs   []ws.Frame
+		code CloseCode
+	}{
+		{"fragmented ping", []ws.Frame{frag(ws.OpPing, false, "p")}, CloseProtocolError},
+		{"ping over 125 bytes", []ws.Frame{ws.NewPingFrame(bytes.Repeat([]byte("p"), 126))}, CloseProtocolError},
+		{"continuation first", []ws.Frame{frag(ws.OpContinuation, true, "x")}, CloseProtocolError},
+		{"text inside fragmented", []ws.Frame{frag(ws.OpText, false, "a"), frag(ws.OpText, true, "b")}, CloseProtocolError},
+		{"reserved opcode", []ws.Frame{frag(ws.OpCode(3), true, "x")}, CloseProtocolError},
+		{"reserved control opcode", []ws.Frame{frag(ws.OpCode(0xb), true, "x")}, CloseProtocolError},
+		{"rsv bits", []ws.Frame{rsv}, CloseProtocolError},
+		{"close with one byte", []ws.Frame{ws.NewCloseFrame([]byte{3})}, CloseProtocolError},
+		{"close 1005", []ws.Frame{ws.NewCloseFrame(ws.NewCloseFrameBody(1005, ""))}, CloseProtocolError},
+		{"close 999", []ws.Frame{ws.NewCloseFrame(ws.NewCloseFrameBody(999, ""))}, CloseProtocolError},
+		{"close reason not utf-8", []ws.Frame{ws.NewCloseFrame(ws.NewCloseFrameBody(1000, "\xff"))}, CloseInvalidPayload},
+		{"text not utf-8", []ws.Frame{ws.NewTextFrame([]byte("a\xffb"))}, CloseInvalidPayload},
+		{"too big", []ws.Frame{ws.NewBinaryFrame(make([]byte, 101))}, CloseMessageTooBig},
+		{"too big across fragments", []ws.Frame{frag(ws.OpBinary, false, strings.Repeat("a", 60)), frag(ws.OpContinuation, true, strings.Repeat("b", 41))}, CloseMessageTooBig},
+	} {
+		for _, fromClient := range []bool{true, false} {
+			_, err := hbReadAll(hbFrameReader(hbWire(t, fromClient, c.fs...), fromClient, 100))
+			var pe *protocolError
+			if !errors.As(err, &pe) || pe.Code != c.code {
+				t.Errorf("%s (fromClient=%v): err %v, want close code %d", c.name, fromClient, err, c.code)
+			}
+		}
+	}
+	// Masking is mandatory from clients and forbidden from servers.
+	for _, fromClient := range []bool{true, false} {
+		b := hbWire(t, !fromClient, ws.NewTextFrame([]byte("x")))
+		_, err := hbReadAll(hbFrameReader(b, fromClient, 100))
+		var pe *protocolError
+		if !errors.As(err, &pe) || pe.Code != CloseProtocolError {
+			t.Errorf("wrong masking (fromClient=%v): err %v, want 1002", fromClient, err)
+		}
+	}
+	// A frame cut short is an unexpected EOF, not a clean end.
+	b := hbWire(t, true, ws.NewTextFrame([]byte("hello")))
+	if _, err := hbReadAll(hbFrameReader(b[:len(b)-1], true, 100)); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Errorf("cut frame: err %v, want io.ErrUnexpectedEOF", err)
+	}
+}
+
+func TestClosePayload(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("é", 100) // 200 bytes
+	for _, c := range []struct {
+		in   CloseError
+		code int // -1: empty payload
+		why  string
+	}{
+		{CloseError{NoCode: true}, -1, ""},
+		{CloseError{Code: CloseGoingAway, Reason: "bye"}, 1001, "bye"},
+		{CloseError{Code: CloseBadGateway}, 1014, ""},
+		{CloseError{Code: 4321, Reason: "app"}, 4321, "app"},
+		{CloseError{Code: CloseAbnormal}, 1001, ""}, // never on the wire
+		{CloseError{Code: CloseNoStatus}, 1001, ""},
+		{CloseError{Code: CloseTLSHandshake}, 1001, ""},
+		{CloseError{Code: CloseNormal, Reason: long}, 1000, strings.Repeat("é", 61)},
+	} {
+		p := closePayload(c.in)
+		if c.code < 0 {
+			if len(p) != 0 {
+				t.Errorf("%+v: payload % x, want empty", c.in, p)
+			}
+			continue
+		}
+		if len(p) > 125 || len(p) < 2 {
+			t.Fatalf("%+v: payload of %d bytes", c.in, len(p))
+		}
+		if code := int(binary.BigEndian.Uint16(p)); code != c.code || string(p[2:]) != c.why || !utf8.Valid(p[2:]) {
+			t.Errorf("%+v: payload %d %q, want %d %q", c.in, code, p[2:], c.code, c.why)
+		}
+		// What we send, we accept.
+		if ce, err := parseClose(p); err != nil || int(ce.Code) != c.code {
+			t.Errorf("%+v: parseClose(our payload) = %v, %v", c.in, ce, err)
+		}
+	}
+}
+
+// FuzzFrameReader: peer input never panics the frame reader, and what it
+// returns keeps its invariants: messages within the limit, text valid
+// UTF-8, control payloads at most 125 bytes, errors that map to a close
+// code or an I/O condition.
+func FuzzFrameReader(f *testing.F) {
+	f.Add(hbWire(f, true, ws.NewTextFrame([]byte(`{"type":"ping"}`))), true)
+	f.Add(hbWire(f, false, ws.NewFrame(ws.OpText, false, []byte("a")), ws.NewPingFrame([]byte("p")), ws.NewFrame(ws.OpContinuation, true, []byte("b"))), false)
+	f.Add(hbWire(f, true, ws.NewCloseFrame(ws.NewCloseFrameBody(1000, "x"))), true)
+	f.Add([]byte{0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0}, false)
+	f.Fuzz(func(t *testing.T, b []byte, fromClient bool) {
+		const max = 1 << 12
+		r := hbFrameReader(b, fromClient, max)
+		for range 64 {
+			ev, op, p, _, ce, err := r.next()
+			if err != nil {
+				var pe *protocolError
+				if !errors.As(err, &pe) && err != io.EOF && err != io.ErrUnexpectedEOF {
+					t.Fatalf("unexpected error type %T: %v", err, err)
+				}
+				return
+			}
+			switch ev {
+			case evData:
+				if len(p) > max {
+					t.Fatalf("message of %d bytes over the %d limit", len(p), max)
+				}
+				if op == ws.OpText && !utf8.Valid(p) {
+					t.Fatalf("invalid UTF-8 text %q", p)
+				}
+			case evPing, evPong:
+				if len(p) > 125 {
+					t.Fatalf("control payload of %d bytes", len(p))
+				}
+			case evClose:
+				if ce == nil || (!ce.NoCode && !ce.Code.ValidOnWire()) {
+					t.Fatalf("close %+v", ce)
+				}
+			}
+		}
+	})
+}
