@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -254,7 +255,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpError(w, status, "tether is not accepting sessions")
 		return
 	}
-	defer unregister()
+	running := false
+	defer func() {
+		if !running {
+			unregister()
+		}
+	}()
 
 	id := newID()
 	log := s.log.With("session", id)
@@ -312,7 +318,6 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	s.mu.Lock()
 	e.cancel, e.sess = cancel, sess
 	draining := s.draining
@@ -322,6 +327,19 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.metrics.sessionsTotal.Inc()
 	s.metrics.sessionsActive.Inc()
+	// The session runs on a goroutine of its own and the handler returns:
+	// net/http's per-connection state (request, buffers, the serving
+	// goroutine's stack) is then garbage, which halves an idle session's
+	// memory. The registry, not net/http, tracks the session for the
+	// drain (Server.Shutdown never waits for hijacked connections anyway).
+	running = true
+	go s.run(ctx, cancel, sess, unregister)
+}
+
+// run runs one session until it ends and then frees its registration.
+func (s *Server) run(ctx context.Context, cancel context.CancelFunc, sess *session.Session, unregister func()) {
+	defer unregister()
+	defer cancel()
 	defer s.metrics.sessionsActive.Dec()
 	sess.Run(ctx)
 }
@@ -353,8 +371,7 @@ func drain(br *bufio.Reader) []byte {
 // client's request (SPEC §2, §4).
 type upstreamDialer struct {
 	s         *Server
-	reqURL    string // path and query of the client request
-	r         *http.Request
+	reqURL    *url.URL // path and query of the client request
 	header    ws.HandshakeHeaderHTTP
 	protocols []string
 	next      int      // rotation index (reconnect loop only: one goroutine)
@@ -364,7 +381,7 @@ type upstreamDialer struct {
 func (s *Server) newDialer(r *http.Request) *upstreamDialer {
 	return &upstreamDialer{
 		s:         s,
-		r:         r,
+		reqURL:    &url.URL{Path: r.URL.Path, RawPath: r.URL.RawPath, RawQuery: r.URL.RawQuery},
 		header:    ws.HandshakeHeaderHTTP(upstreamHeader(r)),
 		protocols: offeredProtocols(r),
 		next:      int(s.preferred.Load()),
@@ -408,7 +425,7 @@ func (d *upstreamDialer) dial(ctx context.Context, first bool) (session.Upstream
 
 func (d *upstreamDialer) dialOne(ctx context.Context, idx int, first bool) (session.Upstream, error) {
 	base := d.s.cfg.UpstreamURLs[idx]
-	target := targetURL(base, d.r.URL)
+	target := targetURL(base, d.reqURL)
 	var cookies []string
 	dialer := ws.Dialer{
 		Timeout:   d.s.cfg.DialTimeout,
