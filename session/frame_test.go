@@ -221,7 +221,7 @@ func TestFrameReaderErrors(t *testing.T) {
 	}
 }
 
-func TestClosePayload(t *testing.T) {
+func TestFrameClosePayload(t *testing.T) {
 	t.Parallel()
 	long := strings.Repeat("é", 100) // 200 bytes
 	for _, c := range []struct {

@@ -272,8 +272,7 @@ type hbRig struct {
 }
 
 type hbOpts struct {
-	clientAutoPong, upAutoPong bool
-	clientPaused               bool
+	clientPaused bool // the client peer reads nothing until resume
 	// dialOK makes reconnect dials succeed with a new upstream peer that
 	// answers pings; by default they are rejected.
 	dialOK bool
@@ -294,8 +293,8 @@ func newHBRig(t *testing.T, cfg Config, o hbOpts) *hbRig {
 	r.env = env
 	cs, cp := net.Pipe()
 	us, up := net.Pipe()
-	r.client = newHBPeer(t, cp, true, o.clientAutoPong, o.clientPaused)
-	r.up = newHBPeer(t, up, false, o.upAutoPong, false)
+	r.client = newHBPeer(t, cp, true, false, o.clientPaused)
+	r.up = newHBPeer(t, up, false, false, false)
 	r.s = New(env, "hbtest", cs, nil, Upstream{Conn: us, Host: "upstream.test"}, func(ctx context.Context) (Upstream, error) {
 		r.mu.Lock()
 		defer r.mu.Unlock()
@@ -839,7 +838,7 @@ func TestHeartbeatPingFlood(t *testing.T) {
 	})
 }
 
-// TestHeartbeatPongWaitsOneFrame: a pong is written as soon as the frame
+// TestHeartbeatPongOvertakesData: a pong is written as soon as the frame
 // being written when its ping arrived is done, not after the queue of
 // relayed messages behind it: the pong overtakes the next data message.
 func TestHeartbeatPongOvertakesData(t *testing.T) {

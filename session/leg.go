@@ -57,10 +57,11 @@ type leg struct {
 	hdr     [14]byte
 	bufs    net.Buffers
 	bufArr  [2][]byte
-	werr    error  // sticky write error, under wlock
-	ackMark uint64 // seq+1 of the last data message written, under wlock
-	closed  bool   // a Close frame was written, under wlock
-	deflate bool   // permessage-deflate on sends (client leg), fixed before Run
+	werr    error     // sticky write error, under wlock
+	ackMark uint64    // seq+1 of the last data message written, under wlock
+	closed  bool      // a Close frame was written, under wlock
+	ctlBuf  [125]byte // control payload being written, under wlock
+	deflate bool      // permessage-deflate on sends (client leg), fixed before Run
 	zbuf    bytes.Buffer
 
 	pending atomic.Uint32
@@ -257,11 +258,10 @@ func (l *leg) flushControlLocked() {
 	}
 	s := l.s
 	if f&pendPong != 0 {
-		var buf [125]byte
 		l.ctl.Lock()
-		n := copy(buf[:], l.pong[:l.pongN])
+		n := copy(l.ctlBuf[:], l.pong[:l.pongN])
 		l.ctl.Unlock()
-		if l.writeFrameLocked(ws.OpPong, buf[:n], l.wt) != nil {
+		if l.writeFrameLocked(ws.OpPong, l.ctlBuf[:n], l.wt) != nil {
 			return
 		}
 	}
@@ -276,9 +276,10 @@ func (l *leg) flushControlLocked() {
 	}
 	if f&pendPingWS != 0 {
 		l.ctl.Lock()
-		payload := l.tracker.SentWS(time.Now(), l.ackMark)
+		id := l.tracker.SentWS(time.Now(), l.ackMark)
 		l.ctl.Unlock()
-		if l.writeFrameLocked(ws.OpPing, payload[:], l.wt) != nil {
+		n := copy(l.ctlBuf[:], id[:])
+		if l.writeFrameLocked(ws.OpPing, l.ctlBuf[:n], l.wt) != nil {
 			return
 		}
 		s.pingSent(l)
