@@ -18,9 +18,9 @@ func (s *Session) toUpstream(op ws.OpCode, p []byte) {
 	seq := s.nextSeq
 	s.nextSeq++
 	if n := s.cfg.ReplayFirst; n > 0 && seq < uint64(n) {
-		s.replay = append(s.replay, &qmsg{seq: seq, op: op, p: clone(p)})
+		s.replay = append(s.replay, qmsg{seq: seq, op: op, p: clone(p)})
 	}
-	var retained *qmsg
+	retained := false
 	for {
 		switch s.state {
 		case stateClosed:
@@ -40,7 +40,8 @@ func (s *Session) toUpstream(op ws.OpCode, p []byte) {
 			break
 		}
 		if !s.windowFullLocked(len(p)) {
-			retained = s.pushLocked(seq, op, p, true)
+			s.pushLocked(seq, op, p, true)
+			retained = true
 			s.unsent = len(s.q)
 			break
 		}
@@ -64,7 +65,7 @@ func (s *Session) toUpstream(op ws.OpCode, p []byte) {
 			s.env.Metrics.Message(true, len(p))
 			return
 		}
-		if retained != nil {
+		if retained {
 			return // held in the queue: the reconnect re-sends it
 		}
 		// Not retained (upstream heartbeat off): this message was not
@@ -92,13 +93,11 @@ func clone(p []byte) []byte {
 }
 
 // pushLocked appends a copy of a client message to the queue.
-func (s *Session) pushLocked(seq uint64, op ws.OpCode, p []byte, sent bool) *qmsg {
-	m := &qmsg{seq: seq, op: op, p: clone(p), sent: sent}
-	s.q = append(s.q, m)
+func (s *Session) pushLocked(seq uint64, op ws.OpCode, p []byte, sent bool) {
+	s.q = append(s.q, qmsg{seq: seq, op: op, p: getBuf(p), sent: sent})
 	s.qBytes += int64(len(p))
 	s.env.total.Add(int64(len(p)))
 	s.env.Metrics.Buffered(1)
-	return m
 }
 
 // windowFullLocked reports whether one more message of n bytes would pass
@@ -158,6 +157,15 @@ func (s *Session) overflow() {
 		act{kind: actSend, ce: CloseError{Code: CloseGoingAway, Reason: "client buffer overflow"}}, ErrBufferOverflow.Error())
 }
 
+// dropFrontLocked removes the first n messages, keeping the queue's
+// backing array (moving the rest down) so that a steady stream of
+// acknowledged messages allocates nothing.
+func (s *Session) dropFrontLocked(n int) {
+	k := copy(s.q, s.q[n:])
+	clear(s.q[k:])
+	s.q = s.q[:k]
+}
+
 // ack drops the retained messages that the upstream of generation gen has
 // provably received: those with seq < ackSeq.
 func (s *Session) ack(gen, ackSeq uint64) {
@@ -176,8 +184,10 @@ func (s *Session) ack(gen, ackSeq uint64) {
 	if n == 0 {
 		return
 	}
-	clear(s.q[:n])
-	s.q = s.q[n:]
+	for i := range s.q[:n] {
+		putBuf(s.q[i].p)
+	}
+	s.dropFrontLocked(n)
 	s.unsent -= n
 	s.qBytes -= bytes
 	s.env.total.Add(-bytes)
@@ -363,10 +373,10 @@ func (s *Session) resume(up Upstream) resumeResult {
 			}
 			return resumeOK
 		}
-		m := s.q[s.unsent]
+		m := s.q[s.unsent] // a copy: the queue may move while we write
+		s.q[s.unsent].sent = true
 		s.unsent++
 		wasSent := m.sent
-		m.sent = true
 		s.mu.Unlock()
 		if m.seq >= n { // else the replay above covered it
 			if u.writeData(m.op, m.p, m.seq) != nil {
@@ -379,8 +389,9 @@ func (s *Session) resume(up Upstream) resumeResult {
 		}
 		if !s.retention() {
 			s.mu.Lock()
-			if s.state != stateClosed && len(s.q) > 0 && s.q[0] == m {
-				s.q = s.q[1:]
+			if s.state != stateClosed && len(s.q) > 0 && s.q[0].seq == m.seq {
+				putBuf(m.p)
+				s.dropFrontLocked(1)
 				s.unsent--
 				s.qBytes -= int64(len(m.p))
 				s.env.total.Add(-int64(len(m.p)))

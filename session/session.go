@@ -169,10 +169,10 @@ type Session struct {
 	up          *leg
 	gen         uint64
 	protocol    string
-	q           []*qmsg // in order; q[:unsent] were written to the current connection
+	q           []qmsg // in order; q[:unsent] were written to the current connection
 	unsent      int
 	qBytes      int64
-	replay      []*qmsg // first ReplayFirst messages, kept for the session's life
+	replay      []qmsg // first ReplayFirst messages, kept for the session's life
 	nextSeq     uint64
 	earlyPinged bool
 	lostInFlush bool
