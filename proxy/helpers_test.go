@@ -94,6 +94,13 @@ type tether struct {
 
 func startTether(t *testing.T, upstream string, mod func(*proxy.Config)) *tether {
 	t.Helper()
+	return startTetherOpts(t, upstream, proxy.Options{}, mod)
+}
+
+// startTetherOpts starts tether with opts (a fresh registry, the test
+// logger and a 1 s close wait unless opts says otherwise).
+func startTetherOpts(t *testing.T, upstream string, opts proxy.Options, mod func(*proxy.Config)) *tether {
+	t.Helper()
 	cfg, err := proxy.DefaultConfig(upstream)
 	if err != nil {
 		t.Fatal(err)
@@ -103,7 +110,14 @@ func startTether(t *testing.T, upstream string, mod func(*proxy.Config)) *tether
 		mod(&cfg)
 	}
 	reg := prometheus.NewRegistry()
-	srv, err := proxy.New(cfg, proxy.Options{Registry: reg, Logger: testLogger(t), CloseWait: time.Second})
+	opts.Registry = reg
+	if opts.Logger == nil {
+		opts.Logger = testLogger(t)
+	}
+	if opts.CloseWait == 0 {
+		opts.CloseWait = time.Second
+	}
+	srv, err := proxy.New(cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tether-proxy/tether/heartbeat"
 	"github.com/tether-proxy/tether/internal/faultnet"
@@ -285,43 +284,12 @@ func rcStartTether(t *testing.T, upstream string, opts proxy.Options, mod func(*
 		}
 		urls = append(urls, u)
 	}
-	cfg, err := proxy.DefaultConfig(strings.Join(urls, ","))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.ListenAddr = "127.0.0.1:0"
-	rcFast(&cfg)
-	if mod != nil {
-		mod(&cfg)
-	}
-	reg := prometheus.NewRegistry()
-	opts.Registry = reg
-	if opts.Logger == nil {
-		opts.Logger = testLogger(t)
-	}
-	if opts.CloseWait == 0 {
-		opts.CloseWait = time.Second
-	}
-	srv, err := proxy.New(cfg, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tt := &tether{Server: srv, Addr: ln.Addr().String(), URL: "ws://" + ln.Addr().String(), reg: reg, done: make(chan struct{})}
-	go func() {
-		defer close(tt.done)
-		_ = srv.Serve(ln)
-	}()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-		<-tt.done
+	return startTetherOpts(t, strings.Join(urls, ","), opts, func(c *proxy.Config) {
+		rcFast(c)
+		if mod != nil {
+			mod(c)
+		}
 	})
-	return tt
 }
 
 // rcTopJitter always draws the top of [0, d]: delays are exactly d.
