@@ -248,6 +248,10 @@ func Backoff(initial, max time.Duration, n int, jitter func(k int64) int64) time
 // the upstream leg until it is connected again or the session ends.
 func (s *Session) reconnectLoop() {
 	defer s.wg.Done()
+	_ = s.guard(func() error { s.reconnect(); return nil })
+}
+
+func (s *Session) reconnect() {
 	ctx := s.ctx
 	rc := s.cfg.Reconnect
 	for attempt := 0; ; attempt++ {
