@@ -21,6 +21,7 @@ func (s *Session) toUpstream(op ws.OpCode, p []byte) {
 		s.replay = append(s.replay, qmsg{seq: seq, op: op, p: clone(p)})
 	}
 	retained := false
+	var waitStart time.Time
 	for {
 		switch s.state {
 		case stateClosed:
@@ -47,6 +48,15 @@ func (s *Session) toUpstream(op ws.OpCode, p []byte) {
 		}
 		// Backpressure: stop reading the client until acknowledgements
 		// free the window (SPEC §4), asking for one at once.
+		if waitStart.IsZero() {
+			waitStart = time.Now()
+		} else if !s.stallWarned && time.Since(waitStart) > s.cfg.UpstreamHeartbeat.Timeout {
+			// Alive (its data keeps the leg open) but not answering
+			// pings: nothing can be acknowledged. Usually a JSON-mode
+			// upstream that does not speak the JSON pong.
+			s.stallWarned = true
+			s.log.Warn("upstream is not answering heartbeats; client reads paused", "leg", LegUpstream, "held", len(s.q))
+		}
 		s.earlyPingLocked()
 		s.waitLocked()
 	}

@@ -175,6 +175,7 @@ type Session struct {
 	replay      []qmsg // first ReplayFirst messages, kept for the session's life
 	nextSeq     uint64
 	earlyPinged bool
+	stallWarned bool // "not answering heartbeats" logged
 	lostInFlush bool
 	lostAt      time.Time
 	closeInfo   closeInfo
