@@ -58,7 +58,7 @@ func (s *Session) toUpstream(op ws.OpCode, p []byte) {
 			s.log.Warn("upstream is not answering heartbeats; client reads paused", "leg", LegUpstream, "held", len(s.q))
 		}
 		s.earlyPingLocked()
-		s.waitLocked()
+		s.waitLocked(len(p))
 	}
 	up, gen := s.up, s.gen
 	early := s.retention() && !s.earlyPinged && s.halfFullLocked()
@@ -146,11 +146,16 @@ func (s *Session) earlyPingLocked() {
 	s.mu.Lock()
 }
 
-// waitLocked waits for the window to change. Acknowledgements from this
-// session wake it; a short timer covers the process-wide limit, which
-// other sessions free.
-func (s *Session) waitLocked() {
-	t := time.AfterFunc(50*time.Millisecond, func() {
+// waitLocked waits for the window to change for a message of n bytes.
+// Acknowledgements from this session wake it; a timer covers the rest.
+func (s *Session) waitLocked(n int) {
+	// Only the process-wide limit needs polling (other sessions free it);
+	// otherwise wake once per upstream timeout, for the stall warning.
+	d := s.cfg.UpstreamHeartbeat.Timeout
+	if s.env.total.Load()+int64(n) > s.cfg.Buffer.TotalMaxBytes || d <= 0 {
+		d = 50 * time.Millisecond
+	}
+	t := time.AfterFunc(d, func() {
 		s.mu.Lock()
 		s.cond.Broadcast()
 		s.mu.Unlock()
