@@ -10,8 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -79,27 +77,6 @@ func coreEchoRecorder(ends chan<- coreEnd) func(c *websocket.Conn, r *http.Reque
 	}
 }
 
-// coreBadCode matches gorilla's error for a close code it does not know:
-// gorilla v1.5 rejects 1014 (SPEC's Bad Gateway) as a protocol error that
-// still names the code.
-var coreBadCode = regexp.MustCompile(`^websocket: bad close code (\d+)$`)
-
-// coreCode returns the close code and reason of a gorilla error, or -1.
-// For a code gorilla rejects (1014) the reason is not available.
-func coreCode(err error) (int, string) {
-	var ce *websocket.CloseError
-	if errors.As(err, &ce) {
-		return ce.Code, ce.Text
-	}
-	if err != nil {
-		if m := coreBadCode.FindStringSubmatch(err.Error()); m != nil {
-			n, _ := strconv.Atoi(m[1])
-			return n, ""
-		}
-	}
-	return -1, ""
-}
-
 // coreRecv waits at most d for a value on ch.
 func coreRecv[T any](t *testing.T, ch <-chan T, d time.Duration, what string) T {
 	t.Helper()
@@ -123,8 +100,8 @@ func coreWantClose(t *testing.T, c *websocket.Conn, code int, reason string) {
 		if err == nil {
 			continue
 		}
-		got, text := coreCode(err)
-		if got != code || (reason != "*" && text != reason) {
+		got, text := closeCode(err)
+		if got != code || !reasonMatches(text, reason) {
 			t.Fatalf("client: got %v (code %d %q), want close %d %q", err, got, text, code, reason)
 		}
 		return
@@ -135,8 +112,8 @@ func coreWantClose(t *testing.T, c *websocket.Conn, code int, reason string) {
 func coreWantEnd(t *testing.T, ends <-chan coreEnd, code int, reason string) {
 	t.Helper()
 	e := coreRecv(t, ends, 5*time.Second, "the upstream's close")
-	got, text := coreCode(e.err)
-	if got != code || (reason != "*" && text != reason) {
+	got, text := closeCode(e.err)
+	if got != code || !reasonMatches(text, reason) {
 		t.Fatalf("upstream: got %v (code %d %q), want close %d %q", e.err, got, text, code, reason)
 	}
 }

@@ -66,31 +66,10 @@ func hbChain(mods ...func(*proxy.Config)) func(*proxy.Config) {
 // histogram, with label leg (or no label when leg is "").
 func hbMetric(t *testing.T, tt *tether, name, leg string) float64 {
 	t.Helper()
-	mfs, err := tt.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+	if leg == "" {
+		return metric(t, tt, name)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if leg != "" && !hbHasLabel(m, "leg", leg) {
-				continue
-			}
-			switch {
-			case m.GetCounter() != nil:
-				return m.GetCounter().GetValue()
-			case m.GetHistogram() != nil:
-				return float64(m.GetHistogram().GetSampleCount())
-			case m.GetGauge() != nil:
-				return m.GetGauge().GetValue()
-			}
-		}
-		return 0
-	}
-	t.Fatalf("metric %s not registered", name)
-	return 0
+	return metric(t, tt, name, "leg="+leg)
 }
 
 func hbHasLabel(m *dto.Metric, name, value string) bool {
@@ -320,16 +299,8 @@ func hbCloseCode(t *testing.T, p *hbPeer, d time.Duration) int {
 		t.Fatalf("connection still open after %v", d)
 	}
 	err := p.readErr()
-	var ce *websocket.CloseError
-	if errors.As(err, &ce) {
-		return ce.Code
-	}
-	// gorilla v1.5 does not know 1014 and reports it as a bad code.
-	var code int
-	if err != nil {
-		if _, e := fmt.Sscanf(err.Error(), "websocket: bad close code %d", &code); e == nil {
-			return code
-		}
+	if code, _ := closeCode(err); code != -1 {
+		return code
 	}
 	t.Logf("connection ended with %v", err)
 	return -1

@@ -2,9 +2,12 @@ package proxy_test
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -137,6 +140,76 @@ func startTetherOpts(t *testing.T, upstream string, opts proxy.Options, mod func
 		<-tt.done
 	})
 	return tt
+}
+
+// badCode matches gorilla's error for a close code it does not know:
+// gorilla v1.5.3 rejects 1014 (SPEC's Bad Gateway) as a protocol error
+// that still names the code.
+var badCode = regexp.MustCompile(`^websocket: bad close code (\d+)$`)
+
+// closeCode returns the close code and reason of a gorilla read error, or
+// -1 when err is not a Close. For a code gorilla rejects (1014) the reason
+// is unknown and returned as "*".
+func closeCode(err error) (int, string) {
+	var ce *websocket.CloseError
+	if errors.As(err, &ce) {
+		return ce.Code, ce.Text
+	}
+	if err != nil {
+		if m := badCode.FindStringSubmatch(err.Error()); m != nil {
+			n, _ := strconv.Atoi(m[1])
+			return n, "*"
+		}
+	}
+	return -1, ""
+}
+
+// reasonMatches compares a Close reason with want; "*" on either side
+// matches anything.
+func reasonMatches(got, want string) bool {
+	return want == "*" || got == "*" || got == want
+}
+
+// metric returns the value of a counter or gauge, or the sample count of
+// a histogram, whose labels include every "name=value" given (0 when no
+// such series exists yet). The metric must be registered.
+func metric(t *testing.T, tt *tether, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := tt.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			for _, l := range labels {
+				k, v, _ := strings.Cut(l, "=")
+				found := false
+				for _, lp := range m.GetLabel() {
+					if lp.GetName() == k && lp.GetValue() == v {
+						found = true
+					}
+				}
+				if !found {
+					continue series
+				}
+			}
+			switch {
+			case m.GetCounter() != nil:
+				return m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				return m.GetGauge().GetValue()
+			case m.GetHistogram() != nil:
+				return float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+		return 0
+	}
+	t.Fatalf("metric %s not registered", name)
+	return 0
 }
 
 func dial(t *testing.T, url string, h http.Header) *websocket.Conn {

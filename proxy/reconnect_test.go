@@ -7,7 +7,6 @@ import (
 	"maps"
 	"net"
 	"net/http"
-	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
@@ -299,37 +298,7 @@ func rcTopJitter(n int64) int64 { return n - 1 }
 // ("k=v"), 0 if absent.
 func rcMetric(t *testing.T, tt *tether, name string, labels ...string) float64 {
 	t.Helper()
-	mfs, err := tt.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, m := range mf.GetMetric() {
-			for _, l := range labels {
-				k, v, _ := strings.Cut(l, "=")
-				found := false
-				for _, lp := range m.GetLabel() {
-					if lp.GetName() == k && lp.GetValue() == v {
-						found = true
-					}
-				}
-				if !found {
-					continue metrics
-				}
-			}
-			if c := m.GetCounter(); c != nil {
-				return c.GetValue()
-			}
-			if g := m.GetGauge(); g != nil {
-				return g.GetValue()
-			}
-		}
-	}
-	return 0
+	return metric(t, tt, name, labels...)
 }
 
 // rcWaitMetric polls a metric until it equals want (10s at most).
@@ -370,36 +339,16 @@ func rcExpect(t *testing.T, c *websocket.Conn, want ...string) {
 	}
 }
 
-// rcCloseCode extracts the close code and reason from a gorilla read
-// error, or -1. gorilla v1.5.3 rejects 1014 as "bad close code" (its
-// list of valid received codes stops at 1013), so that message counts as
-// a Close with that code and an unknown reason.
-func rcCloseCode(err error) (int, string) {
-	var ce *websocket.CloseError
-	if errors.As(err, &ce) {
-		return ce.Code, ce.Text
-	}
-	if err != nil {
-		if m := rcBadCode.FindStringSubmatch(err.Error()); m != nil {
-			n, _ := strconv.Atoi(m[1])
-			return n, "*"
-		}
-	}
-	return -1, ""
-}
-
-var rcBadCode = regexp.MustCompile(`^websocket: bad close code (\d+)$`)
-
 // rcExpectClose reads the next frame and checks it is a Close with code
 // (and reason, unless "*").
 func rcExpectClose(t *testing.T, c *websocket.Conn, code int, reason string) {
 	t.Helper()
 	typ, p, err := rcNext(t, c)
-	got, text := rcCloseCode(err)
+	got, text := closeCode(err)
 	if got == -1 {
 		t.Fatalf("got %d %q (err %v), want Close %d", typ, p, err, code)
 	}
-	if got != code || (reason != "*" && text != "*" && text != reason) {
+	if got != code || !reasonMatches(text, reason) {
 		t.Fatalf("got Close %d %q, want %d %q", got, text, code, reason)
 	}
 }

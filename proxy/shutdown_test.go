@@ -75,7 +75,7 @@ func TestCoreShutdown(t *testing.T) {
 	var times []time.Time
 	for i := 0; i < n; i++ {
 		ce := coreRecv(t, clientEnds, 5*time.Second, "a client's close")
-		if code, _ := coreCode(ce.end.err); code != 1012 {
+		if code, _ := closeCode(ce.end.err); code != 1012 {
 			t.Errorf("client got %v, want close 1012", ce.end.err)
 		}
 		if ce.readyz != http.StatusServiceUnavailable {
