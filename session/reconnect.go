@@ -134,6 +134,10 @@ func (s *Session) halfFullLocked() bool {
 	return 2*len(s.q) > b.MaxMessages || 2*s.qBytes > b.MaxBytes
 }
 
+// earlyPingLocked asks the current upstream leg for a ping now, once per
+// acknowledgement. It releases mu while signalling (a ping may be written
+// at once, and writes never happen under mu), so callers re-check the
+// state after it.
 func (s *Session) earlyPingLocked() {
 	if s.earlyPinged || s.up == nil || s.state != stateConnected {
 		return

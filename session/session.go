@@ -180,6 +180,10 @@ type Session struct {
 	lostAt      time.Time
 	closeInfo   closeInfo
 
+	// Lock-free mirrors for the per-message paths of the read loops,
+	// written under mu together with what they mirror: curGen = gen,
+	// closed = (state == stateClosed). dropReplies counts down the
+	// TETHER_REPLAY_DROP_REPLIES of the current connection.
 	curGen      atomic.Uint64
 	closed      atomic.Bool
 	dropReplies atomic.Int64
