@@ -566,3 +566,34 @@ func TestCoreDialTimeout(t *testing.T) {
 		t.Errorf("502 after %v, want about 500ms", took)
 	}
 }
+
+// The slot is freed when the session ends, not when the goodbye
+// handshakes finish: with an upstream that never answers tether's Close
+// (tether then waits its close wait, 5 s here), a new session still gets
+// the slot at once.
+func TestMaxSessionsSlotFreedAtEnd(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	b := newBackend(t, nil, func(c *websocket.Conn, _ *http.Request) {
+		<-release // never reads, so never answers a Close
+	})
+	tt := startTetherOpts(t, b.URL, proxy.Options{CloseWait: 5 * time.Second}, func(c *proxy.Config) { c.MaxSessions = 1 })
+	t.Cleanup(func() { close(release) }) // runs before tether's shutdown
+	c1 := dial(t, tt.URL, nil)
+	if err := c1.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(1000, ""), time.Now().Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	coreWantClose(t, c1, 1000, "")
+	ended := time.Now()
+	for {
+		c, _, err := websocket.DefaultDialer.Dial(tt.URL, nil)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Since(ended) > time.Second {
+			t.Fatalf("no slot %v after the session ended (its upstream close still pending): %v", time.Since(ended), err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
