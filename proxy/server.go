@@ -327,21 +327,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.metrics.sessionsTotal.Inc()
 	s.metrics.sessionsActive.Inc()
-	// The session runs on a goroutine of its own and the handler returns:
-	// net/http's per-connection state (request, buffers, the serving
-	// goroutine's stack) is then garbage, which halves an idle session's
-	// memory. The registry, not net/http, tracks the session for the
-	// drain (Server.Shutdown never waits for hijacked connections anyway).
+	// The session starts and the handler returns: net/http's
+	// per-connection state (request, buffers, the serving goroutine's
+	// stack) is then garbage, and an idle session holds no goroutine at
+	// all (its legs park). The registry, not net/http, tracks the session
+	// for the drain (Server.Shutdown never waits for hijacked connections
+	// anyway).
 	running = true
-	go s.run(ctx, cancel, sess, unregister)
-}
-
-// run runs one session until it ends and then frees its registration.
-func (s *Server) run(ctx context.Context, cancel context.CancelFunc, sess *session.Session, unregister func()) {
-	defer unregister()
-	defer cancel()
-	defer s.metrics.sessionsActive.Dec()
-	sess.Run(ctx)
+	sess.Start(ctx, func() {
+		s.metrics.sessionsActive.Dec()
+		cancel()
+		unregister()
+	})
 }
 
 // remaining is what is left of the handshake deadline (SPEC §1

@@ -255,6 +255,10 @@ type frameReader struct {
 	msgOp      ws.OpCode
 	frames     int
 	compressed bool
+
+	// atBoundary is set while the header of a frame that starts a
+	// message (or a control frame between messages) is being read.
+	atBoundary bool
 }
 
 // next returns the next event. For evData, op is the message opcode and
@@ -267,7 +271,9 @@ func (r *frameReader) next() (ev event, op ws.OpCode, payload []byte, fragmented
 		r.compressed = false
 	}
 	for {
+		r.atBoundary = r.frames == 0
 		h, err := readHeader(r.br)
+		r.atBoundary = false
 		if err != nil {
 			return 0, 0, nil, false, nil, err
 		}
@@ -373,6 +379,12 @@ func grow(b []byte, n int) []byte {
 	nb := make([]byte, n, c)
 	copy(nb, b)
 	return nb
+}
+
+// idle drops the assembly buffers of a leg that parks.
+func (r *frameReader) idle() {
+	r.buf, r.zbuf = nil, nil
+	r.zr.Reset(nil)
 }
 
 // release drops a large assembly buffer so that an idle leg does not keep

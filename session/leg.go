@@ -6,13 +6,16 @@ import (
 	"errors"
 	"math/rand/v2"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gobwas/ws"
 
 	"github.com/tether-proxy/tether/heartbeat"
+	"github.com/tether-proxy/tether/internal/netpoll"
 )
 
 // Leg names, as used in logs and metric labels (SPEC §6).
@@ -32,6 +35,23 @@ const (
 
 var errLegClosed = errors.New("leg closed")
 
+// errIdle is returned by a read at a message boundary when the leg has
+// been quiet for Env.IdleAfter: the read loop may park the leg.
+var errIdle = errors.New("leg idle")
+
+// Read-loop states of a leg (leg.state).
+const (
+	legRunning uint32 = iota // a goroutine runs the leg's read loop
+	legParked                // no goroutine: waiting in the poller
+	legDone                  // the read loop has ended for good
+)
+
+// readBufSize is the read buffer a leg holds while its read loop runs.
+const readBufSize = 4096
+
+// readers pools the read buffers of running legs: a parked leg holds none.
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufSize) }}
+
 // leg is one WebSocket connection of a session: the client leg, or one
 // generation of the upstream leg.
 //
@@ -41,17 +61,34 @@ var errLegClosed = errors.New("leg closed")
 // goroutine wants written (pongs, heartbeat pings) are left as flags in
 // pending; whoever holds or next takes the lock writes them before it
 // releases it (see unlock). Reads: only the leg's read loop reads.
+//
+// Parking: a leg whose connection is a socket (not TLS, not a pipe) and
+// that has been quiet for Env.IdleAfter at a message boundary parks: its
+// read loop returns, its goroutine exits, its read buffer goes back to a
+// pool and the process's poller waits for the socket to become readable.
+// Readiness, a Close to send, a failed write or a heartbeat timeout wakes
+// it (wake), which starts a new goroutine running the same read loop. So
+// an idle leg costs no goroutine and no buffer, only its structs.
 type leg struct {
-	s      *Session
-	name   string // LegClient or LegUpstream
-	conn   net.Conn
-	br     *bufio.Reader
-	fr     frameReader
-	mask   bool   // frames we send are masked (we are the client side)
-	gen    uint64 // upstream generation; 0 for the client leg
-	hb     heartbeat.Config
-	wt     time.Duration // write timeout
-	closeW time.Duration // how long to wait for a Close reply
+	s    *Session
+	name string // LegClient or LegUpstream
+	conn net.Conn
+	br   *bufio.Reader // nil while parked
+	lr   legReader
+	fr   frameReader
+
+	rc       syscall.RawConn // non-nil when the leg can park
+	ph       netpoll.Handle  // owned by the read loop
+	state    atomic.Uint32   // legRunning, legParked or legDone
+	expired  atomic.Bool     // woken because the heartbeat timeout passed
+	lastRead atomic.Int64    // unix nano of the last bytes read (parking legs)
+	resume   func()          // runs the read loop again after a park
+	wakeFn   func()
+	mask     bool   // frames we send are masked (we are the client side)
+	gen      uint64 // upstream generation; 0 for the client leg
+	hb       heartbeat.Config
+	wt       time.Duration // write timeout
+	closeW   time.Duration // how long to wait for a Close reply
 
 	wlock   chan struct{}
 	hdr     [14]byte
@@ -71,6 +108,7 @@ type leg struct {
 	pongN    int
 	jsonPong []byte
 	tracker  heartbeat.Tracker
+	pingDue  int64 // unix nano of the next heartbeat ping
 
 	closing   atomic.Bool  // a Close was sent or the leg is being torn down
 	closeDL   atomic.Int64 // read deadline (unix nano) once closing
@@ -90,9 +128,99 @@ func newLeg(s *Session, name string, conn net.Conn, buffered []byte, fromClient 
 		closeW: s.env.closeWait(),
 		wlock:  make(chan struct{}, 1),
 	}
-	l.br = bufio.NewReaderSize(&legReader{l: l, pre: buffered}, 4096)
-	l.fr = frameReader{br: l.br, fromClient: fromClient, max: int64(s.cfg.MaxMessageBytes)}
+	l.lr = legReader{l: l, pre: buffered}
+	l.fr = frameReader{fromClient: fromClient, max: int64(s.cfg.MaxMessageBytes)}
+	if p := s.env.poller; p != nil && s.env.IdleAfter >= 0 {
+		switch c := conn.(type) {
+		case *net.TCPConn, *net.UnixConn:
+			if rc, err := c.(syscall.Conn).SyscallConn(); err == nil {
+				l.rc = rc
+				l.lastRead.Store(time.Now().UnixNano())
+				l.wakeFn = l.wake
+			}
+		}
+	}
 	return l
+}
+
+// acquireReader gives the read loop its read buffer.
+func (l *leg) acquireReader() {
+	if l.br == nil {
+		l.br = readers.Get().(*bufio.Reader)
+		l.br.Reset(&l.lr)
+		l.fr.br = l.br
+	}
+}
+
+// releaseReader returns the read buffer; it must hold no unread bytes
+// unless the leg is done.
+func (l *leg) releaseReader() {
+	if l.br != nil {
+		l.br.Reset(nil)
+		readers.Put(l.br)
+		l.br, l.fr.br = nil, nil
+	}
+}
+
+// park gives up the read loop's goroutine and buffers until the socket is
+// readable or wake is called. It reports whether the leg parked (the
+// caller's read loop must then return errParked at once, touching nothing
+// of the leg's read side) or could not (the caller goes on reading).
+func (l *leg) park() bool {
+	if l.rc == nil || l.closing.Load() || l.fr.frames != 0 || (l.br != nil && l.br.Buffered() != 0) || len(l.lr.pre) != 0 {
+		return false
+	}
+	l.releaseReader()
+	l.fr.idle()
+	l.s.env.parked.Add(1)
+	l.state.Store(legParked)
+	if err := l.s.env.poller.Arm(&l.ph, l.rc.Control, l.wakeFn); err != nil {
+		if l.state.CompareAndSwap(legParked, legRunning) {
+			l.s.env.parked.Add(-1)
+			l.acquireReader()
+			return false
+		}
+		return true // woken meanwhile: the new goroutine owns the loop
+	}
+	l.scheduleTimeoutCheck()
+	return true
+}
+
+// wake starts the read loop of a parked leg again. Safe from any goroutine;
+// it does nothing unless the leg is parked.
+func (l *leg) wake() {
+	if l.state.CompareAndSwap(legParked, legRunning) {
+		l.s.env.parked.Add(-1)
+		go l.resume()
+	}
+}
+
+// wakeExpired wakes a parked leg whose heartbeat timeout has passed: its
+// read loop gets a deadline error at once.
+func (l *leg) wakeExpired() {
+	if l.state.CompareAndSwap(legParked, legRunning) {
+		l.s.env.parked.Add(-1)
+		l.expired.Store(true)
+		go l.resume()
+	}
+}
+
+// readDone ends the leg's read side for good (its read loop returned for
+// a reason other than parking).
+func (l *leg) readDone() {
+	l.state.Store(legDone)
+	if p := l.s.env.poller; p != nil {
+		p.Release(&l.ph)
+	}
+	l.releaseReader()
+}
+
+// closeConn closes the connection and wakes the leg if it is parked, so
+// that its read loop sees the close and ends (a closed socket leaves the
+// poller without a readiness report).
+func (l *leg) closeConn() {
+	_ = l.conn.Close()
+	l.wake()
 }
 
 // legReader refreshes the liveness deadline before every socket read, so
@@ -110,15 +238,36 @@ func (r *legReader) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	l := r.l
+	if l.expired.Swap(false) {
+		return 0, os.ErrDeadlineExceeded
+	}
+	idle := false
 	if !l.closing.Load() {
+		var dl time.Time
 		if t := l.hb.Timeout; l.hb.Mode.On() && t > 0 {
-			_ = l.conn.SetReadDeadline(time.Now().Add(t))
+			dl = time.Now().Add(t)
 		}
+		// At a message boundary with nothing buffered, a leg that can
+		// park waits only IdleAfter with its goroutine.
+		if l.rc != nil && l.fr.atBoundary && l.br.Buffered() == 0 {
+			if idl := time.Now().Add(l.s.env.idleAfter()); dl.IsZero() || idl.Before(dl) {
+				dl, idle = idl, true
+			}
+		}
+		_ = l.conn.SetReadDeadline(dl)
 		if l.closing.Load() { // lost a race with beginClose
+			idle = false
 			_ = l.conn.SetReadDeadline(time.Unix(0, l.closeDL.Load()))
 		}
 	}
-	return l.conn.Read(p)
+	n, err := l.conn.Read(p)
+	if n > 0 && l.rc != nil {
+		l.lastRead.Store(time.Now().UnixNano())
+	}
+	if idle && n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+		return 0, errIdle
+	}
+	return n, err
 }
 
 func (l *leg) lock() { l.wlock <- struct{}{} }
@@ -180,7 +329,7 @@ func (l *leg) signal(flags uint32) {
 // decides about a leg) returns and handles it. Safe from any goroutine.
 func (l *leg) fail(err error) {
 	if l.failed.CompareAndSwap(nil, &err) {
-		_ = l.conn.Close()
+		l.closeConn()
 	}
 }
 
@@ -329,26 +478,73 @@ func (l *leg) startHeartbeat() {
 	}
 	l.ctl.Lock()
 	if !l.timerStop.Load() && l.timer == nil {
+		l.pingDue = time.Now().Add(l.hb.Interval).UnixNano()
 		l.timer = time.AfterFunc(l.hb.Interval, l.tick)
 	}
 	l.ctl.Unlock()
 }
 
+// tick runs when the leg's timer fires: at the ping interval, and for a
+// parked leg also when its heartbeat timeout is due (nothing else reads
+// the socket then, so no read deadline can fire).
 func (l *leg) tick() {
 	if l.timerStop.Load() {
 		return
 	}
-	var f uint32
-	if l.hb.Mode.SendsWS() {
-		f |= pendPingWS
+	now := time.Now().UnixNano()
+	l.ctl.Lock()
+	ping := now >= l.pingDue
+	if ping {
+		l.pingDue = now + int64(l.hb.Interval)
 	}
-	if l.hb.Mode.SendsJSON() {
-		f |= pendPingJSON
+	l.ctl.Unlock()
+	if ping {
+		var f uint32
+		if l.hb.Mode.SendsWS() {
+			f |= pendPingWS
+		}
+		if l.hb.Mode.SendsJSON() {
+			f |= pendPingJSON
+		}
+		l.signal(f)
 	}
-	l.signal(f)
+	if l.state.Load() == legParked && l.hb.Timeout > 0 && now >= l.lastRead.Load()+int64(l.hb.Timeout) {
+		l.wakeExpired()
+	}
 	l.ctl.Lock()
 	if !l.timerStop.Load() {
-		l.timer.Reset(l.hb.Interval)
+		l.timer.Reset(time.Duration(l.nextTickLocked(now)))
+	}
+	l.ctl.Unlock()
+}
+
+// nextTickLocked is the time from now to the timer's next firing: the next
+// ping, or the heartbeat timeout of a parked leg if that comes first.
+func (l *leg) nextTickLocked(now int64) int64 {
+	next := l.pingDue
+	if l.state.Load() == legParked && l.hb.Timeout > 0 {
+		if due := l.lastRead.Load() + int64(l.hb.Timeout); due < next {
+			next = due
+		}
+	}
+	if next < now {
+		next = now
+	}
+	return next - now
+}
+
+// scheduleTimeoutCheck makes the timer of a leg that just parked fire by
+// its heartbeat timeout.
+func (l *leg) scheduleTimeoutCheck() {
+	if !l.hb.Mode.On() || l.hb.Timeout <= 0 {
+		return
+	}
+	l.ctl.Lock()
+	if l.timer != nil && !l.timerStop.Load() {
+		now := time.Now().UnixNano()
+		if l.lastRead.Load()+int64(l.hb.Timeout) < l.pingDue {
+			l.timer.Reset(time.Duration(l.nextTickLocked(now)))
+		}
 	}
 	l.ctl.Unlock()
 }
@@ -401,4 +597,5 @@ func (l *leg) beginClose(wait time.Duration) {
 	l.closeDL.Store(dl.UnixNano())
 	l.closing.Store(true)
 	_ = l.conn.SetReadDeadline(dl)
+	l.wake() // a parked leg reads the Close reply under that deadline
 }

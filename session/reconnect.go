@@ -220,7 +220,7 @@ func (s *Session) ack(gen, ackSeq uint64) {
 // same loss a no-op.
 func (s *Session) upstreamLost(u *leg, why string) {
 	u.stopHeartbeat()
-	_ = u.conn.Close()
+	u.closeConn()
 	s.mu.Lock()
 	if s.state == stateClosed || u.gen != s.gen {
 		s.mu.Unlock()
@@ -237,7 +237,7 @@ func (s *Session) upstreamLost(u *leg, why string) {
 	s.lostAt = time.Now()
 	s.up = nil
 	s.cond.Broadcast()
-	s.wg.Add(1)
+	s.parts.Add(1)
 	s.mu.Unlock()
 	s.log.Info("upstream lost", "upstream", s.upHost, "err", why)
 	go s.reconnectLoop()
@@ -266,7 +266,7 @@ func Backoff(initial, max time.Duration, n int, jitter func(k int64) int64) time
 // reconnectLoop is the session's only reconnect loop (SPEC §4). It owns
 // the upstream leg until it is connected again or the session ends.
 func (s *Session) reconnectLoop() {
-	defer s.wg.Done()
+	defer s.partDone()
 	_ = s.guard(func() error { s.reconnect(); return nil })
 }
 
@@ -364,11 +364,11 @@ func (s *Session) resume(up Upstream) resumeResult {
 	// The replay covers the opening messages received so far; one that
 	// arrives later is in the queue and sent from there.
 	n := uint64(len(replay))
-	s.wg.Add(1)
+	s.parts.Add(1)
 	s.mu.Unlock()
 	// Tell the client first: anything the new upstream sends comes after.
 	s.notify(statusConnected)
-	go s.upstreamLoop(u)
+	go u.resume()
 	u.startHeartbeat()
 
 	for _, m := range replay {
@@ -427,7 +427,7 @@ func (s *Session) resume(up Upstream) resumeResult {
 
 func (s *Session) resumeFailed(u *leg) resumeResult {
 	u.stopHeartbeat()
-	_ = u.conn.Close()
+	u.closeConn()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.state == stateClosed {

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/tether-proxy/tether/heartbeat"
+	"github.com/tether-proxy/tether/internal/netpoll"
 )
 
 // Metrics receives what sessions count (SPEC §6). Implementations must be
@@ -78,10 +79,16 @@ type Env struct {
 	Limiter *rate.Limiter
 	// Jitter returns a random number in [0, n); nil uses math/rand/v2.
 	Jitter func(n int64) int64
+	// IdleAfter is how long a leg waits at a message boundary with a
+	// goroutine before it parks in the poller (see leg); 0 means 1 s, a
+	// negative value never parks.
+	IdleAfter time.Duration
 	// CloseWait bounds the wait for a peer's Close reply; 0 means 3 s.
 	CloseWait time.Duration
 
-	total atomic.Int64 // buffered + retained bytes of all sessions
+	total  atomic.Int64 // buffered + retained bytes of all sessions
+	poller *netpoll.Poller
+	parked atomic.Int64
 }
 
 // NewEnv validates cfg and builds an Env with its defaults filled in.
@@ -99,7 +106,7 @@ func NewEnv(cfg Config, logger *slog.Logger, m Metrics) (*Env, error) {
 	if m == nil {
 		m = NopMetrics{}
 	}
-	e := &Env{Config: cfg, Messages: msgs, Logger: logger, Metrics: m}
+	e := &Env{Config: cfg, Messages: msgs, Logger: logger, Metrics: m, poller: netpoll.New()}
 	if r := cfg.Reconnect.Rate; r > 0 {
 		burst := int(r)
 		if burst < 1 {
@@ -112,6 +119,17 @@ func NewEnv(cfg Config, logger *slog.Logger, m Metrics) (*Env, error) {
 
 // BufferedBytes reports the bytes all sessions buffer and retain.
 func (e *Env) BufferedBytes() int64 { return e.total.Load() }
+
+// ParkedLegs reports how many legs are parked now: they hold no goroutine
+// and no read buffer.
+func (e *Env) ParkedLegs() int64 { return e.parked.Load() }
+
+func (e *Env) idleAfter() time.Duration {
+	if e.IdleAfter > 0 {
+		return e.IdleAfter
+	}
+	return time.Second
+}
 
 func (e *Env) closeWait() time.Duration {
 	if e.CloseWait > 0 {
@@ -149,9 +167,10 @@ type qmsg struct {
 
 // Session relays one client leg to a replaceable upstream leg.
 //
-// Goroutines: Run reads the client leg; one read loop per upstream
-// connection; a reconnect loop only while reconnecting; heartbeat timers
-// run callbacks briefly when they fire. Run waits for all of them. All
+// Goroutines: one read loop for the client leg and one per upstream
+// connection, each only while its leg is not parked (see leg); a
+// reconnect loop only while reconnecting; heartbeat timers run callbacks
+// briefly when they fire. The session finishes when all of them have. All
 // session state is under mu; legs' writes are under their own locks, never
 // taken while holding mu.
 type Session struct {
@@ -194,9 +213,15 @@ type Session struct {
 
 	ctx    context.Context // cancelled when the session ends
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	force  *time.Timer
-	upHost string
+	// parts counts the read loops (client, each upstream connection) and
+	// the reconnect loop that have not finished; a parked loop has not.
+	// The one that brings it to zero finishes the session. A part is
+	// added only by a holder of another part.
+	parts     atomic.Int32
+	stopDrain func() bool
+	onDone    func()
+	force     *time.Timer
+	upHost    string
 }
 
 type closeInfo struct {
@@ -242,6 +267,7 @@ func (s *Session) retention() bool { return s.cfg.UpstreamHeartbeat.Mode.On() }
 // owns s exclusively.
 func (s *Session) installLocked(up Upstream) *leg {
 	u := newLeg(s, LegUpstream, up.Conn, up.Buffered, false, s.cfg.UpstreamHeartbeat)
+	u.resume = func() { s.upstreamRun(u) }
 	s.gen++
 	u.gen = s.gen
 	s.up = u
@@ -254,22 +280,52 @@ func (s *Session) installLocked(up Upstream) *leg {
 // returned. Cancelling ctx drains the session: the client gets Close 1012,
 // the upstream Close 1001.
 func (s *Session) Run(ctx context.Context) {
+	done := make(chan struct{})
+	s.Start(ctx, func() { close(done) })
+	<-done
+}
+
+// Start starts the session and returns; onDone, if not nil, is called once
+// when the session has ended and every goroutine it started has returned.
+// Cancelling ctx drains the session as in Run. No goroutine waits for the
+// session: an idle session has none at all.
+func (s *Session) Start(ctx context.Context, onDone func()) {
 	s.log.Info("session open", "remote", s.client.conn.RemoteAddr().String(), "upstream", s.upHost)
-	stop := context.AfterFunc(ctx, func() {
+	s.onDone = onDone
+	s.stopDrain = context.AfterFunc(ctx, func() {
 		s.end(act{kind: actSend, ce: CloseError{Code: CloseServiceRestart, Reason: "tether shutting down"}},
 			act{kind: actSend, ce: CloseError{Code: CloseGoingAway, Reason: "tether shutting down"}}, "shutdown")
 	})
 	up := s.up
-	s.wg.Add(1)
-	go s.upstreamLoop(up)
+	s.client.resume = s.clientRun
+	s.parts.Add(2)
+	go s.clientRun()
+	go up.resume()
 	s.client.startHeartbeat()
 	up.startHeartbeat()
+}
 
+// clientRun runs the client leg's read loop until the leg parks or ends.
+func (s *Session) clientRun() {
 	err := s.guard(s.clientLoop)
-	stop()
+	if err == errParked {
+		return
+	}
+	s.client.readDone()
 	s.clientDone(err)
-	_ = s.client.conn.Close()
-	s.wg.Wait()
+	s.client.closeConn()
+	s.partDone()
+}
+
+// errParked is returned by a read loop whose leg parked.
+var errParked = errors.New("leg parked")
+
+// partDone finishes one part; the last finishes the session.
+func (s *Session) partDone() {
+	if s.parts.Add(-1) != 0 {
+		return
+	}
+	s.stopDrain()
 	s.cancel()
 	s.mu.Lock()
 	if s.force != nil {
@@ -280,6 +336,9 @@ func (s *Session) Run(ctx context.Context) {
 	s.log.Info("session closed", "why", ci.why,
 		"code", codeAttr(ci.client), "reason", ci.client.Reason,
 		"upstream_code", codeAttr(ci.upstream))
+	if s.onDone != nil {
+		s.onDone()
+	}
 }
 
 func codeAttr(c CloseError) int {
@@ -296,12 +355,12 @@ func (s *Session) Close() {
 }
 
 func (s *Session) forceClose() {
-	_ = s.client.conn.Close()
+	s.client.closeConn()
 	s.mu.Lock()
 	up := s.up
 	s.mu.Unlock()
 	if up != nil {
-		_ = up.conn.Close()
+		up.closeConn()
 	}
 }
 
@@ -321,10 +380,17 @@ func (s *Session) guard(f func() error) (err error) {
 // clientLoop reads the client leg until it ends.
 func (s *Session) clientLoop() error {
 	c := s.client
+	c.acquireReader()
 	answerJSON := s.cfg.ClientHeartbeat.Mode.AnswersJSON()
 	for {
 		ev, op, p, frag, ce, err := c.fr.next()
 		if err != nil {
+			if err == errIdle {
+				if c.park() {
+					return errParked
+				}
+				continue
+			}
 			return err
 		}
 		switch ev {
@@ -412,21 +478,33 @@ func (s *Session) pingSent(l *leg) {
 	}
 }
 
-// upstreamLoop reads one upstream connection until it ends.
-func (s *Session) upstreamLoop(u *leg) {
-	defer s.wg.Done()
-	defer u.conn.Close()
+// upstreamRun runs one upstream connection's read loop until the leg
+// parks or the connection ends.
+func (s *Session) upstreamRun(u *leg) {
 	err := s.guard(func() error { return s.upstreamRead(u) })
+	if err == errParked {
+		return
+	}
+	u.readDone()
 	if err != nil {
 		s.upstreamErr(u, err)
 	}
+	u.closeConn()
+	s.partDone()
 }
 
 func (s *Session) upstreamRead(u *leg) error {
+	u.acquireReader()
 	answerJSON := s.cfg.UpstreamHeartbeat.Mode.AnswersJSON()
 	for {
 		ev, op, p, frag, ce, err := u.fr.next()
 		if err != nil {
+			if err == errIdle {
+				if u.park() {
+					return errParked
+				}
+				continue
+			}
 			return err
 		}
 		switch ev {
@@ -567,14 +645,14 @@ func (s *Session) apply(l *leg, a act) {
 	switch a.kind {
 	case actDrop:
 		l.beginClose(0)
-		_ = l.conn.Close()
+		l.closeConn()
 	case actSend:
 		if !l.writeClose(a.ce, s.goodbye()) {
-			_ = l.conn.Close()
+			l.closeConn()
 		}
 	case actSendNoWait:
 		l.writeClose(a.ce, s.goodbye())
-		_ = l.conn.Close()
+		l.closeConn()
 	case actReply:
 		l.writeClose(a.ce, s.goodbye())
 	}

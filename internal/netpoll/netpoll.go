@@ -82,15 +82,14 @@ func (p *Poller) Arm(h *Handle, ctl func(func(fd uintptr)) error, f func()) erro
 	im, epoch := p.impl, p.epoch
 	p.mu.Unlock()
 
+	// h is written before the socket is armed: once armed, f may run and
+	// hand h to another goroutine. A failed ADD leaves h marked added; the
+	// next Arm's MOD then falls back to ADD.
+	added := h.epoch == epoch
+	h.epoch = epoch
 	var err error
-	cerr := ctl(func(fd uintptr) {
-		err = im.arm(int(fd), h.id, h.epoch == epoch)
-	})
-	if cerr != nil {
-		err = cerr
-	}
-	if err == nil {
-		h.epoch = epoch
+	if cerr := ctl(func(fd uintptr) { err = im.arm(int(fd), h.id, added) }); cerr != nil {
+		return cerr
 	}
 	return err
 }

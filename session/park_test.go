@@ -1,0 +1,444 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+
+	"github.com/tether-proxy/tether/heartbeat"
+	"github.com/tether-proxy/tether/internal/netpoll"
+)
+
+// Parking needs real sockets (net.Pipe has no file descriptor), so these
+// tests run over loopback TCP; their waits are for states, not times.
+
+// parkPair returns the two ends of a loopback TCP connection: tether's end
+// and the peer's.
+func parkPair(t *testing.T) (tether, peer net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	acc := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		acc <- c
+	}()
+	peer, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tether = <-acc
+	if tether == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { tether.Close(); peer.Close() })
+	return tether, peer
+}
+
+type parkRig struct {
+	t        *testing.T
+	env      *Env
+	s        *Session
+	client   net.Conn // the client peer's end
+	upstream net.Conn // the first upstream peer's end
+	done     chan struct{}
+	dials    chan net.Conn // peer ends of reconnected upstreams
+	metrics  *hbMetrics
+}
+
+func newParkRig(t *testing.T, cfg Config) *parkRig {
+	t.Helper()
+	if !netpoll.Supported() {
+		t.Skip("parking needs epoll (Linux)")
+	}
+	m := newHBMetrics()
+	env, err := NewEnv(cfg, nil, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.IdleAfter = 10 * time.Millisecond
+	env.CloseWait = 200 * time.Millisecond
+	env.Jitter = func(int64) int64 { return 0 }
+	r := &parkRig{t: t, env: env, done: make(chan struct{}), dials: make(chan net.Conn, 4), metrics: m}
+	ct, cp := parkPair(t)
+	ut, up := parkPair(t)
+	r.client, r.upstream = cp, up
+	dial := func(context.Context) (Upstream, error) {
+		tt, pp := parkPair(t)
+		r.dials <- pp
+		return Upstream{Conn: tt}, nil
+	}
+	r.s = New(env, "park", ct, nil, Upstream{Conn: ut}, dial)
+	r.s.Start(context.Background(), func() { close(r.done) })
+	t.Cleanup(func() {
+		r.s.Close()
+		select {
+		case <-r.done:
+		case <-time.After(10 * time.Second):
+			t.Error("the session did not finish after Close")
+		}
+	})
+	return r
+}
+
+// waitParked waits until the given legs are parked.
+func (r *parkRig) waitParked(legs ...*leg) {
+	r.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		all := true
+		for _, l := range legs {
+			if l.state.Load() != legParked {
+				all = false
+			}
+		}
+		if all {
+			return
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatal("legs did not park")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func (r *parkRig) up() *leg {
+	r.s.mu.Lock()
+	defer r.s.mu.Unlock()
+	return r.s.up
+}
+
+func (r *parkRig) waitDone() {
+	r.t.Helper()
+	select {
+	case <-r.done:
+	case <-time.After(10 * time.Second):
+		r.t.Fatal("the session did not finish")
+	}
+}
+
+// readServerMsg reads the next data message the client peer gets
+// (answering pings on the way).
+func readServerMsg(t *testing.T, c net.Conn) string {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	p, err := wsutil.ReadServerText(c)
+	if err != nil {
+		t.Fatalf("client peer read: %v", err)
+	}
+	return string(p)
+}
+
+func readClientMsg(t *testing.T, c net.Conn) string {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	p, err := wsutil.ReadClientText(c)
+	if err != nil {
+		t.Fatalf("upstream peer read: %v", err)
+	}
+	return string(p)
+}
+
+// readCloseCode reads frames until a Close and returns its code.
+func readCloseCode(t *testing.T, c net.Conn, fromServer bool) int {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		f, err := ws.ReadFrame(c)
+		if err != nil {
+			t.Fatalf("read close: %v", err)
+		}
+		if f.Header.Masked {
+			ws.Cipher(f.Payload, f.Header.Mask, 0)
+		}
+		if f.Header.OpCode == ws.OpClose {
+			if len(f.Payload) < 2 {
+				return int(CloseNoStatus)
+			}
+			return int(f.Payload[0])<<8 | int(f.Payload[1])
+		}
+	}
+}
+
+// An idle session parks both legs: no read loop, no read buffer. Messages
+// wake them, are relayed both ways, and the legs park again.
+func TestParkIdleLegsRelay(t *testing.T) {
+	r := newParkRig(t, hbCfg(hbOff, hbOff))
+	c, u := r.s.client, r.up()
+	r.waitParked(c, u)
+	if n := r.env.ParkedLegs(); n != 2 {
+		t.Fatalf("ParkedLegs = %d, want 2", n)
+	}
+	for i := 0; i < 3; i++ {
+		if err := wsutil.WriteClientText(r.client, []byte("hello")); err != nil {
+			t.Fatal(err)
+		}
+		if got := readClientMsg(t, r.upstream); got != "hello" {
+			t.Fatalf("upstream got %q", got)
+		}
+		if err := wsutil.WriteServerText(r.upstream, []byte("world")); err != nil {
+			t.Fatal(err)
+		}
+		if got := readServerMsg(t, r.client); got != "world" {
+			t.Fatalf("client got %q", got)
+		}
+		r.waitParked(c, u)
+	}
+	// A Close from the client ends the session through parked legs.
+	if err := ws.WriteFrame(r.client, ws.MaskFrame(ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusNormalClosure, "bye")))); err != nil {
+		t.Fatal(err)
+	}
+	if code := readCloseCode(t, r.upstream, false); code != 1000 {
+		t.Fatalf("upstream got Close %d, want 1000", code)
+	}
+	_ = ws.WriteFrame(r.upstream, ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusNormalClosure, "bye")))
+	if code := readCloseCode(t, r.client, true); code != 1000 {
+		t.Fatalf("client got Close %d, want 1000", code)
+	}
+	r.waitDone()
+	if n := r.env.ParkedLegs(); n != 0 {
+		t.Fatalf("ParkedLegs = %d after the end, want 0", n)
+	}
+}
+
+// A parked leg has no read in progress, so no read deadline can fire: its
+// heartbeat timeout comes from its timer. A client that stops answering is
+// found dead while its leg is parked.
+func TestParkedHeartbeatTimeout(t *testing.T) {
+	cfg := hbCfg(hbLeg(heartbeat.ModeWS, 40*time.Millisecond, 150*time.Millisecond), hbOff)
+	r := newParkRig(t, cfg)
+	// The client peer never reads: tether's pings go unanswered.
+	r.waitParked(r.s.client)
+	if code := readCloseCode(t, r.upstream, false); code != int(CloseGoingAway) {
+		t.Fatalf("upstream got Close %d, want 1001", code)
+	}
+	_ = ws.WriteFrame(r.upstream, ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusGoingAway, "")))
+	r.waitDone()
+	if n := r.metrics.timeoutsOf(LegClient); n != 1 {
+		t.Fatalf("client heartbeat timeouts = %d, want 1", n)
+	}
+}
+
+// Pongs wake a parked leg and count as life: a peer that answers stays
+// connected across many timeouts' worth of parking.
+func TestParkedHeartbeatAnswered(t *testing.T) {
+	cfg := hbCfg(hbLeg(heartbeat.ModeWS, 20*time.Millisecond, 60*time.Millisecond), hbOff)
+	r := newParkRig(t, cfg)
+	pongs := make(chan struct{}, 64)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		// Answer pings as a browser does, and count the answers.
+		for {
+			_ = r.client.SetReadDeadline(time.Now().Add(5 * time.Second))
+			h, err := ws.ReadHeader(r.client)
+			if err != nil {
+				return
+			}
+			p := make([]byte, h.Length)
+			if _, err := io.ReadFull(r.client, p); err != nil {
+				return
+			}
+			if h.OpCode == ws.OpPing {
+				if ws.WriteFrame(r.client, ws.MaskFrame(ws.NewPongFrame(p))) != nil {
+					return
+				}
+				select {
+				case pongs <- struct{}{}:
+				case <-stop:
+					return
+				}
+			}
+		}
+	}()
+	for i := 0; i < 15; i++ { // 15 intervals = 5 timeouts
+		select {
+		case <-pongs:
+		case <-r.done:
+			t.Fatal("session ended although every ping was answered")
+		case <-time.After(10 * time.Second):
+			t.Fatal("no ping")
+		}
+	}
+	if n := r.metrics.timeoutsOf(LegClient); n != 0 {
+		t.Fatalf("client heartbeat timeouts = %d, want 0", n)
+	}
+	if err := wsutil.WriteClientText(r.client, []byte("still here")); err != nil {
+		t.Fatal(err)
+	}
+	if got := readClientMsg(t, r.upstream); got != "still here" {
+		t.Fatalf("upstream got %q", got)
+	}
+}
+
+// Closing a parked leg's connection must wake it: a closed socket leaves
+// epoll without a readiness report. Session.Close with both legs parked
+// finishes the session.
+func TestParkedForcedClose(t *testing.T) {
+	r := newParkRig(t, hbCfg(hbOff, hbOff))
+	r.waitParked(r.s.client, r.up())
+	r.s.Close()
+	r.waitDone()
+}
+
+// A client that hangs up while its leg is parked ends the session.
+func TestParkedClientHangup(t *testing.T) {
+	r := newParkRig(t, hbCfg(hbOff, hbOff))
+	r.waitParked(r.s.client, r.up())
+	r.client.Close()
+	if code := readCloseCode(t, r.upstream, false); code != int(CloseGoingAway) {
+		t.Fatalf("upstream got Close %d, want 1001", code)
+	}
+	r.waitDone()
+}
+
+// An upstream lost while parked is reconnected, and the new upstream leg
+// parks and relays too.
+func TestParkedUpstreamReconnect(t *testing.T) {
+	r := newParkRig(t, hbCfg(hbOff, hbOff))
+	old := r.up()
+	r.waitParked(r.s.client, old)
+	r.upstream.Close() // abnormal closure: reconnect (SPEC §4)
+	var up net.Conn
+	select {
+	case up = <-r.dials:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no reconnect")
+	}
+	// The new connection is installed once dialled; wait for its leg.
+	var nu *leg
+	deadline := time.Now().Add(10 * time.Second)
+	for nu = r.up(); nu == nil || nu == old; nu = r.up() {
+		if time.Now().After(deadline) {
+			t.Fatal("new upstream leg not installed")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	r.waitParked(r.s.client, nu)
+	if err := wsutil.WriteClientText(r.client, []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	if got := readClientMsg(t, up); got != "after" {
+		t.Fatalf("new upstream got %q", got)
+	}
+	if old.state.Load() != legDone {
+		t.Fatal("the lost upstream leg's read loop did not end")
+	}
+}
+
+// A leg over a connection without a file descriptor never parks.
+func TestPipeNeverParks(t *testing.T) {
+	env, err := NewEnv(hbCfg(hbOff, hbOff), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.IdleAfter = time.Millisecond
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	s := &Session{env: env, cfg: &env.Config}
+	l := newLeg(s, LegClient, a, nil, true, hbOff)
+	if l.rc != nil {
+		t.Fatal("a net.Pipe leg can park")
+	}
+	var woke atomic.Bool
+	l.resume = func() { woke.Store(true) }
+	l.wake()
+	if woke.Load() {
+		t.Fatal("wake started a loop that was not parked")
+	}
+}
+
+// BenchmarkIdleParked holds sessions over loopback TCP until their legs
+// park and reports what one idle session costs: goroutines, heap and
+// stack. Run with -memprofile to see where the heap goes.
+//
+//	go test -run x -bench IdleParked -benchtime 1x ./session/
+func BenchmarkIdleParked(b *testing.B) {
+	if !netpoll.Supported() {
+		b.Skip("parking needs epoll (Linux)")
+	}
+	sessions := 2000
+	if testing.Short() {
+		sessions = 200
+	}
+	hb := heartbeat.Config{Mode: heartbeat.ModeWS, Interval: 15 * time.Second, Timeout: 45 * time.Second}
+	client := hb
+	client.Mode = heartbeat.ModeBoth
+	env, err := NewEnv(hbCfg(client, hb), nil, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	env.IdleAfter = 10 * time.Millisecond
+	env.CloseWait = time.Millisecond
+	dial := func(context.Context) (Upstream, error) { return Upstream{}, errors.New("no") }
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	pair := func() (net.Conn, net.Conn) {
+		acc := make(chan net.Conn, 1)
+		go func() { c, _ := ln.Accept(); acc <- c }()
+		p, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		return <-acc, p
+	}
+	var gPer, heapPer, stackPer float64
+	for i := 0; i < b.N; i++ {
+		peers := make([]net.Conn, 0, 2*sessions)
+		tconns := make([][2]net.Conn, sessions)
+		for k := range tconns {
+			ct, cp := pair()
+			ut, up := pair()
+			tconns[k] = [2]net.Conn{ct, ut}
+			peers = append(peers, cp, up)
+		}
+		runtime.GC()
+		var m0, m1 runtime.MemStats
+		runtime.ReadMemStats(&m0)
+		g0 := runtime.NumGoroutine()
+		done := make(chan struct{}, sessions)
+		ss := make([]*Session, sessions)
+		for k := range ss {
+			ss[k] = New(env, "bench", tconns[k][0], nil, Upstream{Conn: tconns[k][1]}, dial)
+			ss[k].Start(context.Background(), func() { done <- struct{}{} })
+		}
+		for env.ParkedLegs() < int64(2*sessions) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		runtime.GC()
+		runtime.GC()
+		runtime.ReadMemStats(&m1)
+		g1 := runtime.NumGoroutine()
+		for _, s := range ss {
+			s.Close()
+		}
+		for range ss {
+			<-done
+		}
+		for _, p := range peers {
+			p.Close()
+		}
+		gPer += float64(g1-g0) / float64(sessions)
+		heapPer += float64(int64(m1.HeapAlloc)-int64(m0.HeapAlloc)) / float64(sessions)
+		stackPer += float64(int64(m1.StackInuse)-int64(m0.StackInuse)) / float64(sessions)
+	}
+	n := float64(b.N)
+	b.ReportMetric(gPer/n, "goroutines/session")
+	b.ReportMetric(heapPer/n, "heap-B/session")
+	b.ReportMetric(stackPer/n, "stack-B/session")
+}
