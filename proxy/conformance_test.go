@@ -11,6 +11,7 @@ package proxy_test
 import (
 	"bufio"
 	"bytes"
+	"compress/flate"
 	"crypto/sha1" //nolint:gosec // RFC 6455's accept key
 	"encoding/base64"
 	"encoding/binary"
@@ -368,7 +369,7 @@ func (b *rawBackend) next(t *testing.T) *rawPeer {
 }
 
 // rawDial upgrades a raw TCP connection to tether by hand.
-func rawDial(t *testing.T, addr string) *rawPeer {
+func rawDial(t *testing.T, addr string, extra ...string) *rawPeer {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -378,7 +379,7 @@ func rawDial(t *testing.T, addr string) *rawPeer {
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	const key = "dGhlIHNhbXBsZSBub25jZQ=="
 	req := "GET /conf HTTP/1.1\r\nHost: " + addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-		"Sec-WebSocket-Key: " + key + "\r\nSec-WebSocket-Version: 13\r\n\r\n"
+		"Sec-WebSocket-Key: " + key + "\r\nSec-WebSocket-Version: 13\r\n" + strings.Join(extra, "") + "\r\n"
 	if _, err := io.WriteString(c, req); err != nil {
 		t.Fatal(err)
 	}
@@ -390,6 +391,9 @@ func rawDial(t *testing.T, addr string) *rawPeer {
 	_ = resp.Body.Close()
 	if resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("Sec-WebSocket-Accept") != acceptKey(key) {
 		t.Fatalf("upgrade: %s, accept %q", resp.Status, resp.Header.Get("Sec-WebSocket-Accept"))
+	}
+	if len(extra) > 0 && !strings.Contains(resp.Header.Get("Sec-WebSocket-Extensions"), "permessage-deflate") {
+		t.Fatalf("upgrade: extension not accepted: %q", resp.Header.Get("Sec-WebSocket-Extensions"))
 	}
 	return &rawPeer{t: t, name: "client", conn: c, br: br, client: true}
 }
@@ -496,14 +500,20 @@ func confCases() []confCase {
 
 // startConf starts a raw backend and tether (heartbeats off, so that every
 // frame read is the case's) with one session through them.
-func startConf(t *testing.T) (be *rawBackend, client, up *rawPeer) {
+// With deflate, the client leg negotiates permessage-deflate.
+func startConf(t *testing.T, deflate bool) (be *rawBackend, client, up *rawPeer) {
 	t.Helper()
 	be = newRawBackend(t)
 	tt := startTether(t, be.URL, func(c *proxy.Config) {
 		c.Session.ClientHeartbeat.Mode = heartbeat.ModeOff
 		c.Session.UpstreamHeartbeat.Mode = heartbeat.ModeOff
+		c.ClientCompression = deflate
 	})
-	client = rawDial(t, tt.Addr)
+	if deflate {
+		client = rawDial(t, tt.Addr, "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover; server_no_context_takeover\r\n")
+	} else {
+		client = rawDial(t, tt.Addr)
+	}
 	up = be.next(t)
 	return be, client, up
 }
@@ -520,7 +530,7 @@ func TestConformance(t *testing.T) {
 			}
 			t.Run(leg+"/"+c.name, func(t *testing.T) {
 				t.Parallel()
-				_, client, up := startConf(t)
+				_, client, up := startConf(t, false)
 				sender, other := client, up
 				if leg == "upstream" {
 					sender, other = up, client
@@ -621,7 +631,7 @@ func TestConformanceUpstreamCloseReconnects(t *testing.T) {
 	for _, code := range []uint16{1001, 1011, 1012, 1013, 1014} {
 		t.Run(fmt.Sprint(code), func(t *testing.T) {
 			t.Parallel()
-			be, client, up := startConf(t)
+			be, client, up := startConf(t, false)
 			up.send(fin(opClose, closeBody(code, "restart")))
 			_, _, c, ok := up.readUntilClose()
 			if !ok || c.code != int(code) {
@@ -645,6 +655,61 @@ func TestConformanceUpstreamCloseReconnects(t *testing.T) {
 				t.Fatalf("client: Close %+v (ok=%v), want 1000 done", c, ok)
 			}
 			client.expectEOF()
+		})
+	}
+}
+
+// compress is a permessage-deflate payload of s (RFC 7692 §7.2.1: the
+// final empty stored block's 00 00 ff ff removed).
+func compress(t *testing.T, s string) string {
+	t.Helper()
+	var b bytes.Buffer
+	w, err := flate.NewWriter(&b, flate.BestSpeed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(w, s); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSuffix(b.String(), "\x00\x00\xff\xff")
+}
+
+// RSV1 on a client leg with permessage-deflate (RFC 7692 §6): allowed on
+// the first frame of a data message only, and what it marks must inflate.
+func TestConformanceCompression(t *testing.T) {
+	t.Parallel()
+	z := compress(t, "hello, compressed world")
+	zBad := compress(t, "bad \xff text")
+	rsv1 := func(op byte, finBit bool, p string) confFrame {
+		return confFrame{fin: finBit, rsv: 4, op: op, p: []byte(p)}
+	}
+	bye := fin(opClose, closeBody(1000, "done"))
+	for _, c := range []confCase{
+		{name: "compressed text", frames: []confFrame{rsv1(opText, true, z), fin(opText, "plain"), bye},
+			want: []confMsg{{opText, "hello, compressed world"}, {opText, "plain"}}},
+		{name: "compressed and fragmented with a ping", frames: []confFrame{rsv1(opBinary, false, z[:3]), fin(opPing, "zp"), fin(opCont, z[3:]), bye},
+			want: []confMsg{{opBinary, "hello, compressed world"}}, pong: "zp"},
+		{name: "RSV1 on a continuation", frames: []confFrame{frag(opText, "a"), rsv1(opCont, true, "b")}, kind: confFail, code: 1002},
+		{name: "RSV1 on a ping", frames: []confFrame{rsv1(opPing, true, "")}, kind: confFail, code: 1002},
+		{name: "RSV2 with deflate", frames: []confFrame{{fin: true, rsv: 2, op: opText, p: []byte(z)}}, kind: confFail, code: 1002},
+		{name: "not deflate data", frames: []confFrame{rsv1(opBinary, true, "\xff\xff\xff")}, kind: confFail, code: 1007},
+		{name: "invalid UTF-8 once inflated", frames: []confFrame{rsv1(opText, true, zBad)}, kind: confFail, code: 1007},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			_, client, up := startConf(t, true)
+			var pongs []string
+			if c.pong != "" {
+				client.send(c.frames[:len(c.frames)-1]...)
+				pongs = client.readPongs(c.pong)
+				client.send(c.frames[len(c.frames)-1])
+			} else {
+				client.send(c.frames...)
+			}
+			checkConf(t, c, "client", client, up, pongs)
 		})
 	}
 }
