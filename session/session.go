@@ -197,6 +197,11 @@ type Session struct {
 	wg     sync.WaitGroup
 	force  *time.Timer
 	upHost string
+
+	// Closed by end once it has written (or given up on) the client's and
+	// the upstream's Close: a read loop that sees the peer's Close while
+	// ours is being written must not close the connection under it.
+	clientActed, upActed chan struct{}
 }
 
 type closeInfo struct {
@@ -217,6 +222,9 @@ func New(env *Env, id string, client net.Conn, clientBuffered []byte, up Upstrea
 		dial:     dial,
 		protocol: up.Protocol,
 		upHost:   up.Host,
+
+		clientActed: make(chan struct{}),
+		upActed:     make(chan struct{}),
 	}
 	s.cond.L = &s.mu
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -268,6 +276,9 @@ func (s *Session) Run(ctx context.Context) {
 	err := s.guard(s.clientLoop)
 	stop()
 	s.clientDone(err)
+	if s.closed.Load() {
+		<-s.clientActed
+	}
 	_ = s.client.conn.Close()
 	s.wg.Wait()
 	s.cancel()
@@ -415,7 +426,12 @@ func (s *Session) pingSent(l *leg) {
 // upstreamLoop reads one upstream connection until it ends.
 func (s *Session) upstreamLoop(u *leg) {
 	defer s.wg.Done()
-	defer u.conn.Close()
+	defer func() {
+		if s.closed.Load() {
+			<-s.upActed
+		}
+		_ = u.conn.Close()
+	}()
 	err := s.guard(func() error { return s.upstreamRead(u) })
 	if err != nil {
 		s.upstreamErr(u, err)
@@ -558,9 +574,11 @@ func (s *Session) end(client, upstream act, why string) {
 		s.OnEnd()
 	}
 	s.apply(s.client, client)
+	close(s.clientActed)
 	if up != nil {
 		s.apply(up, upstream)
 	}
+	close(s.upActed)
 }
 
 func (s *Session) apply(l *leg, a act) {
