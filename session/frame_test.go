@@ -261,20 +261,34 @@ func TestFrameClosePayload(t *testing.T) {
 // FuzzFrameReader: peer input never panics the frame reader, and what it
 // returns keeps its invariants: messages within the limit, text valid
 // UTF-8, control payloads at most 125 bytes, errors that map to a close
-// code or an I/O condition.
+// code or an I/O condition. It covers both legs (fromClient: frames must
+// be masked; otherwise they must not be) and the client leg with
+// permessage-deflate negotiated.
 func FuzzFrameReader(f *testing.F) {
-	f.Add(hbWire(f, true, ws.NewTextFrame([]byte(`{"type":"ping"}`))), true)
-	f.Add(hbWire(f, false, ws.NewFrame(ws.OpText, false, []byte("a")), ws.NewPingFrame([]byte("p")), ws.NewFrame(ws.OpContinuation, true, []byte("b"))), false)
-	f.Add(hbWire(f, true, ws.NewCloseFrame(ws.NewCloseFrameBody(1000, "x"))), true)
-	f.Add([]byte{0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0}, false)
-	f.Fuzz(func(t *testing.T, b []byte, fromClient bool) {
+	f.Add(hbWire(f, true, ws.NewTextFrame([]byte(`{"type":"ping"}`))), true, false)
+	f.Add(hbWire(f, false, ws.NewFrame(ws.OpText, false, []byte("a")), ws.NewPingFrame([]byte("p")), ws.NewFrame(ws.OpContinuation, true, []byte("b"))), false, false)
+	f.Add(hbWire(f, true, ws.NewCloseFrame(ws.NewCloseFrameBody(1000, "x"))), true, false)
+	f.Add([]byte{0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0}, false, false)
+	var z bytes.Buffer
+	if _, err := deflate(&z, []byte(strings.Repeat("compressed ", 20))); err != nil {
+		f.Fatal(err)
+	}
+	zf := ws.NewFrame(ws.OpText, false, bytes.Clone(z.Bytes()[:4]))
+	zf.Header.Rsv = ws.Rsv(true, false, false)
+	f.Add(hbWire(f, true, zf, ws.NewPingFrame(nil), ws.NewFrame(ws.OpContinuation, true, z.Bytes()[4:])), true, true)
+	f.Fuzz(func(t *testing.T, b []byte, fromClient, compressed bool) {
 		const max = 1 << 12
 		r := hbFrameReader(b, fromClient, max)
+		r.deflate = compressed
 		for range 64 {
 			ev, op, p, _, ce, err := r.next()
 			if err != nil {
 				var pe *protocolError
-				if !errors.As(err, &pe) && err != io.EOF && err != io.ErrUnexpectedEOF {
+				if errors.As(err, &pe) {
+					if pe.Code != CloseProtocolError && pe.Code != CloseInvalidPayload && pe.Code != CloseMessageTooBig {
+						t.Fatalf("protocol error with close code %d: %v", pe.Code, err)
+					}
+				} else if err != io.EOF && err != io.ErrUnexpectedEOF {
 					t.Fatalf("unexpected error type %T: %v", err, err)
 				}
 				return
@@ -284,6 +298,9 @@ func FuzzFrameReader(f *testing.F) {
 				if len(p) > max {
 					t.Fatalf("message of %d bytes over the %d limit", len(p), max)
 				}
+				if op != ws.OpText && op != ws.OpBinary {
+					t.Fatalf("data message with opcode %d", op)
+				}
 				if op == ws.OpText && !utf8.Valid(p) {
 					t.Fatalf("invalid UTF-8 text %q", p)
 				}
@@ -292,7 +309,7 @@ func FuzzFrameReader(f *testing.F) {
 					t.Fatalf("control payload of %d bytes", len(p))
 				}
 			case evClose:
-				if ce == nil || (!ce.NoCode && !ce.Code.ValidOnWire()) {
+				if ce == nil || (!ce.NoCode && !ce.Code.ValidOnWire()) || !utf8.ValidString(ce.Reason) || len(ce.Reason) > 123 {
 					t.Fatalf("close %+v", ce)
 				}
 			}

@@ -222,6 +222,12 @@ type Session struct {
 	onDone    func()
 	force     *time.Timer
 	upHost    string
+
+	// acted has a bit per leg (actedClient, actedUpstream), set under mu
+	// by end once it has written (or given up on) that leg's Close and
+	// broadcast on cond: a read loop that sees the peer's Close while ours
+	// is being written must not close the connection under it.
+	acted uint8
 }
 
 type closeInfo struct {
@@ -313,6 +319,7 @@ func (s *Session) clientRun() {
 	}
 	s.client.readDone()
 	s.clientDone(err)
+	s.waitActed(actedClient)
 	s.client.closeConn()
 	s.partDone()
 }
@@ -489,6 +496,7 @@ func (s *Session) upstreamRun(u *leg) {
 	if err != nil {
 		s.upstreamErr(u, err)
 	}
+	s.waitActed(actedUpstream)
 	u.closeConn()
 	s.partDone()
 }
@@ -636,9 +644,39 @@ func (s *Session) end(client, upstream act, why string) {
 		s.OnEnd()
 	}
 	s.apply(s.client, client)
+	s.setActed(actedClient)
 	if up != nil {
 		s.apply(up, upstream)
 	}
+	s.setActed(actedUpstream)
+}
+
+// Bits of Session.acted.
+const (
+	actedClient uint8 = 1 << iota
+	actedUpstream
+)
+
+func (s *Session) setActed(bit uint8) {
+	s.mu.Lock()
+	s.acted |= bit
+	s.cond.Broadcast()
+	s.mu.Unlock()
+}
+
+// waitActed waits, once the session is ending, until end has written (or
+// given up on) the leg's Close, so that the caller does not close the
+// connection under that write (a simultaneous close). The wait is bounded
+// by the goodbye write's own timeouts.
+func (s *Session) waitActed(bit uint8) {
+	if !s.closed.Load() {
+		return
+	}
+	s.mu.Lock()
+	for s.acted&bit == 0 {
+		s.cond.Wait()
+	}
+	s.mu.Unlock()
 }
 
 func (s *Session) apply(l *leg, a act) {
