@@ -5,11 +5,18 @@ import (
 	"time"
 )
 
-// trackerSize is how many pings a Tracker keeps waiting for a pong.
-const trackerSize = 16
+// trackerSize is how many pings a Tracker keeps waiting for a pong: with
+// the default timeout of three intervals and both kinds of ping, about six
+// can be outstanding before the leg is declared dead.
+const trackerSize = 8
+
+// epoch is the origin of sentPing.at: a monotonic clock reading, so that
+// round trips are measured on the monotonic clock in 8 bytes instead of a
+// 24-byte time.Time (a Tracker lives in every leg of every session).
+var epoch = time.Now()
 
 type sentPing struct {
-	at     time.Time
+	at     time.Duration // since epoch
 	ackSeq uint64
 	id     uint64 // RFC ping payload; 0 for a JSON ping
 }
@@ -20,7 +27,7 @@ type sentPing struct {
 // Each ping records ackSeq, the number of data messages written to the
 // connection before it, and callers pass non-decreasing values. When its
 // pong arrives, every message with a sequence number below ackSeq is
-// acknowledged. A Tracker keeps the last 16 outstanding pings in a fixed
+// acknowledged. A Tracker keeps the last 8 outstanding pings in a fixed
 // ring and never allocates; when the ring is full, the oldest outstanding
 // ping is dropped to make room, which loses nothing, because the pong of
 // any newer ping acknowledges at least as much.
@@ -48,7 +55,7 @@ func (t *Tracker) push(p sentPing) {
 // does not restart it, so a late pong from an old connection never matches).
 func (t *Tracker) SentWS(now time.Time, ackSeq uint64) [8]byte {
 	t.lastID++
-	t.push(sentPing{at: now, ackSeq: ackSeq, id: t.lastID})
+	t.push(sentPing{at: now.Sub(epoch), ackSeq: ackSeq, id: t.lastID})
 	var b [8]byte
 	binary.BigEndian.PutUint64(b[:], t.lastID)
 	return b
@@ -56,7 +63,7 @@ func (t *Tracker) SentWS(now time.Time, ackSeq uint64) [8]byte {
 
 // SentJSON records a JSON ping sent at now.
 func (t *Tracker) SentJSON(now time.Time, ackSeq uint64) {
-	t.push(sentPing{at: now, ackSeq: ackSeq})
+	t.push(sentPing{at: now.Sub(epoch), ackSeq: ackSeq})
 }
 
 // PongWS matches the payload of an RFC 6455 pong received at now to an
@@ -98,7 +105,7 @@ func (t *Tracker) answer(now time.Time, k int) (time.Duration, uint64, bool) {
 	p := t.ring[(t.head+k)%trackerSize]
 	t.head = (t.head + k + 1) % trackerSize
 	t.n -= k + 1
-	return max(now.Sub(p.at), 0), p.ackSeq, true
+	return max(now.Sub(epoch)-p.at, 0), p.ackSeq, true
 }
 
 // Outstanding reports how many pings await a pong.

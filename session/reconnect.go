@@ -55,7 +55,7 @@ func (s *Session) toUpstream(op ws.OpCode, p []byte) {
 			// pings: nothing can be acknowledged. Usually a JSON-mode
 			// upstream that does not speak the JSON pong.
 			s.stallWarned = true
-			s.log.Warn("upstream is not answering heartbeats; client reads paused", "leg", LegUpstream, "held", len(s.q))
+			s.log.Warn("upstream is not answering heartbeats; client reads paused", "session", s.id, "leg", LegUpstream, "held", len(s.q))
 		}
 		s.earlyPingLocked()
 		s.waitLocked(len(p))
@@ -171,7 +171,7 @@ func (s *Session) waitLocked(n int) {
 // overflow closes the client with 1013 (SPEC §4).
 func (s *Session) overflow() {
 	s.env.Metrics.Overflow()
-	s.log.Warn("buffer overflow", "leg", LegClient)
+	s.log.Warn("buffer overflow", "session", s.id, "leg", LegClient)
 	s.end(act{kind: actSend, ce: CloseError{Code: CloseTryAgainLater, Reason: "tether buffer full"}},
 		act{kind: actSend, ce: CloseError{Code: CloseGoingAway, Reason: "client buffer overflow"}}, ErrBufferOverflow.Error())
 }
@@ -239,7 +239,7 @@ func (s *Session) upstreamLost(u *leg, why string) {
 	s.cond.Broadcast()
 	s.parts.Add(1)
 	s.mu.Unlock()
-	s.log.Info("upstream lost", "upstream", s.upHost, "err", why)
+	s.log.Info("upstream lost", "session", s.id, "upstream", s.upHost, "err", why)
 	go s.reconnectLoop()
 }
 
@@ -288,7 +288,7 @@ func (s *Session) reconnect() {
 				return
 			}
 		}
-		s.log.Info("upstream reconnect attempt", "attempt", attempt+1, "delay", delay)
+		s.log.Info("upstream reconnect attempt", "session", s.id, "attempt", attempt+1, "delay", delay)
 		up, err := s.dial(ctx)
 		if ctx.Err() != nil {
 			if err == nil {
@@ -299,17 +299,17 @@ func (s *Session) reconnect() {
 		if err != nil {
 			s.env.Metrics.Reconnect(false)
 			if errors.Is(err, ErrUpstreamRejected) {
-				s.log.Error("upstream reconnect rejected", "attempt", attempt+1, "err", err)
+				s.log.Error("upstream reconnect rejected", "session", s.id, "attempt", attempt+1, "err", err)
 				s.giveUp("upstream rejected the reconnect", attempt+1)
 				return
 			}
-			s.log.Info("upstream reconnect failed", "attempt", attempt+1, "err", err)
+			s.log.Info("upstream reconnect failed", "session", s.id, "attempt", attempt+1, "err", err)
 			continue
 		}
 		if up.Protocol != s.protocol {
 			_ = up.Conn.Close()
 			s.env.Metrics.Reconnect(false)
-			s.log.Error("upstream reconnect chose another subprotocol", "attempt", attempt+1, "protocol", up.Protocol, "want", s.protocol)
+			s.log.Error("upstream reconnect chose another subprotocol", "session", s.id, "attempt", attempt+1, "protocol", up.Protocol, "want", s.protocol)
 			s.giveUp("upstream subprotocol changed", attempt+1)
 			return
 		}
@@ -319,7 +319,7 @@ func (s *Session) reconnect() {
 			s.mu.Lock()
 			down := time.Since(s.lostAt)
 			s.mu.Unlock()
-			s.log.Info("upstream reconnected", "attempt", attempt+1, "upstream", up.Host, "downtime", down)
+			s.log.Info("upstream reconnected", "session", s.id, "attempt", attempt+1, "upstream", up.Host, "downtime", down)
 			return
 		case resumeClosed:
 			return
@@ -330,7 +330,7 @@ func (s *Session) reconnect() {
 }
 
 func (s *Session) giveUp(why string, attempts int) {
-	s.log.Error("upstream gave up", "attempt", attempts, "err", why)
+	s.log.Error("upstream gave up", "session", s.id, "attempt", attempts, "err", why)
 	s.notify(statusUnavailable)
 	s.end(act{kind: actSend, ce: CloseError{Code: CloseBadGateway, Reason: "upstream unavailable"}},
 		act{kind: actDrop}, why)

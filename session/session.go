@@ -244,7 +244,7 @@ func New(env *Env, id string, client net.Conn, clientBuffered []byte, up Upstrea
 		id:       id,
 		cfg:      &env.Config,
 		env:      env,
-		log:      env.Logger.With("session", id),
+		log:      env.Logger, // every call adds "session", id: a With per session costs heap
 		dial:     dial,
 		protocol: up.Protocol,
 		upHost:   up.Host,
@@ -296,7 +296,7 @@ func (s *Session) Run(ctx context.Context) {
 // Cancelling ctx drains the session as in Run. No goroutine waits for the
 // session: an idle session has none at all.
 func (s *Session) Start(ctx context.Context, onDone func()) {
-	s.log.Info("session open", "remote", s.client.conn.RemoteAddr().String(), "upstream", s.upHost)
+	s.log.Info("session open", "session", s.id, "remote", s.client.conn.RemoteAddr().String(), "upstream", s.upHost)
 	s.onDone = onDone
 	s.stopDrain = context.AfterFunc(ctx, func() {
 		s.end(act{kind: actSend, ce: CloseError{Code: CloseServiceRestart, Reason: "tether shutting down"}},
@@ -340,7 +340,7 @@ func (s *Session) partDone() {
 	}
 	ci := s.closeInfo
 	s.mu.Unlock()
-	s.log.Info("session closed", "why", ci.why,
+	s.log.Info("session closed", "session", s.id, "why", ci.why,
 		"code", codeAttr(ci.client), "reason", ci.client.Reason,
 		"upstream_code", codeAttr(ci.upstream))
 	if s.onDone != nil {
@@ -375,7 +375,7 @@ func (s *Session) forceClose() {
 func (s *Session) guard(f func() error) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			s.log.Error("session panic", "err", fmt.Sprint(r), "stack", string(debug.Stack()))
+			s.log.Error("session panic", "session", s.id, "err", fmt.Sprint(r), "stack", string(debug.Stack()))
 			ce := CloseError{Code: CloseInternalError, Reason: "tether internal error"}
 			s.end(act{kind: actSendNoWait, ce: ce}, act{kind: actSendNoWait, ce: ce}, "panic")
 			err = nil
@@ -445,7 +445,7 @@ func (s *Session) clientDone(err error) {
 		s.end(act{kind: actSendNoWait, ce: CloseError{Code: pe.Code, Reason: pe.msg}}, upAct, "client protocol error: "+pe.msg)
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		s.env.Metrics.HeartbeatTimeout(LegClient)
-		s.log.Warn("heartbeat timeout", "leg", LegClient, "timeout", s.cfg.ClientHeartbeat.Timeout)
+		s.log.Warn("heartbeat timeout", "session", s.id, "leg", LegClient, "timeout", s.cfg.ClientHeartbeat.Timeout)
 		s.end(act{kind: actSendNoWait, ce: CloseError{Code: CloseGoingAway, Reason: "heartbeat timeout"}}, upAct, "client heartbeat timeout")
 	default:
 		s.end(act{kind: actDrop}, upAct, "client connection lost")
@@ -471,7 +471,7 @@ func (s *Session) pong(l *leg, payload []byte, isJSON bool) {
 	}
 	s.env.Metrics.RTT(l.name, rtt)
 	if s.log.Enabled(context.Background(), slog.LevelDebug) {
-		s.log.Debug("pong received", "leg", l.name, "rtt", rtt)
+		s.log.Debug("pong received", "session", s.id, "leg", l.name, "rtt", rtt)
 	}
 	if l.name == LegUpstream {
 		s.ack(l.gen, ack)
@@ -481,7 +481,7 @@ func (s *Session) pong(l *leg, payload []byte, isJSON bool) {
 func (s *Session) pingSent(l *leg) {
 	s.env.Metrics.PingSent(l.name)
 	if s.log.Enabled(context.Background(), slog.LevelDebug) {
-		s.log.Debug("ping sent", "leg", l.name)
+		s.log.Debug("ping sent", "session", s.id, "leg", l.name)
 	}
 }
 
@@ -575,7 +575,7 @@ func (s *Session) upstreamErr(u *leg, err error) {
 			act{kind: actSendNoWait, ce: CloseError{Code: pe.Code, Reason: pe.msg}}, "upstream protocol error: "+pe.msg)
 	case errors.Is(err, os.ErrDeadlineExceeded) && !u.closing.Load():
 		s.env.Metrics.HeartbeatTimeout(LegUpstream)
-		s.log.Warn("heartbeat timeout", "leg", LegUpstream, "timeout", s.cfg.UpstreamHeartbeat.Timeout)
+		s.log.Warn("heartbeat timeout", "session", s.id, "leg", LegUpstream, "timeout", s.cfg.UpstreamHeartbeat.Timeout)
 		s.upstreamLost(u, "upstream heartbeat timeout")
 	case s.cfg.Reconnect.OnCodes.Has(CloseAbnormal):
 		s.upstreamLost(u, "upstream connection lost: "+err.Error())
