@@ -302,7 +302,7 @@ func newHBRelay(tb testing.TB, direct bool, cfg Config) *hbRelay {
 func BenchmarkRelay(b *testing.B) {
 	def := hbCfg(hbLeg(heartbeat.ModeBoth, 15*time.Second, 0), hbLeg(heartbeat.ModeWS, 15*time.Second, 0))
 	noRetain := hbCfg(hbLeg(heartbeat.ModeBoth, 15*time.Second, 0), hbOff)
-	for _, size := range []int{128, 16 << 10} {
+	for _, size := range []int{128, 1 << 10, 16 << 10} {
 		for _, v := range []struct {
 			name   string
 			direct bool

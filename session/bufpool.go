@@ -25,25 +25,41 @@ func class(n int) int {
 	return bits.Len(uint(n-1)) - minClassBits
 }
 
-// getBuf returns a copy of p in a pooled buffer.
-func getBuf(p []byte) []byte {
-	c := class(len(p))
-	if c >= len(bufPools) {
-		return append([]byte(nil), p...)
-	}
-	if bp, ok := bufPools[c].Get().(*[]byte); ok {
-		return append((*bp)[:0], p...)
-	}
-	b := make([]byte, len(p), 1<<(c+minClassBits))
+// A pooled buffer travels with its box, the *[]byte the pool stores, so
+// that putting it back allocates nothing (boxing a slice header would).
+// A nil box means the buffer is not pooled.
+
+// getBuf returns a copy of p in a pooled buffer, and its box.
+func getBuf(p []byte) ([]byte, *[]byte) {
+	b, box := takeBuf(len(p))
 	copy(b, p)
-	return b
+	return b, box
 }
 
-// putBuf returns a buffer from getBuf to its pool.
-func putBuf(b []byte) {
+// putBuf returns a buffer from getBuf or takeBuf to its pool.
+func putBuf(box *[]byte, b []byte) {
+	if box == nil {
+		return
+	}
 	c := class(cap(b))
 	if c >= len(bufPools) || cap(b) != 1<<(c+minClassBits) {
 		return
 	}
-	bufPools[c].Put(&b)
+	*box = b[:0]
+	bufPools[c].Put(box)
+}
+
+// takeBuf returns a buffer of length n, pooled when n fits a size class,
+// and its box.
+func takeBuf(n int) ([]byte, *[]byte) {
+	c := class(n)
+	if c >= len(bufPools) {
+		return make([]byte, n), nil
+	}
+	if bp, ok := bufPools[c].Get().(*[]byte); ok {
+		b := (*bp)[:n]
+		*bp = nil
+		return b, bp
+	}
+	return make([]byte, n, 1<<(c+minClassBits)), new([]byte)
 }

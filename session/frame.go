@@ -243,7 +243,8 @@ type frameReader struct {
 	br         *bufio.Reader
 	fromClient bool // frames must be masked (we are the server side)
 	max        int64
-	buf        []byte // message being assembled; reused
+	buf        []byte  // message being assembled; reused
+	box        *[]byte // buf's pool box, if buf came from the pool
 	ctl        [125]byte
 
 	deflate bool // permessage-deflate negotiated (client leg)
@@ -338,6 +339,9 @@ func (r *frameReader) next() (ev event, op ws.OpCode, payload []byte, fragmented
 			return 0, 0, nil, false, nil, ErrMessageTooBig
 		}
 		start := len(r.buf)
+		if cap(r.buf) == 0 {
+			r.buf, r.box = takeBuf(max(int(total), 512))
+		}
 		r.buf = grow(r.buf, int(total))
 		p := r.buf[start:total]
 		if _, err := io.ReadFull(r.br, p); err != nil {
@@ -383,7 +387,8 @@ func grow(b []byte, n int) []byte {
 
 // idle drops the assembly buffers of a leg that parks.
 func (r *frameReader) idle() {
-	r.buf, r.zbuf = nil, nil
+	putBuf(r.box, r.buf)
+	r.buf, r.box, r.zbuf = nil, nil, nil
 	r.zr.Reset(nil)
 }
 

@@ -104,7 +104,8 @@ func clone(p []byte) []byte {
 
 // pushLocked appends a copy of a client message to the queue.
 func (s *Session) pushLocked(seq uint64, op ws.OpCode, p []byte, sent bool) {
-	s.q = append(s.q, qmsg{seq: seq, op: op, p: getBuf(p), sent: sent})
+	b, box := getBuf(p)
+	s.q = append(s.q, qmsg{seq: seq, op: op, p: b, box: box, sent: sent})
 	s.qBytes += int64(len(p))
 	s.env.total.Add(int64(len(p)))
 	s.env.Metrics.Buffered(1)
@@ -204,7 +205,7 @@ func (s *Session) ack(gen, ackSeq uint64) {
 		return
 	}
 	for i := range s.q[:n] {
-		putBuf(s.q[i].p)
+		putBuf(s.q[i].box, s.q[i].p)
 	}
 	s.dropFrontLocked(n)
 	s.unsent -= n
@@ -413,7 +414,7 @@ func (s *Session) resume(up Upstream) resumeResult {
 		if !s.retention() {
 			s.mu.Lock()
 			if s.state != stateClosed && len(s.q) > 0 && s.q[0].seq == m.seq {
-				putBuf(m.p)
+				putBuf(m.box, m.p)
 				s.dropFrontLocked(1)
 				s.unsent--
 				s.qBytes -= int64(len(m.p))

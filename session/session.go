@@ -80,8 +80,10 @@ type Env struct {
 	// Jitter returns a random number in [0, n); nil uses math/rand/v2.
 	Jitter func(n int64) int64
 	// IdleAfter is how long a leg waits at a message boundary with a
-	// goroutine before it parks in the poller (see leg); 0 means 1 s, a
-	// negative value never parks.
+	// goroutine before it parks in the poller (see leg); 0 means 250 ms,
+	// a negative value never parks. A leg quiet for longer costs a park
+	// and a wake (an epoll_ctl and a goroutine start) per message, which
+	// is noise at that message rate.
 	IdleAfter time.Duration
 	// CloseWait bounds the wait for a peer's Close reply; 0 means 3 s.
 	CloseWait time.Duration
@@ -128,7 +130,7 @@ func (e *Env) idleAfter() time.Duration {
 	if e.IdleAfter > 0 {
 		return e.IdleAfter
 	}
-	return time.Second
+	return 250 * time.Millisecond
 }
 
 func (e *Env) closeWait() time.Duration {
@@ -162,7 +164,8 @@ type qmsg struct {
 	seq  uint64
 	op   ws.OpCode
 	p    []byte
-	sent bool // written to some upstream connection at least once
+	box  *[]byte // p's pool box (see getBuf)
+	sent bool    // written to some upstream connection at least once
 }
 
 // Session relays one client leg to a replaceable upstream leg.
