@@ -59,8 +59,7 @@ type Server struct {
 }
 
 type entry struct {
-	released bool // its slot is free (under Server.mu)
-	cancel   context.CancelFunc
+	released bool             // its slot is free (under Server.mu)
 	sess     *session.Session // nil while handshaking
 }
 
@@ -317,14 +316,6 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			sess.EnableClientCompression()
 		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s.mu.Lock()
-	e.cancel, e.sess = cancel, sess
-	draining := s.draining
-	s.mu.Unlock()
-	if draining {
-		cancel()
-	}
 	s.metrics.sessionsTotal.Inc()
 	s.metrics.sessionsActive.Inc()
 	// The session starts and the handler returns: net/http's
@@ -334,11 +325,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// for the drain (Server.Shutdown never waits for hijacked connections
 	// anyway).
 	running = true
-	sess.Start(ctx, func() {
+	sess.Start(context.Background(), func() {
 		s.metrics.sessionsActive.Dec()
-		cancel()
 		unregister()
 	})
+	s.mu.Lock()
+	e.sess = sess
+	draining := s.draining
+	s.mu.Unlock()
+	if draining {
+		sess.Drain()
+	}
 }
 
 // remaining is what is left of the handshake deadline (SPEC §1
@@ -462,10 +459,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.ready.Store(false)
 	s.mu.Lock()
 	s.draining = true
-	var entries []*entry
+	var entries []*session.Session
 	for e := range s.sessions {
-		if e.cancel != nil {
-			entries = append(entries, e)
+		if e.sess != nil {
+			entries = append(entries, e.sess)
 		}
 	}
 	s.mu.Unlock()
@@ -491,9 +488,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 				break
 			}
 		}
-		e.cancel()
+		e.Drain()
 	}
-	// Sessions still handshaking when the drain began are cancelled as
+	// Sessions still handshaking when the drain began are drained as
 	// they register (ServeHTTP checks draining).
 
 	done := make(chan struct{})

@@ -243,9 +243,9 @@ type frameReader struct {
 	br         *bufio.Reader
 	fromClient bool // frames must be masked (we are the server side)
 	max        int64
-	buf        []byte  // message being assembled; reused
-	box        *[]byte // buf's pool box, if buf came from the pool
-	ctl        [125]byte
+	buf        []byte     // message being assembled; reused
+	box        *[]byte    // buf's pool box, if buf came from the pool
+	ctl        *[125]byte // control frame payload (the leg's readBuf)
 
 	deflate bool // permessage-deflate negotiated (client leg)
 	zbuf    []byte

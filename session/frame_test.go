@@ -34,7 +34,7 @@ func hbWire(t testing.TB, masked bool, fs ...ws.Frame) []byte {
 }
 
 func hbFrameReader(b []byte, fromClient bool, max int64) *frameReader {
-	return &frameReader{br: bufio.NewReader(bytes.NewReader(b)), fromClient: fromClient, max: max}
+	return &frameReader{br: bufio.NewReader(bytes.NewReader(b)), fromClient: fromClient, max: max, ctl: new([125]byte)}
 }
 
 func TestFrameHeaderRoundTrip(t *testing.T) {

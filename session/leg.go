@@ -49,8 +49,18 @@ const (
 // readBufSize is the read buffer a leg holds while its read loop runs.
 const readBufSize = 4096
 
-// readers pools the read buffers of running legs: a parked leg holds none.
-var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufSize) }}
+// readBuf is what a leg's read loop holds while it runs: the read buffer
+// and room for one control frame's payload. A parked leg holds none.
+type readBuf struct {
+	br  *bufio.Reader
+	ctl [125]byte
+}
+
+var readBufs = sync.Pool{New: func() any { return &readBuf{br: bufio.NewReaderSize(nil, readBufSize)} }}
+
+// ctlBufs holds the payload of a control frame being written (masked in
+// place), taken only for that write.
+var ctlBufs = sync.Pool{New: func() any { return new([125]byte) }}
 
 // leg is one WebSocket connection of a session: the client leg, or one
 // generation of the upstream leg.
@@ -74,6 +84,7 @@ type leg struct {
 	name string // LegClient or LegUpstream
 	conn net.Conn
 	br   *bufio.Reader // nil while parked
+	rb   *readBuf      // holds br; nil while parked
 	lr   legReader
 	fr   frameReader
 
@@ -94,11 +105,10 @@ type leg struct {
 	hdr     [14]byte
 	bufs    net.Buffers
 	bufArr  [2][]byte
-	werr    error     // sticky write error, under wlock
-	ackMark uint64    // seq+1 of the last data message written, under wlock
-	closed  bool      // a Close frame was written, under wlock
-	ctlBuf  [125]byte // control payload being written, under wlock
-	deflate bool      // permessage-deflate on sends (client leg), fixed before Run
+	werr    error  // sticky write error, under wlock
+	ackMark uint64 // seq+1 of the last data message written, under wlock
+	closed  bool   // a Close frame was written, under wlock
+	deflate bool   // permessage-deflate on sends (client leg), fixed before Run
 	zbuf    bytes.Buffer
 
 	pending atomic.Uint32
@@ -145,20 +155,21 @@ func newLeg(s *Session, name string, conn net.Conn, buffered []byte, fromClient 
 
 // acquireReader gives the read loop its read buffer.
 func (l *leg) acquireReader() {
-	if l.br == nil {
-		l.br = readers.Get().(*bufio.Reader)
+	if l.rb == nil {
+		l.rb = readBufs.Get().(*readBuf)
+		l.br = l.rb.br
 		l.br.Reset(&l.lr)
-		l.fr.br = l.br
+		l.fr.br, l.fr.ctl = l.br, &l.rb.ctl
 	}
 }
 
 // releaseReader returns the read buffer; it must hold no unread bytes
 // unless the leg is done.
 func (l *leg) releaseReader() {
-	if l.br != nil {
+	if l.rb != nil {
 		l.br.Reset(nil)
-		readers.Put(l.br)
-		l.br, l.fr.br = nil, nil
+		readBufs.Put(l.rb)
+		l.rb, l.br, l.fr.br, l.fr.ctl = nil, nil, nil, nil
 	}
 }
 
@@ -408,9 +419,12 @@ func (l *leg) flushControlLocked() {
 	s := l.s
 	if f&pendPong != 0 {
 		l.ctl.Lock()
-		n := copy(l.ctlBuf[:], l.pong[:l.pongN])
+		buf := ctlBufs.Get().(*[125]byte)
+		n := copy(buf[:], l.pong[:l.pongN])
 		l.ctl.Unlock()
-		if l.writeFrameLocked(ws.OpPong, l.ctlBuf[:n], l.wt) != nil {
+		err := l.writeFrameLocked(ws.OpPong, buf[:n], l.wt)
+		ctlBufs.Put(buf)
+		if err != nil {
 			return
 		}
 	}
@@ -427,8 +441,11 @@ func (l *leg) flushControlLocked() {
 		l.ctl.Lock()
 		id := l.tracker.SentWS(time.Now(), l.ackMark)
 		l.ctl.Unlock()
-		n := copy(l.ctlBuf[:], id[:])
-		if l.writeFrameLocked(ws.OpPing, l.ctlBuf[:n], l.wt) != nil {
+		buf := ctlBufs.Get().(*[125]byte)
+		n := copy(buf[:], id[:])
+		err := l.writeFrameLocked(ws.OpPing, buf[:n], l.wt)
+		ctlBufs.Put(buf)
+		if err != nil {
 			return
 		}
 		s.pingSent(l)

@@ -238,6 +238,9 @@ func (s *Session) upstreamLost(u *leg, why string) {
 	s.lostAt = time.Now()
 	s.up = nil
 	s.cond.Broadcast()
+	if s.ctx == nil {
+		s.ctx, s.cancel = context.WithCancel(context.Background())
+	}
 	s.parts.Add(1)
 	s.mu.Unlock()
 	s.log.Info("upstream lost", "session", s.id, "upstream", s.upHost, "err", why)

@@ -214,7 +214,9 @@ type Session struct {
 	// Close frames may still be in flight).
 	OnEnd func()
 
-	ctx    context.Context // cancelled when the session ends
+	// ctx is cancelled when the session ends; made (under mu) when the
+	// first reconnect loop starts, since only that loop needs it.
+	ctx    context.Context
 	cancel context.CancelFunc
 	// parts counts the read loops (client, each upstream connection) and
 	// the reconnect loop that have not finished; a parked loop has not.
@@ -253,7 +255,6 @@ func New(env *Env, id string, client net.Conn, clientBuffered []byte, up Upstrea
 		upHost:   up.Host,
 	}
 	s.cond.L = &s.mu
-	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.client = newLeg(s, LegClient, client, clientBuffered, true, s.cfg.ClientHeartbeat)
 	s.installLocked(up)
 	return s
@@ -301,10 +302,9 @@ func (s *Session) Run(ctx context.Context) {
 func (s *Session) Start(ctx context.Context, onDone func()) {
 	s.log.Info("session open", "session", s.id, "remote", s.client.conn.RemoteAddr().String(), "upstream", s.upHost)
 	s.onDone = onDone
-	s.stopDrain = context.AfterFunc(ctx, func() {
-		s.end(act{kind: actSend, ce: CloseError{Code: CloseServiceRestart, Reason: "tether shutting down"}},
-			act{kind: actSend, ce: CloseError{Code: CloseGoingAway, Reason: "tether shutting down"}}, "shutdown")
-	})
+	if ctx.Done() != nil {
+		s.stopDrain = context.AfterFunc(ctx, s.Drain)
+	}
 	up := s.up
 	s.client.resume = s.clientRun
 	s.parts.Add(2)
@@ -312,6 +312,14 @@ func (s *Session) Start(ctx context.Context, onDone func()) {
 	go up.resume()
 	s.client.startHeartbeat()
 	up.startHeartbeat()
+}
+
+// Drain ends the session for a shutdown: the client gets Close 1012, the
+// upstream Close 1001 (SPEC §5). Safe from any goroutine, at any time after
+// Start; it does nothing once the session is ending.
+func (s *Session) Drain() {
+	s.end(act{kind: actSend, ce: CloseError{Code: CloseServiceRestart, Reason: "tether shutting down"}},
+		act{kind: actSend, ce: CloseError{Code: CloseGoingAway, Reason: "tether shutting down"}}, "shutdown")
 }
 
 // clientRun runs the client leg's read loop until the leg parks or ends.
@@ -335,9 +343,13 @@ func (s *Session) partDone() {
 	if s.parts.Add(-1) != 0 {
 		return
 	}
-	s.stopDrain()
-	s.cancel()
+	if s.stopDrain != nil {
+		s.stopDrain()
+	}
 	s.mu.Lock()
+	if s.cancel != nil {
+		s.cancel()
+	}
 	if s.force != nil {
 		s.force.Stop()
 	}
@@ -624,7 +636,9 @@ func (s *Session) end(client, upstream act, why string) {
 	s.state = stateClosed
 	s.closed.Store(true)
 	up := s.up
-	s.cancel()
+	if s.cancel != nil {
+		s.cancel()
+	}
 	s.releaseLocked()
 	s.cond.Broadcast()
 	s.closeInfo = closeInfo{why: why, client: client.ce, upstream: upstream.ce}
