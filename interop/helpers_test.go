@@ -311,13 +311,14 @@ func startTether(t *testing.T, upstream string, mod func(*proxy.Config)) *tether
 }
 
 // wire counts the bytes tether reads from and writes to its client
-// connections, and keeps the head of each HTTP response it writes.
+// connections, and keeps the head of each HTTP request it reads and
+// response it writes.
 type wire struct {
 	net.Listener
 	read, written atomic.Int64
 
-	mu        sync.Mutex
-	responses []string
+	mu                  sync.Mutex
+	requests, responses []string
 }
 
 func (w *wire) Accept() (net.Conn, error) {
@@ -328,43 +329,61 @@ func (w *wire) Accept() (net.Conn, error) {
 	return &wireConn{Conn: c, w: w}, nil
 }
 
+// lastRequest is the head of the last HTTP request tether read.
+func (w *wire) lastRequest() string { return w.last(&w.requests) }
+
 // lastResponse is the head of the last HTTP response tether wrote.
-func (w *wire) lastResponse() string {
+func (w *wire) lastResponse() string { return w.last(&w.responses) }
+
+func (w *wire) last(heads *[]string) string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if len(w.responses) == 0 {
+	if len(*heads) == 0 {
 		return ""
 	}
-	return w.responses[len(w.responses)-1]
+	return (*heads)[len(*heads)-1]
 }
 
 type wireConn struct {
 	net.Conn
-	w    *wire
-	head []byte // response bytes up to the blank line; nil once complete
+	w   *wire
+	in  head
+	out head
+}
+
+// head collects a connection's bytes in one direction up to the blank
+// line that ends the HTTP head.
+type head struct {
+	b    []byte
 	done bool
 }
 
+func (h *head) add(w *wire, heads *[]string, p []byte) {
+	if h.done {
+		return
+	}
+	h.b = append(h.b, p...)
+	if i := bytes.Index(h.b, []byte("\r\n\r\n")); i >= 0 {
+		w.mu.Lock()
+		*heads = append(*heads, string(h.b[:i]))
+		w.mu.Unlock()
+		h.b, h.done = nil, true
+	}
+}
+
+// Read and Write are each called by one goroutine at a time (net/http,
+// then tether's reader and its write lock), so in and out need no lock.
 func (c *wireConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	c.w.read.Add(int64(n))
+	c.in.add(c.w, &c.w.requests, p[:n])
 	return n, err
 }
 
-// Write is called by one goroutine at a time (net/http, then tether's
-// write lock), so head needs no lock of its own.
 func (c *wireConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
 	c.w.written.Add(int64(n))
-	if !c.done {
-		c.head = append(c.head, p[:n]...)
-		if i := bytes.Index(c.head, []byte("\r\n\r\n")); i >= 0 {
-			c.w.mu.Lock()
-			c.w.responses = append(c.w.responses, string(c.head[:i]))
-			c.w.mu.Unlock()
-			c.head, c.done = nil, true
-		}
-	}
+	c.out.add(c.w, &c.w.responses, p[:n])
 	return n, err
 }
 

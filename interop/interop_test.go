@@ -1,6 +1,7 @@
 package interop
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -154,6 +155,29 @@ func runCombo(t *testing.T, c combo) {
 			})
 		}
 	}
+
+	t.Run("JSON ping from the peer", func(t *testing.T) {
+		// On a leg in json mode tether answers a JSON ping itself and
+		// echoes its extra members (SPEC §3); it does not forward it.
+		for _, p := range []struct {
+			p    *peer
+			mode heartbeat.Mode
+		}{{client, c.clientHB}, {backend, c.upstreamHB}} {
+			if p.mode != heartbeat.ModeJSON {
+				continue
+			}
+			p.p.do(t, map[string]any{"op": "jsonping", "id": 42})
+			e := p.p.expect(t, "message")
+			sent[p.p]++
+			var pong struct {
+				Type string `json:"type"`
+				ID   int    `json:"id"`
+			}
+			if e.Text == nil || json.Unmarshal([]byte(*e.Text), &pong) != nil || pong.Type != "pong" || pong.ID != 42 {
+				t.Errorf("%s got %s for its JSON ping, want {\"type\":\"pong\",\"id\":42}", p.p.name, e.line)
+			}
+		}
+	})
 
 	t.Run("heartbeats", func(t *testing.T) {
 		// Every interval tether pings each leg; the libraries answer RFC

@@ -8,8 +8,9 @@
 //
 // Commands: {"op":"send","type":"text"|"binary","size":N,"seed":S,"fragments":F}
 // sends generated data (the same generator as gen.py and the Go test) in F
-// frames; {"op":"close","code":C,"reason":R}; {"op":"stats"}. EOF on stdin
-// ends the process.
+// frames; {"op":"jsonping","id":N} sends {"type":"ping","id":N};
+// {"op":"close","code":C,"reason":R}; {"op":"stats"}. EOF on stdin ends the
+// process.
 //
 // Events: listening {port}; open {protocol, extensions, offered};
 // message {type, size, sha256, text}; close {code, reason};
@@ -112,6 +113,9 @@ function command(line) {
   switch (cmd.op) {
     case 'send':
       send(cmd);
+      break;
+    case 'jsonping':
+      current.send(JSON.stringify({ type: 'ping', id: cmd.id }));
       break;
     case 'close':
       if (current) current.close(cmd.code, cmd.reason);

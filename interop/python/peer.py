@@ -7,7 +7,7 @@ stdout. Same protocol as ../node/peer.js:
   /usr/bin/python3 peer.py server [PROTOCOL...]
 
 Commands: {"op":"send","type":"text"|"binary","size":N,"seed":S,"fragments":F},
-{"op":"close","code":C,"reason":R}, {"op":"stats"}; EOF on stdin ends the
+{"op":"jsonping","id":N}, {"op":"close","code":C,"reason":R}, {"op":"stats"}; EOF on stdin ends the
 process. Events: listening {port}; open {protocol, extensions, offered};
 message {type, size, sha256, text}; close {code, reason};
 stats {messages, jsonpings, pings}; error {message}.
@@ -132,6 +132,8 @@ async def commands(done):
         op = cmd.get("op")
         if op == "send":
             await send(cmd)
+        elif op == "jsonping":
+            await current.send(json.dumps({"type": "ping", "id": cmd["id"]}))
         elif op == "close":
             if current is not None:
                 asyncio.ensure_future(current.close(cmd["code"], cmd["reason"]))
