@@ -105,6 +105,7 @@ type event struct {
 	JSONPings  int     `json:"jsonpings"`
 	Pings      int     `json:"pings"`
 	Message    string  `json:"message"`
+	Data       string  `json:"data"`
 
 	line string
 }
@@ -378,6 +379,15 @@ func (c *wireConn) Read(p []byte) (int, error) {
 	c.w.read.Add(int64(n))
 	c.in.add(c.w, &c.w.requests, p[:n])
 	return n, err
+}
+
+// CloseWrite keeps the half-close of the connection underneath, which
+// tether uses to end a connection after its Close without a reset.
+func (c *wireConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
 }
 
 func (c *wireConn) Write(p []byte) (int, error) {

@@ -156,6 +156,16 @@ func runCombo(t *testing.T, c combo) {
 		}
 	}
 
+	t.Run("RFC ping from the peer", func(t *testing.T) {
+		// tether answers pings itself, with the same payload (SPEC §3).
+		for _, p := range []*peer{client, backend} {
+			p.do(t, map[string]any{"op": "ping", "data": "are you there " + p.name})
+			if e := p.expect(t, "pong"); e.Data != "are you there "+p.name {
+				t.Errorf("%s got a pong with %q", p.name, e.Data)
+			}
+		}
+	})
+
 	t.Run("JSON ping from the peer", func(t *testing.T) {
 		// On a leg in json mode tether answers a JSON ping itself and
 		// echoes its extra members (SPEC §3); it does not forward it.
@@ -224,12 +234,20 @@ func runCombo(t *testing.T, c combo) {
 		}
 	})
 
-	t.Run("backend closes 4002", func(t *testing.T) {
-		client := startPeer(t, c.client+" client", c.client, "client", tt.URL+"/again", "tether.v2")
+	// Each of these runs a session of its own: a new client connection
+	// and a new backend connection.
+	session := func(t *testing.T, path string) *peer {
+		t.Helper()
+		client.do(t, map[string]any{"op": "connect", "url": tt.URL + path, "protocols": []string{"tether.v2"}})
 		if e := client.expect(t, "open"); e.Protocol != "tether.v2" {
-			t.Errorf("second client got protocol %q", e.Protocol)
+			t.Errorf("client got protocol %q", e.Protocol)
 		}
 		backend.expect(t, "open")
+		return client
+	}
+
+	t.Run("backend closes 4002", func(t *testing.T) {
+		client := session(t, "/again")
 		backend.close(t, 4002, "later")
 		if e := client.expect(t, "close"); e.Code != 4002 || e.Reason != "later" {
 			t.Errorf("client saw close %d %q, want 4002 \"later\"", e.Code, e.Reason)
@@ -238,6 +256,56 @@ func runCombo(t *testing.T, c combo) {
 			t.Errorf("backend's close handshake ended with %d %q, want 4002", e.Code, e.Reason)
 		}
 	})
+
+	// SPEC §5: a message one byte over TETHER_MAX_MESSAGE_BYTES.
+	t.Run("client message over the limit", func(t *testing.T) {
+		client := session(t, "/big")
+		client.send(t, "binary", mib+1, 1, 1)
+		if e := client.expect(t, "close"); e.Code != 1009 {
+			t.Errorf("client saw close %d %q, want 1009", e.Code, e.Reason)
+		}
+		if e := backend.expect(t, "close"); e.Code != 1001 {
+			t.Errorf("backend saw close %d %q, want 1001", e.Code, e.Reason)
+		}
+	})
+	t.Run("backend message over the limit", func(t *testing.T) {
+		client := session(t, "/big")
+		backend.send(t, "text", mib+1, 1, 3)
+		if e := client.expect(t, "close"); e.Code != 1014 {
+			t.Errorf("client saw close %d %q, want 1014", e.Code, e.Reason)
+		}
+		if e := backend.expect(t, "close"); e.Code != 1009 {
+			t.Errorf("backend saw close %d %q, want 1009", e.Code, e.Reason)
+		}
+	})
+
+	// SPEC §5: a Close without a code is passed on without one (1005 is
+	// what the libraries report for it). Only ws sends one: websockets'
+	// close() always has a code.
+	if c.client == "node" {
+		t.Run("client closes without a code", func(t *testing.T) {
+			client := session(t, "/nocode")
+			client.close(t, 0, "")
+			if e := backend.expect(t, "close"); e.Code != 1005 {
+				t.Errorf("backend saw close %d %q, want none (1005)", e.Code, e.Reason)
+			}
+			if e := client.expect(t, "close"); e.Code != 1005 {
+				t.Errorf("client's close handshake ended with %d %q, want none (1005)", e.Code, e.Reason)
+			}
+		})
+	}
+	if c.backend == "node" {
+		t.Run("backend closes without a code", func(t *testing.T) {
+			client := session(t, "/nocode")
+			backend.close(t, 0, "")
+			if e := client.expect(t, "close"); e.Code != 1005 {
+				t.Errorf("client saw close %d %q, want none (1005)", e.Code, e.Reason)
+			}
+			if e := backend.expect(t, "close"); e.Code != 1005 {
+				t.Errorf("backend's close handshake ended with %d %q, want none (1005)", e.Code, e.Reason)
+			}
+		})
+	}
 }
 
 // splitsRune reports whether cutting b into n byte ranges of equal size

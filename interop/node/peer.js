@@ -9,11 +9,14 @@
 // Commands: {"op":"send","type":"text"|"binary","size":N,"seed":S,"fragments":F}
 // sends generated data (the same generator as gen.py and the Go test) in F
 // frames; {"op":"jsonping","id":N} sends {"type":"ping","id":N};
-// {"op":"close","code":C,"reason":R}; {"op":"stats"}. EOF on stdin ends the
+// {"op":"ping","data":D} sends an RFC 6455 ping; {"op":"close","code":C,
+// "reason":R} (code 0: a Close without a code); {"op":"stats"};
+// {"op":"connect","url":U,"protocols":[...]} (client) opens a new
+// connection, which the commands then apply to. EOF on stdin ends the
 // process.
 //
 // Events: listening {port}; open {protocol, extensions, offered};
-// message {type, size, sha256, text}; close {code, reason};
+// message {type, size, sha256, text}; pong {data}; close {code, reason};
 // stats {messages, jsonpings, pings}; error {message}.
 //
 // A text message that is a JSON object with "type":"ping" (at most 4 KiB,
@@ -59,6 +62,7 @@ let current = null;
 function attach(ws) {
   current = ws;
   ws.on('ping', () => { stats.pings++; });
+  ws.on('pong', (data) => emit({ ev: 'pong', data: data.toString('utf8') }));
   ws.on('message', (data, isBinary) => {
     const buf = Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data);
     if (!isBinary && buf.length <= 4096) {
@@ -117,8 +121,18 @@ function command(line) {
     case 'jsonping':
       current.send(JSON.stringify({ type: 'ping', id: cmd.id }));
       break;
+    case 'ping':
+      current.ping(Buffer.from(cmd.data, 'utf8'));
+      break;
     case 'close':
-      if (current) current.close(cmd.code, cmd.reason);
+      // Code 0: a Close frame without a code.
+      if (current) {
+        if (cmd.code) current.close(cmd.code, cmd.reason);
+        else current.close();
+      }
+      break;
+    case 'connect':
+      connect(cmd.url, cmd.protocols);
       break;
     case 'stats':
       emit(Object.assign({ ev: 'stats' }, stats));
@@ -129,18 +143,21 @@ function command(line) {
 }
 
 const [role, ...rest] = process.argv.slice(2);
-if (role === 'client') {
-  const [url, ...protocols] = rest;
+function connect(url, protocols) {
   // ws offers permessage-deflate by default, as a browser does.
   const ws = new WebSocket(url, protocols);
   let extensions = '';
   ws.on('upgrade', (res) => { extensions = res.headers['sec-websocket-extensions'] || ''; });
   ws.on('unexpected-response', (req, res) => {
     emit({ ev: 'error', message: 'unexpected response ' + res.statusCode });
-    process.exit(1);
   });
   attach(ws);
   ws.on('open', () => emit({ ev: 'open', protocol: ws.protocol, extensions }));
+}
+
+if (role === 'client') {
+  const [url, ...protocols] = rest;
+  connect(url, protocols);
 } else if (role === 'server') {
   const wss = new WebSocket.WebSocketServer({
     host: '127.0.0.1',

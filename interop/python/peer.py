@@ -7,9 +7,11 @@ stdout. Same protocol as ../node/peer.js:
   /usr/bin/python3 peer.py server [PROTOCOL...]
 
 Commands: {"op":"send","type":"text"|"binary","size":N,"seed":S,"fragments":F},
-{"op":"jsonping","id":N}, {"op":"close","code":C,"reason":R}, {"op":"stats"}; EOF on stdin ends the
-process. Events: listening {port}; open {protocol, extensions, offered};
-message {type, size, sha256, text}; close {code, reason};
+{"op":"jsonping","id":N}, {"op":"ping","data":D}, {"op":"close","code":C,
+"reason":R}, {"op":"stats"}, {"op":"connect","url":U,"protocols":[...]}
+(client: a new connection, which the commands then apply to); EOF on stdin
+ends the process. Events: listening {port}; open {protocol, extensions, offered};
+message {type, size, sha256, text}; pong {data}; close {code, reason};
 stats {messages, jsonpings, pings}; error {message}.
 
 JSON pings ({"type":"ping"}, at most 4 KiB) are answered with the same
@@ -119,6 +121,13 @@ async def send(cmd):
         await ws.send(fragments(data, cmd["type"], n))
 
 
+async def ping(ws, data):
+    # websockets resolves the waiter when the pong with this payload comes.
+    waiter = await ws.ping(data.encode())
+    await waiter
+    emit({"ev": "pong", "data": data})
+
+
 async def commands(done):
     loop = asyncio.get_running_loop()
     while True:
@@ -134,18 +143,21 @@ async def commands(done):
             await send(cmd)
         elif op == "jsonping":
             await current.send(json.dumps({"type": "ping", "id": cmd["id"]}))
+        elif op == "ping":
+            asyncio.ensure_future(ping(current, cmd["data"]))
         elif op == "close":
             if current is not None:
                 asyncio.ensure_future(current.close(cmd["code"], cmd["reason"]))
+        elif op == "connect":
+            await connect(cmd["url"], cmd["protocols"])
         elif op == "stats":
             emit(dict(ev="stats", **stats))
         else:
             emit({"ev": "error", "message": "unknown op %s" % op})
 
 
-async def client(url, protocols):
+async def connect(url, protocols):
     global current
-    done = asyncio.get_running_loop().create_future()
     # websockets offers permessage-deflate by default, as a browser does.
     ws = await websockets.connect(
         url,
@@ -163,6 +175,11 @@ async def client(url, protocols):
         }
     )
     asyncio.ensure_future(receive(ws))
+
+
+async def client(url, protocols):
+    done = asyncio.get_running_loop().create_future()
+    await connect(url, protocols)
     asyncio.ensure_future(commands(done))
     await done
 
