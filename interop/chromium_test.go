@@ -144,6 +144,12 @@ window.it = {
     return conns[name].closedPromise;
   },
   closed(name) { return conns[name].closedPromise; },
+  // sendAndWaitClose sends gen(type, size, seed) and waits for the close.
+  sendAndWaitClose(name, type, size, seed) {
+    const data = gen(type, size, seed);
+    conns[name].ws.send(type === "text" ? new TextDecoder().decode(data) : data);
+    return conns[name].closedPromise;
+  },
 };
 </script>`
 
@@ -339,6 +345,21 @@ func TestChromium(t *testing.T) {
 			}
 			if c := js[closeResult](t, ctx, `it.closed("b")`); c.Code != 4002 || c.Reason != "later" || !c.WasClean {
 				t.Errorf("browser saw close %+v, want a clean 4002 \"later\"", c)
+			}
+			if ce := recv(t, be.closes, "close reply at the backend"); ce.Code != 4002 {
+				t.Errorf("backend's close handshake ended with %d %q, want 4002", ce.Code, ce.Text)
+			}
+
+			// One byte over TETHER_MAX_MESSAGE_BYTES (compressed, it is
+			// over only once inflated): the browser gets 1009 (SPEC §5),
+			// the backend 1001.
+			js[openResult](t, ctx, fmt.Sprintf(`it.open("c", %q, ["tether.v2"])`, tt.URL+"/ws"))
+			recv(t, be.conns, "third backend connection")
+			if c := js[closeResult](t, ctx, fmt.Sprintf(`it.sendAndWaitClose("c", "text", %d, 9)`, mib+1)); c.Code != 1009 {
+				t.Errorf("browser saw close %+v after a message over the limit, want 1009", c)
+			}
+			if ce := recv(t, be.closes, "close at the backend"); ce.Code != 1001 {
+				t.Errorf("backend saw close %d %q, want 1001", ce.Code, ce.Text)
 			}
 		})
 		if !ok {
