@@ -289,7 +289,7 @@ func TestChromium(t *testing.T) {
 				t.Errorf("browser got subprotocol %q, want the backend's choice tether.v2", o.Protocol)
 			}
 
-			for i, m := range []message{{"text", mib, 1}, {"binary", mib, 1}, {"text", 200, 1}, {"binary", 0, 1}} {
+			for i, m := range []message{{"text", mib, 1, false}, {"binary", mib, 1, false}, {"text", 200, 1, false}, {"binary", 0, 1, false}} {
 				seed := i + 1
 				read, written := tt.wire.read.Load(), tt.wire.written.Load()
 				r := js[echoResult](t, ctx, fmt.Sprintf(`it.echo("a", %q, %d, %d)`, m.typ, m.size, seed))

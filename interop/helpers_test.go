@@ -112,6 +112,7 @@ type event struct {
 
 // peer is a running peer script.
 type peer struct {
+	lang   string // "node" or "python"
 	name   string
 	stdin  io.WriteCloser
 	events chan event // closed when stdout ends
@@ -143,7 +144,7 @@ func startPeer(t *testing.T, name, lang string, args ...string) *peer {
 	t.Helper()
 	argv := peerCommand(t, lang, args...)
 	cmd := exec.Command(argv[0], argv[1:]...)
-	p := &peer{name: name, events: make(chan event, 256), stderr: &lockedBuffer{}, done: make(chan struct{})}
+	p := &peer{lang: lang, name: name, events: make(chan event, 256), stderr: &lockedBuffer{}, done: make(chan struct{})}
 	cmd.Stderr = p.stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
