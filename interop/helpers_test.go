@@ -138,12 +138,14 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// startPeer runs lang's peer script with args. Cleanup closes its stdin
-// (it exits on EOF) and kills it if it has not exited within 5 s.
-func startPeer(t *testing.T, name, lang string, args ...string) *peer {
+// startPeer runs lang's peer script with args and env added to its
+// environment. Cleanup closes its stdin (it exits on EOF) and kills it if
+// it has not exited within 5 s.
+func startPeer(t *testing.T, name, lang string, env []string, args ...string) *peer {
 	t.Helper()
 	argv := peerCommand(t, lang, args...)
 	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), env...)
 	p := &peer{lang: lang, name: name, events: make(chan event, 256), stderr: &lockedBuffer{}, done: make(chan struct{})}
 	cmd.Stderr = p.stderr
 	stdin, err := cmd.StdinPipe()
@@ -309,7 +311,11 @@ func startTether(t *testing.T, upstream string, mod func(*proxy.Config)) *tether
 		_ = srv.Shutdown(ctx)
 		<-done
 	})
-	return &tether{URL: "ws://" + ln.Addr().String(), reg: reg, wire: w}
+	scheme := "ws://"
+	if cfg.TLSCertFile != "" {
+		scheme = "wss://"
+	}
+	return &tether{URL: scheme + ln.Addr().String(), reg: reg, wire: w}
 }
 
 // wire counts the bytes tether reads from and writes to its client

@@ -20,13 +20,14 @@ type combo struct {
 	client, backend      string
 	clientHB, upstreamHB heartbeat.Mode
 	compression          bool
+	tls                  bool // wss:// on the client leg
 }
 
 var combos = []combo{
 	{client: "node", backend: "node", clientHB: heartbeat.ModeJSON, upstreamHB: heartbeat.ModeWS, compression: true},
 	{client: "python", backend: "python", clientHB: heartbeat.ModeWS, upstreamHB: heartbeat.ModeJSON, compression: true},
-	{client: "node", backend: "python", clientHB: heartbeat.ModeWS, upstreamHB: heartbeat.ModeJSON, compression: false},
-	{client: "python", backend: "node", clientHB: heartbeat.ModeJSON, upstreamHB: heartbeat.ModeWS, compression: false},
+	{client: "node", backend: "python", clientHB: heartbeat.ModeWS, upstreamHB: heartbeat.ModeJSON, compression: false, tls: true},
+	{client: "python", backend: "node", clientHB: heartbeat.ModeJSON, upstreamHB: heartbeat.ModeWS, compression: false, tls: true},
 }
 
 // message is one message a test sends through tether.
@@ -60,6 +61,9 @@ func TestPeers(t *testing.T) {
 	t.Parallel()
 	for _, c := range combos {
 		name := fmt.Sprintf("%s-client_%s-backend", c.client, c.backend)
+		if c.tls {
+			name += "_wss"
+		}
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			runCombo(t, c)
@@ -68,18 +72,25 @@ func TestPeers(t *testing.T) {
 }
 
 func runCombo(t *testing.T, c combo) {
-	backend := startPeer(t, c.backend+" backend", c.backend, "server", "tether.v2", "tether.v9")
+	backend := startPeer(t, c.backend+" backend", c.backend, nil, "server", "tether.v2", "tether.v9")
+	var certFile, keyFile string
+	var clientEnv []string
+	if c.tls {
+		certFile, keyFile = selfSigned(t)
+		clientEnv = []string{"INTEROP_CA=" + certFile}
+	}
 	port := backend.expect(t, "listening").Port
 	const interval = 100 * time.Millisecond
 	tt := startTether(t, fmt.Sprintf("ws://127.0.0.1:%d/app", port), func(cfg *proxy.Config) {
 		cfg.ClientCompression = c.compression
+		cfg.TLSCertFile, cfg.TLSKeyFile = certFile, keyFile
 		// Timeouts well above the interval: a loaded CI machine must not
 		// turn a slow peer into a heartbeat timeout.
 		cfg.Session.ClientHeartbeat = heartbeat.Config{Mode: c.clientHB, Interval: interval, Timeout: 20 * time.Second}
 		cfg.Session.UpstreamHeartbeat = heartbeat.Config{Mode: c.upstreamHB, Interval: interval, Timeout: 20 * time.Second}
 	})
 	offer := []string{"tether.v1", "tether.v2", "tether.v3"}
-	client := startPeer(t, c.client+" client", c.client, append([]string{"client", tt.URL + "/chat?room=1"}, offer...)...)
+	client := startPeer(t, c.client+" client", c.client, clientEnv, append([]string{"client", tt.URL + "/chat?room=1"}, offer...)...)
 
 	co := client.expect(t, "open")
 	bo := backend.expect(t, "open")

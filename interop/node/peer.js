@@ -26,6 +26,7 @@
 'use strict';
 
 const crypto = require('crypto');
+const fs = require('fs');
 const readline = require('readline');
 const WebSocket = require('ws');
 
@@ -144,8 +145,11 @@ function command(line) {
 
 const [role, ...rest] = process.argv.slice(2);
 function connect(url, protocols) {
-  // ws offers permessage-deflate by default, as a browser does.
-  const ws = new WebSocket(url, protocols);
+  // ws offers permessage-deflate by default, as a browser does. For wss,
+  // INTEROP_CA names the PEM file of the certificate to trust.
+  const opts = {};
+  if (process.env.INTEROP_CA) opts.ca = fs.readFileSync(process.env.INTEROP_CA);
+  const ws = new WebSocket(url, protocols, opts);
   let extensions = '';
   ws.on('upgrade', (res) => { extensions = res.headers['sec-websocket-extensions'] || ''; });
   ws.on('unexpected-response', (req, res) => {

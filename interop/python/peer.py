@@ -22,6 +22,8 @@ answered by websockets itself; they are counted through its pong() call.
 import asyncio
 import hashlib
 import json
+import os
+import ssl
 import sys
 
 import websockets
@@ -159,8 +161,13 @@ async def commands(done):
 async def connect(url, protocols):
     global current
     # websockets offers permessage-deflate by default, as a browser does.
+    # For wss, INTEROP_CA names the PEM file of the certificate to trust.
+    tls = None
+    if url.startswith("wss://"):
+        tls = ssl.create_default_context(cafile=os.environ.get("INTEROP_CA"))
     ws = await websockets.connect(
         url,
+        ssl=tls,
         subprotocols=protocols or None,
         ping_interval=None,
         max_size=16 << 20,
