@@ -20,7 +20,7 @@ type combo struct {
 	client, backend      string
 	clientHB, upstreamHB heartbeat.Mode
 	compression          bool
-	tls                  bool // wss:// on the client leg
+	tls                  bool // wss:// on both legs
 }
 
 var combos = []combo{
@@ -72,18 +72,22 @@ func TestPeers(t *testing.T) {
 }
 
 func runCombo(t *testing.T, c combo) {
-	backend := startPeer(t, c.backend+" backend", c.backend, nil, "server", "tether.v2", "tether.v9")
 	var certFile, keyFile string
-	var clientEnv []string
+	var clientEnv, backendEnv []string
+	scheme := "ws"
 	if c.tls {
 		certFile, keyFile = selfSigned(t)
 		clientEnv = []string{"INTEROP_CA=" + certFile}
+		backendEnv = []string{"INTEROP_CERT=" + certFile, "INTEROP_KEY=" + keyFile}
+		scheme = "wss"
 	}
+	backend := startPeer(t, c.backend+" backend", c.backend, backendEnv, "server", "tether.v2", "tether.v9")
 	port := backend.expect(t, "listening").Port
 	const interval = 100 * time.Millisecond
-	tt := startTether(t, fmt.Sprintf("ws://127.0.0.1:%d/app", port), func(cfg *proxy.Config) {
+	tt := startTether(t, fmt.Sprintf("%s://127.0.0.1:%d/app", scheme, port), func(cfg *proxy.Config) {
 		cfg.ClientCompression = c.compression
 		cfg.TLSCertFile, cfg.TLSKeyFile = certFile, keyFile
+		cfg.UpstreamCAFile = certFile
 		// Timeouts well above the interval: a loaded CI machine must not
 		// turn a slow peer into a heartbeat timeout.
 		cfg.Session.ClientHeartbeat = heartbeat.Config{Mode: c.clientHB, Interval: interval, Timeout: 20 * time.Second}

@@ -27,6 +27,7 @@
 
 const crypto = require('crypto');
 const fs = require('fs');
+const https = require('https');
 const readline = require('readline');
 const WebSocket = require('ws');
 
@@ -163,9 +164,18 @@ if (role === 'client') {
   const [url, ...protocols] = rest;
   connect(url, protocols);
 } else if (role === 'server') {
+  // With INTEROP_CERT and INTEROP_KEY (PEM files) it serves wss.
+  let listenOpts = { host: '127.0.0.1', port: 0 };
+  if (process.env.INTEROP_CERT) {
+    const server = https.createServer({
+      cert: fs.readFileSync(process.env.INTEROP_CERT),
+      key: fs.readFileSync(process.env.INTEROP_KEY),
+    });
+    server.listen(0, '127.0.0.1');
+    listenOpts = { server };
+  }
   const wss = new WebSocket.WebSocketServer({
-    host: '127.0.0.1',
-    port: 0,
+    ...listenOpts,
     maxPayload: 16 << 20,
     handleProtocols: (offered) => {
       for (const p of rest) if (offered.has(p)) return p;

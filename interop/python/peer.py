@@ -213,10 +213,16 @@ async def server(protocols):
         )
         await receive(ws)
 
+    # With INTEROP_CERT and INTEROP_KEY (PEM files) it serves wss.
+    tls = None
+    if os.environ.get("INTEROP_CERT"):
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(os.environ["INTEROP_CERT"], os.environ["INTEROP_KEY"])
     srv = await websockets.serve(
         handler,
         "127.0.0.1",
         0,
+        ssl=tls,
         subprotocols=protocols or None,
         select_subprotocol=choose,
         ping_interval=None,
