@@ -457,7 +457,7 @@ func (s *Session) clientDone(err error) {
 	case s.client.failure() != nil:
 		s.end(act{kind: actDrop}, upAct, "client write failed: "+s.client.failure().Error())
 	case errors.As(err, &pe):
-		s.end(act{kind: actSendNoWait, ce: CloseError{Code: pe.Code, Reason: pe.msg}}, upAct, "client protocol error: "+pe.msg)
+		s.end(act{kind: actSendLinger, ce: CloseError{Code: pe.Code, Reason: pe.msg}}, upAct, "client protocol error: "+pe.msg)
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		s.env.Metrics.HeartbeatTimeout(LegClient)
 		s.log.Warn("heartbeat timeout", "session", s.id, "leg", LegClient, "timeout", s.cfg.ClientHeartbeat.Timeout)
@@ -587,7 +587,7 @@ func (s *Session) upstreamErr(u *leg, err error) {
 		s.upstreamLost(u, "upstream write failed: "+u.failure().Error())
 	case errors.As(err, &pe):
 		s.end(act{kind: actSend, ce: CloseError{Code: CloseBadGateway, Reason: "upstream protocol error"}},
-			act{kind: actSendNoWait, ce: CloseError{Code: pe.Code, Reason: pe.msg}}, "upstream protocol error: "+pe.msg)
+			act{kind: actSendLinger, ce: CloseError{Code: pe.Code, Reason: pe.msg}}, "upstream protocol error: "+pe.msg)
 	case errors.Is(err, os.ErrDeadlineExceeded) && !u.closing.Load():
 		s.env.Metrics.HeartbeatTimeout(LegUpstream)
 		s.log.Warn("heartbeat timeout", "session", s.id, "leg", LegUpstream, "timeout", s.cfg.UpstreamHeartbeat.Timeout)
@@ -616,6 +616,7 @@ const (
 	actSend                      // send a Close and wait (bounded) for the reply
 	actSendNoWait                // send a Close, then close the connection
 	actReply                     // answer the peer's Close; its read loop is ending
+	actSendLinger                // send a Close, then linger; the caller is the leg's read loop
 )
 
 // act is what end does to one leg.
@@ -666,6 +667,14 @@ func (s *Session) end(client, upstream act, why string) {
 		s.apply(up, upstream)
 	}
 	s.setActed(actedUpstream)
+	// Last: lingering blocks the caller, the other leg's Close must not
+	// wait for it.
+	if client.kind == actSendLinger {
+		s.client.linger(s.env.closeWait())
+	}
+	if up != nil && upstream.kind == actSendLinger {
+		up.linger(s.env.closeWait())
+	}
 }
 
 // Bits of Session.acted.
@@ -708,7 +717,7 @@ func (s *Session) apply(l *leg, a act) {
 	case actSendNoWait:
 		l.writeClose(a.ce, s.goodbye())
 		l.closeConn()
-	case actReply:
+	case actReply, actSendLinger:
 		l.writeClose(a.ce, s.goodbye())
 	}
 }
