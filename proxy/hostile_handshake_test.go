@@ -625,3 +625,25 @@ func TestHostileMaxSessionsBurst(t *testing.T) {
 	}
 	mu.Unlock()
 }
+
+// hxCheckHead itself finds what TestHostileHeaderInjection looks for.
+func TestHostileCheckHead(t *testing.T) {
+	t.Parallel()
+	const ok = "GET /a HTTP/1.1\r\nHost: h\r\nCookie: a=b\r\n\r\n"
+	if err := hxCheckHead([]byte(ok), "X-Injected"); err != nil {
+		t.Errorf("clean head: %v", err)
+	}
+	for _, bad := range []string{
+		"GET /a HTTP/1.1\r\nHost: h\r\nCookie: a=b\r\nX-Injected: 1\r\n\r\n",
+		"GET /a HTTP/1.1\r\nHost: h\r\nCookie: a=b\nX-Injected: 1\r\n\r\n",
+		"GET /a HTTP/1.1\r\nHost: h\r\nCookie: a=b\rX: 1\r\n\r\n",
+		"GET /a\r\nX-Injected: 1 HTTP/1.1\r\nHost: h\r\n\r\n",
+		"GET /a HTTP/1.1 x\r\nHost: h\r\n\r\n",
+		"GET /a HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n",
+		"GET /a HTTP/1.1\r\nHost: h\r\n",
+	} {
+		if hxCheckHead([]byte(bad), "X-Injected") == nil {
+			t.Errorf("%q passed", bad)
+		}
+	}
+}

@@ -137,7 +137,7 @@ func TestHostileSilentAfterUpgrade(t *testing.T) {
 // gets Close 1001, and the backend's blocked write returns.
 // Not parallel: it measures the heap.
 func TestHostileNeverReads(t *testing.T) {
-	const wt = time.Second
+	const wt = 2 * time.Second
 	const msg = 64 << 10
 	var written atomic.Int64
 	var gaveUp atomic.Bool // the backend stopped waiting for tether
@@ -175,6 +175,12 @@ func TestHostileNeverReads(t *testing.T) {
 	heap0 := ms.HeapInuse
 
 	c, _ := coreRawUpgrade(t, tt.Addr) // and never read again
+	// A small receive buffer (no autotuning): what the backend can write
+	// before it blocks is then about tether's socket buffers, whatever
+	// the machine's tcp_rmem.
+	if err := c.(*net.TCPConn).SetReadBuffer(64 << 10); err != nil {
+		t.Fatal(err)
+	}
 	var peak uint64
 	var e coreEnd
 	deadline := time.After(wt + 10*time.Second)
@@ -203,12 +209,12 @@ wait:
 	sent := written.Load()
 	t.Logf("the backend wrote %d MiB; heap in use %d MiB before, %d MiB at most during the stall",
 		sent>>20, heap0>>20, peak>>20)
-	// Loopback socket buffers (both connections, both directions) hold
-	// some MiB; without backpressure the backend writes GBs in a second.
-	if sent > 64<<20 {
+	// Loopback socket buffers hold some MiB (9 measured); without
+	// backpressure the backend writes 100 MiB in 2 s even under -race.
+	if sent > 48<<20 {
 		t.Errorf("the backend wrote %d MiB into a client that never reads", sent>>20)
 	}
-	if peak > heap0 && peak-heap0 > 32<<20 {
+	if peak > heap0 && peak-heap0 > 16<<20 {
 		t.Errorf("heap in use grew by %d MiB while the client did not read", (peak-heap0)>>20)
 	}
 	if _, err := hxClosed(c, time.Now().Add(5*time.Second)); hxIsTimeout(err) {
