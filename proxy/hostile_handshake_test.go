@@ -8,6 +8,7 @@ package proxy_test
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -646,4 +647,44 @@ func TestHostileCheckHead(t *testing.T) {
 			t.Errorf("%q passed", bad)
 		}
 	}
+}
+
+// SPEC §1 TETHER_HANDSHAKE_TIMEOUT is one deadline from TCP accept, also
+// on a TLS listener: a client that waits almost the whole timeout before
+// its TLS handshake and then sends part of its request is cut at the
+// timeout counted from accept, not a second timeout after the TLS
+// handshake.
+func TestHostileSlowTLSHandshake(t *testing.T) {
+	t.Parallel()
+	const timeout = time.Second
+	certFile, keyFile, pool := coreSelfSigned(t)
+	b := newBackend(t, nil, nil)
+	tt := startTether(t, b.URL, func(c *proxy.Config) {
+		c.TLSCertFile, c.TLSKeyFile = certFile, keyFile
+		c.HandshakeTimeout = timeout
+	})
+	raw, err := net.Dial("tcp", tt.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	start := time.Now()
+	time.Sleep(timeout * 7 / 10) // the hostile client's idea of a handshake
+	c := tls.Client(raw, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+	_ = c.SetDeadline(start.Add(timeout))
+	if err := c.Handshake(); err != nil {
+		t.Skipf("the TLS handshake did not finish within the timeout on this machine: %v", err)
+	}
+	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	at, err := hxClosed(c, start.Add(timeout+5*time.Second))
+	took := at.Sub(start)
+	if hxIsTimeout(err) {
+		t.Fatalf("still connected after %v", took)
+	}
+	if took > timeout+timeout/2 {
+		t.Errorf("cut %v after accept, want about %v (one deadline from accept)", took, timeout)
+	}
+	t.Logf("cut %v after accept (%v)", took.Round(time.Millisecond), err)
 }
