@@ -135,7 +135,12 @@ func (s *Server) Serve(ln net.Listener) error {
 	if s.clientTLS != nil {
 		ln = tls.NewListener(ln, s.clientTLS)
 	}
-	ln = foldListener{ln} // sees the plaintext request (SPEC §2 obs-fold)
+	// foldListener sees the plaintext request (SPEC §2 obs-fold). Being
+	// outside the TLS listener, it also hides the *tls.Conn from net/http,
+	// which then does not give the TLS handshake a deadline of its own:
+	// TLS and headers share ReadHeaderTimeout from accept, as SPEC §1
+	// TETHER_HANDSHAKE_TIMEOUT says (TestHostileSlowTLSHandshake).
+	ln = foldListener{ln}
 	err := s.http.Serve(ln)
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
