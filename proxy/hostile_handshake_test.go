@@ -599,18 +599,23 @@ func TestHostileMaxSessionsBurst(t *testing.T) {
 		t.Errorf("the upstream saw %d handshakes, want %d (503s never dial)", n, limit)
 	}
 
-	// End a third of the sessions (client Close, answered).
+	// End a third of the sessions: half with a Close handshake, half by
+	// dropping the TCP connection without one.
 	k := limit / 3
 	mu.Lock()
 	ending := conns[:k]
 	conns = append([]*websocket.Conn(nil), conns[k:]...)
 	mu.Unlock()
-	for _, c := range ending {
+	polite, abrupt := ending[:k/2], ending[k/2:]
+	for _, c := range polite {
 		if err := c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(1000, ""), time.Now().Add(time.Second)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for _, c := range ending {
+	for _, c := range abrupt {
+		c.Close()
+	}
+	for _, c := range polite {
 		coreWantClose(t, c, 1000, "")
 		c.Close()
 	}
