@@ -717,3 +717,51 @@ func TestHostileUpstreamPingFloodWhileBlocked(t *testing.T) {
 			r.rfc.count, r.js.count, n)
 	}
 }
+
+// SPEC §5: a continuation frame whose declared length, added to the
+// fragments already received, passes the largest int64 is a message over
+// TETHER_MAX_MESSAGE_BYTES (1009), from either peer: the sum must not
+// overflow into a negative size (which panicked in the frame reader and
+// closed both legs with 1011).
+func TestHostileFragmentLengthOverflow(t *testing.T) {
+	t.Parallel()
+	huge := func(masked bool) []byte {
+		b := []byte{0x80, 127, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff} // FIN, continuation, 2^63-1 bytes
+		if masked {
+			b[1] |= 0x80
+			b = append(b, 1, 2, 3, 4)
+		}
+		return b
+	}
+	t.Run("client", func(t *testing.T) {
+		t.Parallel()
+		ends := make(chan coreEnd, 1)
+		b := newBackend(t, nil, coreEchoRecorder(ends))
+		tt := startTether(t, b.URL, nil)
+		c, br := coreRawUpgrade(t, tt.Addr)
+		msg := append(coreFrame(false, 0, 1, true, []byte("first fragment")), huge(true)...)
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if code := coreReadClose(t, c, br); code != 1009 {
+			t.Errorf("client got Close %d, want 1009", code)
+		}
+		coreWantEnd(t, ends, 1001, "*")
+	})
+	t.Run("upstream", func(t *testing.T) {
+		t.Parallel()
+		ends := make(chan coreEnd, 1)
+		b := newBackend(t, nil, func(c *websocket.Conn, r *http.Request) {
+			msg := append(coreFrame(false, 0, 2, false, []byte("first fragment")), huge(false)...)
+			if _, err := c.NetConn().Write(msg); err != nil {
+				ends <- coreEnd{err: err}
+				return
+			}
+			coreEchoRecorder(ends)(c, r)
+		})
+		tt := startTether(t, b.URL, nil)
+		c := dial(t, tt.URL, nil)
+		coreWantClose(t, c, 1014, "*")
+		coreWantEnd(t, ends, 1009, "*")
+	})
+}
