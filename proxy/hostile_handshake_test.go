@@ -492,7 +492,8 @@ func TestHostileHeaderInjection(t *testing.T) {
 		{"space before the colon", coreUpgradeReq("/") + "X-Injected : 1\r\n\r\n", 400, ""},
 		{"encoded CRLF in the path", coreUpgradeReq("/a%0d%0aX-Injected:%201%0d%0a") + "\r\n", 403, "GET /a%0d%0aX-Injected:%201%0d%0a HTTP/1.1\r\n"},
 		{"encoded CRLF in the query", coreUpgradeReq("/q?x=%0d%0aX-Injected:%201&y=%0A") + "\r\n", 403, "?x=%0d%0aX-Injected:%201&y=%0A"},
-		{"encoded CRLF in Sec-WebSocket-Protocol", coreUpgradeReq("/") + "Sec-WebSocket-Protocol: chat%0d%0aX-Injected: 1, v2\r\n\r\n", 403, "chat%0d%0aX-Injected: 1"},
+		{"encoded CRLF in Sec-WebSocket-Protocol", coreUpgradeReq("/") + "Sec-WebSocket-Protocol: chat%0d%0aX-Injected, v2\r\n\r\n", 403, "Sec-WebSocket-Protocol: chat%0d%0aX-Injected, v2\r\n"},
+		{"Sec-WebSocket-Protocol that is not a token list", coreUpgradeReq("/") + "Sec-WebSocket-Protocol: chat%0d%0aX-Injected: 1, v2\r\n\r\n", 400, ""},
 		{"encoded CRLF in Cookie", coreUpgradeReq("/") + "Cookie: a=b%0d%0aX-Injected: 1\r\n\r\n", 403, "Cookie: a=b%0d%0aX-Injected: 1\r\n"},
 		{"encoded CRLF in X-Forwarded-For", coreUpgradeReq("/") + "X-Forwarded-For: 10.0.0.1%0d%0aX-Injected: 1\r\n\r\n", 403, "X-Forwarded-For: 10.0.0.1%0d%0aX-Injected: 1, 127.0.0.1\r\n"},
 		{"encoded CRLF in Origin", coreUpgradeReq("/") + "Origin: https://a.example%0d%0aX-Injected: 1\r\n\r\n", 403, "Origin: https://a.example%0d%0aX-Injected: 1\r\n"},
@@ -693,4 +694,67 @@ func TestHostileSlowTLSHandshake(t *testing.T) {
 		t.Errorf("cut %v after accept, want about %v (one deadline from accept)", took, timeout)
 	}
 	t.Logf("cut %v after accept (%v)", took.Round(time.Millisecond), err)
+}
+
+// SPEC §2: a malformed upgrade gets 400 without an upstream dial, and a
+// valid one is not refused after the dial. tether dials the upstream before
+// it upgrades the client, so every check of the client's upgrade (its own
+// and gobwas's) has to happen before the dial: Connection split over two
+// lines (valid: the token is in the second), Sec-WebSocket-Protocol that is
+// not a token list, an empty Host, and, with TETHER_CLIENT_COMPRESSION,
+// Sec-WebSocket-Extensions that does not parse. A permessage-deflate offer
+// with invalid parameters is declined (RFC 7692 §5: the session runs
+// uncompressed), not answered with 500.
+func TestHostileUpgradeCheckedBeforeDial(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, &websocket.Upgrader{Subprotocols: []string{"chat"}}, nil)
+	tt := startTether(t, b.URL, func(c *proxy.Config) { c.ClientCompression = true })
+	noConn := strings.Replace(coreUpgradeReq("/"), "Connection: Upgrade\r\n", "", 1)
+	cases := []struct {
+		name string
+		req  string
+		want int
+		ext  string // 101: the Sec-WebSocket-Extensions answered
+	}{
+		{"Connection over two lines", noConn + "Connection: keep-alive\r\nConnection: Upgrade\r\n\r\n", 101, ""},
+		{"protocol list with a bad token first", coreUpgradeReq("/") + "Sec-WebSocket-Protocol: bad:token, chat\r\n\r\n", 400, ""},
+		{"protocol list of commas", coreUpgradeReq("/") + "Sec-WebSocket-Protocol: chat\r\nSec-WebSocket-Protocol: ;\r\n\r\n", 400, ""},
+		{"empty Host", strings.Replace(coreUpgradeReq("/"), "Host: tether.test", "Host:", 1) + "\r\n", 400, ""},
+		{"extensions that do not parse", coreUpgradeReq("/") + "Sec-WebSocket-Extensions: permessage-deflate;;;\r\n\r\n", 400, ""},
+		{"extensions with an open quote", coreUpgradeReq("/") + "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=\"15\r\n\r\n", 400, ""},
+		{"window bits out of range", coreUpgradeReq("/") + "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=99999999999999999999\r\n\r\n", 101, ""},
+		{"valueless server_max_window_bits", coreUpgradeReq("/") + "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits\r\n\r\n", 101, ""},
+		{"repeated parameter", coreUpgradeReq("/") + "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; server_no_context_takeover\r\n\r\n", 101, ""},
+		{"bad offer, then a good one", coreUpgradeReq("/") + "Sec-WebSocket-Extensions: permessage-deflate; x=1, permessage-deflate\r\n\r\n", 101, "permessage-deflate"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			before := hxBackendHits(b)
+			resp, c, br := coreRaw(t, tt.Addr, tc.req)
+			resp.Body.Close()
+			if resp.StatusCode != tc.want {
+				t.Fatalf("status %d, want %d", resp.StatusCode, tc.want)
+			}
+			dialed := hxBackendHits(b) - before
+			if tc.want != 101 {
+				if dialed != 0 {
+					t.Errorf("refused with %d after an upstream dial", resp.StatusCode)
+				}
+				return
+			}
+			if got := resp.Header.Get("Sec-WebSocket-Extensions"); !strings.HasPrefix(got, tc.ext) || (tc.ext == "") != (got == "") {
+				t.Errorf("Sec-WebSocket-Extensions %q, want %q", got, tc.ext)
+			}
+			if tc.ext != "" {
+				return // compressed frames: the session itself is tested elsewhere
+			}
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Write(coreFrame(true, 0, 1, true, []byte("hi"))); err != nil {
+				t.Fatal(err)
+			}
+			if op, p := coreReadFrame(t, br); op != 1 || string(p) != "hi" {
+				t.Errorf("echo: op %d %q", op, p)
+			}
+		})
+	}
 }

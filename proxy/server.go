@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gobwas/httphead"
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsflate"
 	"github.com/prometheus/client_golang/prometheus"
@@ -250,6 +251,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpError(w, status, why)
 		return
 	}
+	if s.cfg.ClientCompression && !extensionsParse(r) {
+		httpError(w, http.StatusBadRequest, "malformed Sec-WebSocket-Extensions")
+		return
+	}
 	if !originAllowed(s.cfg.AllowedOrigins, r.Header.Get("Origin")) {
 		httpError(w, http.StatusForbidden, "origin not allowed")
 		return
@@ -297,8 +302,19 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var deflate *wsflate.Extension
 	if s.cfg.ClientCompression {
 		deflate = &wsflate.Extension{Parameters: wsflate.Parameters{ServerNoContextTakeover: true, ClientNoContextTakeover: true}}
-		upgrader.Negotiate = deflate.Negotiate
+		upgrader.Negotiate = func(o httphead.Option) (httphead.Option, error) {
+			accept, err := deflate.Negotiate(o)
+			if err != nil {
+				// RFC 7692 §5: an offer with invalid parameters is
+				// declined (no compression), not a failed handshake.
+				return httphead.Option{}, nil
+			}
+			return accept, nil
+		}
 	}
+	// checkUpgrade found "upgrade" among all Connection values; gobwas
+	// looks at the first one only.
+	r.Header.Set("Connection", "Upgrade")
 	conn, rw, _, err := upgrader.Upgrade(r, w)
 	if err != nil {
 		if conn != nil {
