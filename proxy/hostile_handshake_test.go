@@ -191,7 +191,7 @@ func TestHostileHalfOpenFlood(t *testing.T) {
 	coreEcho(t, warm, "warm up")
 	warm.Close()
 	coreWaitSessions(t, tt, 0)
-	base := hxWaitGoroutines(t, 0, 200*time.Millisecond)
+	base := hxWaitGoroutines(t, 0, 200*time.Millisecond) // let the warm-up wind down for 200 ms, then count
 
 	conns := make([]net.Conn, n)
 	starts := make([]time.Time, n)
