@@ -8,6 +8,8 @@ import (
 	"net/url"
 	"strings"
 	"sync/atomic"
+
+	"github.com/gobwas/httphead"
 )
 
 // hopHeaders are removed before a request is forwarded (RFC 9110 §7.6.1,
@@ -71,7 +73,27 @@ func checkUpgrade(r *http.Request) (status int, why string) {
 	if k, err := base64.StdEncoding.DecodeString(strings.TrimSpace(keys[0])); err != nil || len(k) != 16 {
 		return http.StatusBadRequest, "bad Sec-WebSocket-Key"
 	}
+	// gobwas's upgrader checks these only after the upstream was dialed.
+	if r.Host == "" {
+		return http.StatusBadRequest, "missing Host"
+	}
+	for _, v := range r.Header.Values("Sec-Websocket-Protocol") {
+		if !httphead.ScanTokens([]byte(v), func([]byte) bool { return true }) {
+			return http.StatusBadRequest, "Sec-WebSocket-Protocol is not a list of tokens"
+		}
+	}
 	return 0, ""
+}
+
+// extensionsParse reports whether every Sec-WebSocket-Extensions header
+// parses (as gobwas's upgrader parses it when it negotiates extensions).
+func extensionsParse(r *http.Request) bool {
+	for _, v := range r.Header.Values("Sec-Websocket-Extensions") {
+		if !httphead.ScanOptions([]byte(v), func(int, []byte, []byte, []byte) httphead.Control { return httphead.ControlContinue }) {
+			return false
+		}
+	}
+	return true
 }
 
 // originAllowed applies TETHER_ALLOWED_ORIGINS.

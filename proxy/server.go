@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gobwas/httphead"
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsflate"
 	"github.com/prometheus/client_golang/prometheus"
@@ -134,7 +135,12 @@ func (s *Server) Serve(ln net.Listener) error {
 	if s.clientTLS != nil {
 		ln = tls.NewListener(ln, s.clientTLS)
 	}
-	ln = foldListener{ln} // sees the plaintext request (SPEC §2 obs-fold)
+	// foldListener sees the plaintext request (SPEC §2 obs-fold). Being
+	// outside the TLS listener, it also hides the *tls.Conn from net/http,
+	// which then does not give the TLS handshake a deadline of its own:
+	// TLS and headers share ReadHeaderTimeout from accept, as SPEC §1
+	// TETHER_HANDSHAKE_TIMEOUT says (TestHostileSlowTLSHandshake).
+	ln = foldListener{ln}
 	err := s.http.Serve(ln)
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
@@ -244,6 +250,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpError(w, status, why)
 		return
 	}
+	if s.cfg.ClientCompression && !extensionsParse(r) {
+		httpError(w, http.StatusBadRequest, "malformed Sec-WebSocket-Extensions")
+		return
+	}
 	if !originAllowed(s.cfg.AllowedOrigins, r.Header.Get("Origin")) {
 		httpError(w, http.StatusForbidden, "origin not allowed")
 		return
@@ -291,8 +301,19 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var deflate *wsflate.Extension
 	if s.cfg.ClientCompression {
 		deflate = &wsflate.Extension{Parameters: wsflate.Parameters{ServerNoContextTakeover: true, ClientNoContextTakeover: true}}
-		upgrader.Negotiate = deflate.Negotiate
+		upgrader.Negotiate = func(o httphead.Option) (httphead.Option, error) {
+			accept, err := deflate.Negotiate(o)
+			if err != nil {
+				// RFC 7692 §5: an offer with invalid parameters is
+				// declined (no compression), not a failed handshake.
+				return httphead.Option{}, nil
+			}
+			return accept, nil
+		}
 	}
+	// checkUpgrade found "upgrade" among all Connection values; gobwas
+	// looks at the first one only.
+	r.Header.Set("Connection", "Upgrade")
 	conn, rw, _, err := upgrader.Upgrade(r, w)
 	if err != nil {
 		if conn != nil {

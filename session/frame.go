@@ -334,10 +334,12 @@ func (r *frameReader) next() (ev event, op ws.OpCode, payload []byte, fragmented
 			return 0, 0, nil, false, nil, protoErr("unknown data opcode %d", h.op)
 		}
 		r.frames++
-		total := int64(len(r.buf)) + h.length
-		if total > r.max {
+		// Compare without adding: a declared length near 2^63 plus the
+		// fragments so far would overflow into a negative total.
+		if h.length > r.max-int64(len(r.buf)) {
 			return 0, 0, nil, false, nil, ErrMessageTooBig
 		}
+		total := int64(len(r.buf)) + h.length
 		start := len(r.buf)
 		if cap(r.buf) == 0 {
 			r.buf, r.box = takeBuf(max(int(total), 512))

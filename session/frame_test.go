@@ -196,6 +196,9 @@ func TestFrameReaderErrors(t *testing.T) {
 		{"text not utf-8", []ws.Frame{ws.NewTextFrame([]byte("a\xffb"))}, CloseInvalidPayload},
 		{"too big", []ws.Frame{ws.NewBinaryFrame(make([]byte, 101))}, CloseMessageTooBig},
 		{"too big across fragments", []ws.Frame{frag(ws.OpBinary, false, strings.Repeat("a", 60)), frag(ws.OpContinuation, true, strings.Repeat("b", 41))}, CloseMessageTooBig},
+		// A declared length that overflows int64 when added to the
+		// fragments so far (no payload follows: it must not be read).
+		{"length overflow across fragments", []ws.Frame{frag(ws.OpBinary, false, "a"), {Header: ws.Header{Fin: true, OpCode: ws.OpContinuation, Length: 1<<63 - 1}}}, CloseMessageTooBig},
 	} {
 		for _, fromClient := range []bool{true, false} {
 			_, err := hbReadAll(hbFrameReader(hbWire(t, fromClient, c.fs...), fromClient, 100))
@@ -269,6 +272,7 @@ func FuzzFrameReader(f *testing.F) {
 	f.Add(hbWire(f, false, ws.NewFrame(ws.OpText, false, []byte("a")), ws.NewPingFrame([]byte("p")), ws.NewFrame(ws.OpContinuation, true, []byte("b"))), false, false)
 	f.Add(hbWire(f, true, ws.NewCloseFrame(ws.NewCloseFrameBody(1000, "x"))), true, false)
 	f.Add([]byte{0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0}, false, false)
+	f.Add([]byte{0x02, 1, 'a', 0x80, 127, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, false, false)
 	var z bytes.Buffer
 	if _, err := deflate(&z, []byte(strings.Repeat("compressed ", 20))); err != nil {
 		f.Fatal(err)
