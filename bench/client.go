@@ -127,7 +127,7 @@ func dial(ctx context.Context, o dialOpts, i int, cnt *counters) (*client, error
 	}
 	src := &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+i%max(o.sources, 1)))}
 	d := ws.Dialer{
-		Timeout: 10 * time.Second,
+		Timeout: 30 * time.Second, // generous: a starved proxy still counts
 		NetDial: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			nd := net.Dialer{LocalAddr: src}
 			c, err := nd.DialContext(ctx, network, addr)
