@@ -154,6 +154,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if res == nil {
 		return err
 	}
+	if err != nil {
+		res.Error = err.Error()
+	}
 	fmt.Fprintln(stderr, res.String())
 	if *asJSON {
 		b, _ := json.Marshal(res)

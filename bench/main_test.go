@@ -149,11 +149,12 @@ func TestQuickAgainstTether(t *testing.T) {
 	}
 	results = append(results, idle)
 
+	results = append(results, &Result{Label: "idle", Target: "broken", Mode: "idle", Error: "3 of 50 sessions closed during the hold"})
 	var b strings.Builder
 	if err := writeTable(&b, results, "tether"); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"### tput-1k", "### tput-64k", "### latency", "### idle", "| relay |", "tether ÷ target"} {
+	for _, want := range []string{"### tput-1k", "### tput-64k", "### latency", "### idle", "| relay |", "tether ÷ target", "| broken (failed: 3 of 50"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, b.String())
 		}

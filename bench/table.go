@@ -41,6 +41,9 @@ func writeTable(w io.Writer, results []*Result, ref string) error {
 		g := groups[l]
 		var rr *Result
 		for _, r := range g {
+			if r.Error != "" {
+				r.Target += " (failed: " + r.Error + ")"
+			}
 			if r.Target == ref {
 				rr = r
 			}

@@ -26,6 +26,7 @@ type Result struct {
 	Rate     int     `json:"rate,omitempty"`
 	Deflate  bool    `json:"deflate,omitempty"` // permessage-deflate negotiated
 	Seconds  float64 `json:"seconds"`           // measured window
+	Error    string  `json:"error,omitempty"`   // the run failed: its figures are not comparable
 
 	Msgs       int64   `json:"msgs,omitempty"` // echoes received in the window
 	MsgsPerSec float64 `json:"msgs_per_sec,omitempty"`
