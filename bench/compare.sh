@@ -101,7 +101,9 @@ start_target() {
     direct)
       url="ws://$backend_addr/"; target_pid=""; measure_pid=0; return ;;
     relay)
-      GOMAXPROCS=1 taskset -c 0 "$tmp/bench" relay -listen "127.0.0.1:$proxy_port" -to "$backend_addr" 2>"$tmp/relay.log" &
+      # idle: without splice, which needs 6 open files per session
+      GOMAXPROCS=1 taskset -c 0 "$tmp/bench" relay -listen "127.0.0.1:$proxy_port" -to "$backend_addr" \
+        $([ "$mode" = idle ] && echo -nosplice) 2>"$tmp/relay.log" &
       target_pid=$! ;;
     nginx)
       mkdir -p "$tmp/nginx"
@@ -197,7 +199,7 @@ failed=()
 # sessions, which would measure something else.
 # measure LABEL TARGET MODE [tool flags] [-- tether env...]
 measure() {
-  local label=$1 target=$2 mode=$3; shift 3
+  local label=$1 target=$2; mode=$3; shift 3
   local flags=() envs=()
   while [ $# -gt 0 ] && [ "$1" != "--" ]; do flags+=("$1"); shift; done
   [ $# -gt 0 ] && shift

@@ -74,7 +74,7 @@ func startTether(t *testing.T, backend string, compression bool) string {
 	return ln.Addr().String()
 }
 
-func startRelay(t *testing.T, to string) string {
+func startRelay(t *testing.T, to string, noSplice bool) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -82,7 +82,7 @@ func startRelay(t *testing.T, to string) string {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- serveRelay(ctx, ln, to) }()
+	go func() { done <- serveRelay(ctx, ln, to, noSplice) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -112,11 +112,12 @@ func runJSON(t *testing.T, args ...string) *Result {
 func TestQuickAgainstTether(t *testing.T) {
 	backend := startBackend(t)
 	tether := startTether(t, backend, false)
-	relay := startRelay(t, backend)
+	relay := startRelay(t, backend, false)
+	relayBuf := startRelay(t, backend, true)
 	pid := os.Getpid()
 	common := []string{"-duration", "300ms", "-sources", "4", "-proxy-pid", "0"}
 	var results []*Result
-	for _, tg := range []struct{ name, addr string }{{"direct", backend}, {"relay", relay}, {"tether", tether}} {
+	for _, tg := range []struct{ name, addr string }{{"direct", backend}, {"relay", relay}, {"relay-nosplice", relayBuf}, {"tether", tether}} {
 		url := "ws://" + tg.addr + "/"
 		small := runJSON(t, append([]string{"throughput", "-url", url, "-target", tg.name, "-label", "tput-1k",
 			"-conns", "4", "-size", "1024", "-inflight", "4", "-backend-pid", itoa(os.Getpid())}, common...)...)
