@@ -3,7 +3,7 @@
 # backend directly, on the same workloads, in one run, and prints a
 # markdown report (machine, versions, tables with ratios) on stdout.
 #
-#   bench/compare.sh            # default mode, about 8.5 minutes on 2 cores
+#   bench/compare.sh            # default mode, 6.5-8.5 minutes on 2 shared cores
 #   bench/compare.sh -quick     # smoke test, under a minute
 #   bench/compare.sh -out FILE  # also write the report to FILE
 #
