@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gobwas/ws"
+
 	"github.com/tether-proxy/tether/heartbeat"
 	"github.com/tether-proxy/tether/internal/leakcheck"
 	"github.com/tether-proxy/tether/proxy"
@@ -220,3 +222,31 @@ func TestUsageErrors(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// TestBackendAnswersJSONPing: the backend answers {"type":"ping"} with
+// {"type":"pong"} (tether's JSON heartbeat) and echoes everything else.
+func TestBackendAnswersJSONPing(t *testing.T) {
+	backend := startBackend(t)
+	var cnt counters
+	c, err := dial(t.Context(), dialOpts{url: "ws://" + backend + "/", sources: 1}, 0, &cnt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	for _, tc := range []struct{ send, want string }{
+		{`{"type":"ping"}`, `{"type":"pong"}`},
+		{`{"type":"other"}`, `{"type":"other"}`},
+	} {
+		if err := c.writeFrame(ws.OpText, []byte(tc.send), true); err != nil {
+			t.Fatal(err)
+		}
+		// Raw frames: c.read would answer an echoed ping itself.
+		f, err := ws.ReadFrame(c.br)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p := f.Payload; f.Header.OpCode != ws.OpText || string(p) != tc.want {
+			t.Errorf("sent %s, got %s, want %s", tc.send, p, tc.want)
+		}
+	}
+}
