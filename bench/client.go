@@ -1,0 +1,335 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"compress/flate"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/httphead"
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsflate"
+)
+
+// jsonPing and jsonPong are tether's default JSON heartbeat (SPEC §1).
+var (
+	jsonPing = []byte(`"type":"ping"`)
+	jsonPong = []byte(`{"type":"pong"}`)
+)
+
+// dialOpts say how the load tool connects.
+type dialOpts struct {
+	url     string
+	sources int  // source addresses 127.0.0.1 .. 127.0.0.<sources>
+	deflate bool // offer permessage-deflate (no context takeover)
+	readBuf int  // bufio.Reader size per connection
+}
+
+// counters are the wire bytes of every connection of a run.
+type counters struct {
+	read, written atomic.Int64
+}
+
+// countingConn counts the bytes that cross a connection.
+type countingConn struct {
+	net.Conn
+	c *counters
+}
+
+func (c countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.c.read.Add(int64(n))
+	return n, err
+}
+
+func (c countingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.c.written.Add(int64(n))
+	return n, err
+}
+
+// Compressors are pooled: a flate writer is hundreds of KiB, and making
+// one per message would make the tool, not the proxy, the bottleneck.
+var (
+	flateWriters = sync.Pool{New: func() any {
+		w, _ := flate.NewWriter(nil, flate.BestSpeed) // as tether does
+		return w
+	}}
+	flateReaders = sync.Pool{New: func() any { return flate.NewReader(nil) }}
+	deflateTail  = []byte{0x00, 0x00, 0xff, 0xff}
+	inflateTail  = []byte{0x00, 0x00, 0xff, 0xff, 0x01, 0x00, 0x00, 0xff, 0xff}
+)
+
+// compress appends p compressed as one permessage-deflate message (no
+// context takeover) to dst[:0].
+func compress(dst *bytes.Buffer, p []byte) ([]byte, error) {
+	dst.Reset()
+	fw := flateWriters.Get().(*flate.Writer)
+	defer flateWriters.Put(fw)
+	fw.Reset(dst)
+	if _, err := fw.Write(p); err != nil {
+		return nil, err
+	}
+	if err := fw.Flush(); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(dst.Bytes(), deflateTail), nil
+}
+
+// decompress inflates the message p into dst.
+func decompress(dst *bytes.Buffer, p []byte) ([]byte, error) {
+	dst.Reset()
+	fr := flateReaders.Get().(io.ReadCloser)
+	defer flateReaders.Put(fr)
+	src := io.MultiReader(bytes.NewReader(p), bytes.NewReader(inflateTail))
+	if err := fr.(flate.Resetter).Reset(src, nil); err != nil {
+		return nil, err
+	}
+	if _, err := dst.ReadFrom(fr); err != nil {
+		return nil, err
+	}
+	return dst.Bytes(), nil
+}
+
+// client is one WebSocket connection of the load tool. Writes are
+// serialised by wmu (the reader answers pings while a writer sends data);
+// read is called from one goroutine only.
+type client struct {
+	conn    net.Conn
+	br      *bufio.Reader
+	deflate bool // permessage-deflate was negotiated
+
+	wmu  sync.Mutex
+	bw   *bufio.Writer
+	zbuf bytes.Buffer // compressed message being written (under wmu)
+	ubuf bytes.Buffer // decompressed message read (reader only)
+
+	pings     atomic.Int64 // RFC and JSON pings answered
+	closeOnce sync.Once
+	msg       []byte // message being assembled (reader only)
+}
+
+// dial opens connection i, binding it to source address
+// 127.0.0.(1 + i mod sources) so that many connections fit in the
+// ephemeral port range.
+func dial(ctx context.Context, o dialOpts, i int, cnt *counters) (*client, error) {
+	u, err := url.Parse(o.url)
+	if err != nil {
+		return nil, err
+	}
+	src := &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+i%max(o.sources, 1)))}
+	d := ws.Dialer{
+		Timeout: 30 * time.Second, // generous: a starved proxy still counts
+		NetDial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			nd := net.Dialer{LocalAddr: src}
+			c, err := nd.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return countingConn{c, cnt}, nil
+		},
+	}
+	if o.deflate {
+		d.Extensions = []httphead.Option{wsflate.DefaultParameters.Option()}
+	}
+	conn, br, hs, err := d.Dial(ctx, u.String())
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", u.Host, err)
+	}
+	size := max(o.readBuf, 512)
+	c := &client{conn: conn, bw: bufio.NewWriterSize(conn, 4096)}
+	if br != nil {
+		// Frames the server sent right after its 101 are already in br.
+		c.br = br
+	} else {
+		c.br = bufio.NewReaderSize(conn, size)
+	}
+	for _, e := range hs.Extensions {
+		if string(e.Name) == wsflate.ExtensionName {
+			c.deflate = true
+		}
+	}
+	return c, nil
+}
+
+// zeroMask is the masking key of every frame the tool sends. RFC 6455
+// wants an unpredictable key, but no server can tell, and XOR with zero
+// spares the tool a copy of each payload: its CPU goes to the proxy.
+var zeroMask [4]byte
+
+// writeFrame sends one unfragmented frame; flush says whether to flush
+// the buffered writer afterwards.
+func (c *client) writeFrame(op ws.OpCode, p []byte, flush bool) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.writeFrameLocked(op, p, flush)
+}
+
+func (c *client) writeFrameLocked(op ws.OpCode, p []byte, flush bool) error {
+	h := ws.Header{Fin: true, OpCode: op, Masked: true, Mask: zeroMask, Length: int64(len(p))}
+	if c.deflate && op.IsData() && len(p) >= 128 {
+		z, err := compress(&c.zbuf, p)
+		if err != nil {
+			return err
+		}
+		p = z
+		h.Length = int64(len(p))
+		h.Rsv = ws.Rsv(true, false, false)
+	}
+	if err := ws.WriteHeader(c.bw, h); err != nil {
+		return err
+	}
+	if _, err := c.bw.Write(p); err != nil {
+		return err
+	}
+	if flush {
+		return c.bw.Flush()
+	}
+	return nil
+}
+
+func (c *client) flush() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.bw.Flush()
+}
+
+// errClosed is a Close frame from the server.
+var errClosed = errors.New("server sent close")
+
+// read returns the next data message, answering RFC pings and JSON pings
+// on the way. The returned slice is valid until the next call.
+func (c *client) read() ([]byte, error) {
+	c.msg = c.msg[:0]
+	compressed := false
+	for {
+		h, err := ws.ReadHeader(c.br)
+		if err != nil {
+			return nil, err
+		}
+		if h.OpCode.IsControl() {
+			p := make([]byte, h.Length)
+			if _, err := io.ReadFull(c.br, p); err != nil {
+				return nil, err
+			}
+			if h.Masked {
+				ws.Cipher(p, h.Mask, 0)
+			}
+			switch h.OpCode {
+			case ws.OpPing:
+				c.pings.Add(1)
+				if err := c.writeFrame(ws.OpPong, p, true); err != nil {
+					return nil, err
+				}
+			case ws.OpClose:
+				code, reason := ws.ParseCloseFrameData(p)
+				return nil, fmt.Errorf("%w: %d %s", errClosed, code, reason)
+			}
+			continue
+		}
+		if h.OpCode != ws.OpContinuation {
+			compressed = h.Rsv1()
+		}
+		n := len(c.msg)
+		if need := n + int(h.Length); need > cap(c.msg) {
+			c.msg = append(c.msg[:cap(c.msg)], make([]byte, need-cap(c.msg))...)
+		}
+		c.msg = c.msg[:n+int(h.Length)]
+		if _, err := io.ReadFull(c.br, c.msg[n:]); err != nil {
+			return nil, err
+		}
+		if h.Masked {
+			ws.Cipher(c.msg[n:], h.Mask, 0)
+		}
+		if !h.Fin {
+			continue
+		}
+		msg := c.msg
+		if compressed {
+			if msg, err = decompress(&c.ubuf, msg); err != nil {
+				return nil, fmt.Errorf("inflate: %w", err)
+			}
+		}
+		if len(msg) > 0 && len(msg) <= 4096 && msg[0] == '{' && bytes.Contains(msg, jsonPing) {
+			c.pings.Add(1)
+			if err := c.writeFrame(ws.OpText, jsonPong, true); err != nil {
+				return nil, err
+			}
+			c.msg = c.msg[:0]
+			continue
+		}
+		return msg, nil
+	}
+}
+
+// close sends a Close frame (1000) and closes the connection.
+func (c *client) close() {
+	c.closeOnce.Do(func() {
+		c.wmu.Lock()
+		_ = c.conn.SetWriteDeadline(time.Now().Add(time.Second))
+		_ = c.writeFrameLocked(ws.OpClose, ws.NewCloseFrameBody(ws.StatusNormalClosure, ""), true)
+		c.wmu.Unlock()
+		_ = c.conn.Close()
+	})
+}
+
+// dialAll opens n connections at most rate per second (0: no limit),
+// with up to 64 handshakes in flight.
+func dialAll(ctx context.Context, o dialOpts, n, rate int, cnt *counters) ([]*client, error) {
+	cs := make([]*client, n)
+	var next atomic.Int64
+	var interval time.Duration
+	if rate > 0 {
+		interval = time.Second / time.Duration(rate)
+	}
+	start := time.Now()
+	errc := make(chan error, 64)
+	var wg sync.WaitGroup
+	for range min(64, n) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				if interval > 0 {
+					if d := time.Until(start.Add(time.Duration(i) * interval)); d > 0 {
+						time.Sleep(d)
+					}
+				}
+				c, err := dial(ctx, o, i, cnt)
+				if err != nil {
+					next.Store(int64(n)) // stop the others
+					errc <- fmt.Errorf("session %d: %w", i, err)
+					return
+				}
+				cs[i] = c
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	if err := <-errc; err != nil {
+		closeAll(cs)
+		return nil, err
+	}
+	return cs, nil
+}
+
+func closeAll(cs []*client) {
+	for _, c := range cs {
+		if c != nil {
+			c.close()
+		}
+	}
+}

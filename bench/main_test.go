@@ -1,0 +1,252 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/tether-proxy/tether/heartbeat"
+	"github.com/tether-proxy/tether/internal/leakcheck"
+	"github.com/tether-proxy/tether/proxy"
+)
+
+func TestMain(m *testing.M) { leakcheck.Main(m) }
+
+// startBackend runs the benchmark backend on 127.0.0.1 for the test.
+func startBackend(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serveBackend(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("backend: %v", err)
+		}
+	})
+	return ln.Addr().String()
+}
+
+// startTether runs tether in this process in front of backend, with JSON
+// heartbeats every 100 ms on both legs (dead after 1 s of silence), so a
+// load tool that did not answer pings would lose its sessions.
+func startTether(t *testing.T, backend string, compression bool) string {
+	t.Helper()
+	cfg, err := proxy.DefaultConfig("ws://" + backend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, hb := range []*heartbeat.Config{&cfg.Session.ClientHeartbeat, &cfg.Session.UpstreamHeartbeat} {
+		hb.Mode, hb.Interval, hb.Timeout = heartbeat.ModeJSON, 100*time.Millisecond, time.Second
+	}
+	cfg.ClientCompression = compression
+	srv, err := proxy.New(cfg, proxy.Options{CloseWait: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(ln)
+	}()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		<-done
+	})
+	return ln.Addr().String()
+}
+
+func startRelay(t *testing.T, to string, noSplice bool) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serveRelay(ctx, ln, to, noSplice) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("relay: %v", err)
+		}
+	})
+	return ln.Addr().String()
+}
+
+// runJSON runs the tool's command line and decodes its -json result.
+func runJSON(t *testing.T, args ...string) *Result {
+	t.Helper()
+	var out, errb bytes.Buffer
+	if err := run(t.Context(), append(args, "-json"), &out, &errb); err != nil {
+		t.Fatalf("bench %s: %v\n%s", strings.Join(args, " "), err, errb.String())
+	}
+	var r Result
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		t.Fatalf("bench %s printed %q: %v", strings.Join(args, " "), out.String(), err)
+	}
+	return &r
+}
+
+// TestQuickAgainstTether runs every mode of the tool in quick form against
+// an in-process tether (its own pid is the proxy's), the TCP relay and
+// the backend directly, then builds the table.
+func TestQuickAgainstTether(t *testing.T) {
+	backend := startBackend(t)
+	tether := startTether(t, backend, false)
+	relay := startRelay(t, backend, false)
+	relayBuf := startRelay(t, backend, true)
+	pid := os.Getpid()
+	common := []string{"-duration", "300ms", "-sources", "4", "-proxy-pid", "0"}
+	var results []*Result
+	for _, tg := range []struct{ name, addr string }{{"direct", backend}, {"relay", relay}, {"relay-nosplice", relayBuf}, {"tether", tether}} {
+		url := "ws://" + tg.addr + "/"
+		small := runJSON(t, append([]string{"throughput", "-url", url, "-target", tg.name, "-label", "tput-1k",
+			"-conns", "4", "-size", "1024", "-inflight", "4", "-backend-pid", itoa(os.Getpid())}, common...)...)
+		if small.Msgs == 0 || small.P50ms <= 0 || small.MaxMs < small.P99ms || small.WirePerMsg < 2*1024 {
+			t.Errorf("%s throughput: %+v", tg.name, small)
+		}
+		big := runJSON(t, append([]string{"throughput", "-url", url, "-target", tg.name, "-label", "tput-64k",
+			"-conns", "2", "-size", "65536", "-inflight", "2", "-text"}, common...)...)
+		if big.Msgs == 0 || big.MBPerSec <= 0 {
+			t.Errorf("%s 64 KiB throughput: %+v", tg.name, big)
+		}
+		lat := runJSON(t, append([]string{"latency", "-url", url, "-target", tg.name,
+			"-conns", "20", "-rate", "200", "-size", "128"}, common...)...)
+		if lat.Msgs < 20 || lat.P99ms <= 0 {
+			t.Errorf("%s latency: %+v", tg.name, lat)
+		}
+		results = append(results, small, big, lat)
+	}
+
+	// idle: the proxy is this process; its heartbeats come every 100 ms
+	// and a session that does not answer them dies after 1 s, so a 1.5 s
+	// hold with no closed session means the tool answered.
+	idle := runJSON(t, "idle", "-url", "ws://"+tether+"/", "-target", "tether", "-sessions", "50",
+		"-duration", "1500ms", "-settle", "100ms", "-proxy-pid", itoa(pid))
+	if idle.ClosedDuringHold != 0 || idle.PingsAnswered < 50*5 || idle.RSSBase == 0 || idle.RSSAfter == 0 {
+		t.Errorf("idle: %+v", idle)
+	}
+	if _, ok := idle.CPU["proxy"]; !ok {
+		t.Errorf("idle recorded no proxy CPU: %+v", idle.CPU)
+	}
+	results = append(results, idle)
+
+	results = append(results, &Result{Label: "idle", Target: "broken", Mode: "idle", Error: "3 of 50 sessions closed during the hold"})
+	var b strings.Builder
+	if err := writeTable(&b, results, "tether"); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"### tput-1k", "### tput-64k", "### latency", "### idle", "| relay |", "tether ÷ target", "| broken (failed: 3 of 50"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, b.String())
+		}
+	}
+}
+
+// TestDeflate checks that -deflate negotiates permessage-deflate with a
+// tether that allows it, that echoes decompress to what was sent (the
+// tool checks size and stamp), and that fewer bytes cross the wire.
+func TestDeflate(t *testing.T) {
+	backend := startBackend(t)
+	args := func(addr string) []string {
+		return []string{"throughput", "-url", "ws://" + addr + "/", "-conns", "2", "-size", "2048", "-inflight", "2",
+			"-duration", "300ms", "-text", "-deflate"}
+	}
+	plain := runJSON(t, args(startTether(t, backend, false))...)
+	z := runJSON(t, args(startTether(t, backend, true))...)
+	if plain.Deflate || !z.Deflate {
+		t.Fatalf("deflate negotiated: without compression %v, with %v", plain.Deflate, z.Deflate)
+	}
+	// The filler is JSON-like text that deflate shrinks about threefold;
+	// a round trip is 2 × 2048 B plus headers uncompressed.
+	if z.Msgs == 0 || plain.WirePerMsg < 2*2048 || z.WirePerMsg > plain.WirePerMsg/2 {
+		t.Fatalf("wire bytes per round trip: %.0f compressed, %.0f plain", z.WirePerMsg, plain.WirePerMsg)
+	}
+}
+
+// TestAdminSampling covers -admin: unlabelled series are read, labelled
+// ones skipped.
+func TestAdminSampling(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("# HELP go_goroutines x\ngo_goroutines 10\nprocess_resident_memory_bytes 1e6\ntether_sessions_active{x=\"y\"} 3\n"))
+	}))
+	defer srv.Close()
+	m := sampleMetrics(srv.URL)
+	if m["go_goroutines"] != 10 || m["process_resident_memory_bytes"] != 1e6 {
+		t.Fatalf("sample = %v", m)
+	}
+	if _, ok := m["tether_sessions_active"]; ok {
+		t.Fatal("labelled series must be skipped")
+	}
+}
+
+func TestProcReaders(t *testing.T) {
+	if c, err := cpuSeconds(0); err != nil || c < 0 {
+		t.Fatalf("cpuSeconds(self) = %v, %v", c, err)
+	}
+	if r, err := rssBytes(os.Getpid()); err != nil || r < 1<<20 {
+		t.Fatalf("rssBytes(self) = %v, %v", r, err)
+	}
+	if _, err := cpuSeconds(1 << 30); err == nil {
+		t.Fatal("cpuSeconds of a missing pid succeeded")
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{nil, {"bogus"}, {"throughput", "-size", "8"}} {
+		if err := run(t.Context(), args, &bytes.Buffer{}, &bytes.Buffer{}); err == nil {
+			t.Errorf("bench %v: no error", args)
+		}
+	}
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+// TestBackendAnswersJSONPing: the backend answers {"type":"ping"} with
+// {"type":"pong"} (tether's JSON heartbeat) and echoes everything else.
+func TestBackendAnswersJSONPing(t *testing.T) {
+	backend := startBackend(t)
+	var cnt counters
+	c, err := dial(t.Context(), dialOpts{url: "ws://" + backend + "/", sources: 1}, 0, &cnt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	for _, tc := range []struct{ send, want string }{
+		{`{"type":"ping"}`, `{"type":"pong"}`},
+		{`{"type":"other"}`, `{"type":"other"}`},
+	} {
+		if err := c.writeFrame(ws.OpText, []byte(tc.send), true); err != nil {
+			t.Fatal(err)
+		}
+		// Raw frames: c.read would answer an echoed ping itself.
+		f, err := ws.ReadFrame(c.br)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p := f.Payload; f.Header.OpCode != ws.OpText || string(p) != tc.want {
+			t.Errorf("sent %s, got %s, want %s", tc.send, p, tc.want)
+		}
+	}
+}

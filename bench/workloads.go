@@ -1,0 +1,449 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+)
+
+// Result is what one workload against one target measured. It is printed
+// as one JSON line with -json; `bench table` turns lines into a table.
+type Result struct {
+	Label    string  `json:"label"`  // workload name in the table, e.g. "tput-1k"
+	Target   string  `json:"target"` // direct, relay, nginx, haproxy, caddy, tether ...
+	Mode     string  `json:"mode"`   // throughput, latency, idle
+	Conns    int     `json:"conns"`
+	Size     int     `json:"size,omitempty"`
+	InFlight int     `json:"inflight,omitempty"`
+	Rate     int     `json:"rate,omitempty"`
+	Deflate  bool    `json:"deflate,omitempty"` // permessage-deflate negotiated
+	Seconds  float64 `json:"seconds"`           // measured window
+	Error    string  `json:"error,omitempty"`   // the run failed: its figures are not comparable
+
+	Msgs       int64   `json:"msgs,omitempty"` // echoes received in the window
+	MsgsPerSec float64 `json:"msgs_per_sec,omitempty"`
+	MBPerSec   float64 `json:"mb_per_sec,omitempty"` // payload MB (1e6) echoed per second
+	P50ms      float64 `json:"p50_ms,omitempty"`
+	P99ms      float64 `json:"p99_ms,omitempty"`
+	MaxMs      float64 `json:"max_ms,omitempty"`
+	WireBytes  int64   `json:"wire_bytes,omitempty"` // both directions on the tool's sockets, in the window
+	// WirePerMsg is wire bytes (both directions) per echoed message over
+	// the whole run, in-flight messages drained (throughput).
+	WirePerMsg float64 `json:"wire_per_msg,omitempty"`
+
+	// CPU seconds in the window: "proxy", "backend", "load".
+	CPU map[string]float64 `json:"cpu"`
+
+	RSSBase          int64   `json:"rss_base,omitempty"`  // proxy RSS before the sessions opened
+	RSSAfter         int64   `json:"rss_after,omitempty"` // proxy RSS at the end of the hold
+	RSSPerSession    float64 `json:"rss_per_session,omitempty"`
+	ProxyCPUPercent  float64 `json:"proxy_cpu_percent,omitempty"` // idle: proxy CPU over the hold
+	PingsAnswered    int64   `json:"pings_answered,omitempty"`
+	ClosedDuringHold int     `json:"closed_during_hold,omitempty"`
+	// From tether's /metrics when -admin is given (idle).
+	GoroutinesPerSession float64 `json:"goroutines_per_session,omitempty"`
+	HeapPerSession       float64 `json:"heap_per_session,omitempty"`
+}
+
+// perProxyCPU returns v per second of proxy CPU, or 0 without a proxy.
+func (r *Result) perProxyCPU(v float64) float64 {
+	if c := r.CPU["proxy"]; c > 0 {
+		return v / c
+	}
+	return 0
+}
+
+// common are the options every load mode shares.
+type common struct {
+	dial     dialOpts
+	label    string
+	target   string
+	procs    procs
+	duration time.Duration
+	connRate int
+	text     bool
+}
+
+// payload fills p with a message: 16 hex digits of the send time
+// (nanoseconds since epoch) followed by JSON-like ASCII filler, so the
+// same bytes work as text or binary and compress like real JSON.
+func payload(p []byte, epoch time.Time) {
+	stamp(p, epoch)
+}
+
+func stamp(p []byte, epoch time.Time) {
+	const hex = "0123456789abcdef"
+	t := uint64(time.Since(epoch))
+	for i := 15; i >= 0; i-- {
+		if i < len(p) {
+			p[i] = hex[t&15]
+		}
+		t >>= 4
+	}
+}
+
+// filler returns size bytes: a 16-byte stamp slot then JSON-like text.
+func filler(size int, seed uint64) []byte {
+	words := []string{"alice", "bob", "order", "price", "qty", "status", "filled", "open", "user", "ts", "items", "sku", "eur", "usd"}
+	r := rand.New(rand.NewPCG(seed, 1))
+	b := make([]byte, 16, size+64)
+	for len(b) < size {
+		b = append(b, `{"`...)
+		b = append(b, words[r.IntN(len(words))]...)
+		b = append(b, `":"`...)
+		b = append(b, words[r.IntN(len(words))]...)
+		b = append(b, `","n":`...)
+		b = strconv.AppendInt(b, int64(r.IntN(100000)), 10)
+		b = append(b, "},"...)
+	}
+	b = b[:size]
+	for i := range min(16, size) {
+		b[i] = '0'
+	}
+	return b
+}
+
+// parseStamp reads the send time back out of an echoed message.
+func parseStamp(p []byte, epoch time.Time) (time.Duration, bool) {
+	if len(p) < 16 {
+		return 0, false
+	}
+	var t uint64
+	for _, c := range p[:16] {
+		switch {
+		case c >= '0' && c <= '9':
+			t = t<<4 | uint64(c-'0')
+		case c >= 'a' && c <= 'f':
+			t = t<<4 | uint64(c-'a'+10)
+		default:
+			return 0, false
+		}
+	}
+	return time.Since(epoch) - time.Duration(t), true
+}
+
+func percentiles(r *Result, rtts []time.Duration) {
+	if len(rtts) == 0 {
+		return
+	}
+	slices.Sort(rtts)
+	q := func(f float64) float64 {
+		return float64(rtts[int(f*float64(len(rtts)-1))]) / 1e6
+	}
+	r.P50ms, r.P99ms, r.MaxMs = q(.5), q(.99), q(1)
+}
+
+// throughput: every connection keeps inflight messages of size bytes in
+// flight for the duration (a new one goes out as each echo returns).
+func throughput(ctx context.Context, o common, conns, size, inflight int) (*Result, error) {
+	var cnt counters
+	cs, err := dialAll(ctx, o.dial, conns, o.connRate, &cnt)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll(cs)
+	op := ws.OpBinary
+	if o.text {
+		op = ws.OpText
+	}
+	epoch := time.Now()
+	var stopping atomic.Bool
+	var inWindow, echoed atomic.Int64
+	var mu sync.Mutex
+	var all []time.Duration
+	errc := make(chan error, 2*len(cs))
+	r0, w0 := cnt.read.Load(), cnt.written.Load()
+	before := o.procs.sample()
+	start := time.Now()
+	end := start.Add(o.duration)
+	var writers, readers sync.WaitGroup
+	stopc := make(chan struct{}) // closed when the window ends
+	allCredits := make([]chan struct{}, len(cs))
+	for i, c := range cs {
+		credits := make(chan struct{}, inflight)
+		for range inflight {
+			credits <- struct{}{}
+		}
+		allCredits[i] = credits
+		writers.Add(1)
+		go func() { // writer
+			defer writers.Done()
+			msg := filler(size, uint64(i))
+			for {
+				select {
+				case <-credits:
+				case <-stopc:
+					return
+				case <-ctx.Done():
+					return
+				}
+				if stopping.Load() {
+					credits <- struct{}{}
+					return
+				}
+				payload(msg, epoch)
+				more := len(credits) > 0
+				if err := c.writeFrame(op, msg, !more); err != nil {
+					errc <- err
+					return
+				}
+			}
+		}()
+		readers.Add(1)
+		go func() { // reader
+			defer readers.Done()
+			local := make([]time.Duration, 0, 4096)
+			defer func() {
+				mu.Lock()
+				all = append(all, local...)
+				mu.Unlock()
+			}()
+			for {
+				p, err := c.read()
+				if err != nil {
+					if !stopping.Load() {
+						errc <- err
+					}
+					return
+				}
+				d, ok := parseStamp(p, epoch)
+				if !ok || len(p) != size {
+					errc <- fmt.Errorf("echo of %d bytes, sent %d", len(p), size)
+					return
+				}
+				local = append(local, d)
+				echoed.Add(1)
+				if time.Now().Before(end) {
+					inWindow.Add(1)
+				}
+				// A proxy that reconnects its upstream may send a message
+				// twice (tether resends unacknowledged ones, SPEC §4):
+				// never hold more than inflight credits.
+				select {
+				case credits <- struct{}{}:
+				default:
+				}
+			}
+		}()
+	}
+	wait(ctx, end)
+	after := o.procs.sample()
+	r1, w1 := cnt.read.Load(), cnt.written.Load()
+	elapsed := time.Since(start)
+	stopping.Store(true)
+	close(stopc)
+	writers.Wait()
+	// Let the echoes still in flight come back (at most 2 s), then close:
+	// the readers end.
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		full := true
+		for _, cr := range allCredits {
+			full = full && len(cr) == inflight
+		}
+		if full {
+			break
+		}
+	}
+	wirePerMsg := float64(cnt.read.Load()+cnt.written.Load()-r0-w0) / float64(max(echoed.Load(), 1))
+	closeAll(cs)
+	readers.Wait()
+	close(errc)
+	res := &Result{WirePerMsg: wirePerMsg, Label: o.label, Target: o.target, Mode: "throughput", Conns: conns, Size: size, InFlight: inflight,
+		Seconds: elapsed.Seconds(), Msgs: inWindow.Load(), CPU: after.since(before), WireBytes: (r1 - r0) + (w1 - w0)}
+	res.Deflate = len(cs) > 0 && cs[0].deflate
+	res.MsgsPerSec = float64(res.Msgs) / res.Seconds
+	res.MBPerSec = res.MsgsPerSec * float64(size) / 1e6
+	percentiles(res, all)
+	for err := range errc {
+		return res, err
+	}
+	return res, nil
+}
+
+// latency: conns connections together send rate messages per second,
+// each on its own fixed schedule with a random phase (open loop), and
+// the round trip of every message is recorded.
+func latency(ctx context.Context, o common, conns, size, rate int) (*Result, error) {
+	var cnt counters
+	cs, err := dialAll(ctx, o.dial, conns, o.connRate, &cnt)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll(cs)
+	op := ws.OpBinary
+	if o.text {
+		op = ws.OpText
+	}
+	period := time.Duration(float64(time.Second) * float64(conns) / float64(max(rate, 1)))
+	epoch := time.Now()
+	var stopping atomic.Bool
+	var inWindow atomic.Int64
+	var mu sync.Mutex
+	var all []time.Duration
+	errc := make(chan error, 2*len(cs))
+	var wg sync.WaitGroup
+	before := o.procs.sample()
+	start := time.Now()
+	end := start.Add(o.duration)
+	wctx, cancel := context.WithDeadline(ctx, end)
+	defer cancel()
+	for i, c := range cs {
+		wg.Add(2)
+		go func() { // writer
+			defer wg.Done()
+			msg := filler(size, uint64(i))
+			phase := time.Duration(rand.Int64N(int64(period)))
+			t := time.NewTimer(phase)
+			defer t.Stop()
+			next := start.Add(phase)
+			for {
+				select {
+				case <-t.C:
+				case <-wctx.Done():
+					return
+				}
+				payload(msg, epoch)
+				if err := c.writeFrame(op, msg, true); err != nil {
+					errc <- err
+					return
+				}
+				next = next.Add(period)
+				t.Reset(time.Until(next))
+			}
+		}()
+		go func() { // reader
+			defer wg.Done()
+			local := make([]time.Duration, 0, 64)
+			defer func() {
+				mu.Lock()
+				all = append(all, local...)
+				mu.Unlock()
+			}()
+			for {
+				p, err := c.read()
+				if err != nil {
+					if !stopping.Load() {
+						errc <- err
+					}
+					return
+				}
+				d, ok := parseStamp(p, epoch)
+				if !ok {
+					errc <- fmt.Errorf("echo of %d bytes, sent %d", len(p), size)
+					return
+				}
+				local = append(local, d)
+				if time.Now().Before(end) {
+					inWindow.Add(1)
+				}
+			}
+		}()
+	}
+	wait(ctx, end)
+	after := o.procs.sample()
+	elapsed := time.Since(start)
+	// Give the last echoes a moment, then close: readers end.
+	time.Sleep(200 * time.Millisecond)
+	stopping.Store(true)
+	closeAll(cs)
+	wg.Wait()
+	close(errc)
+	res := &Result{Label: o.label, Target: o.target, Mode: "latency", Conns: conns, Size: size, Rate: rate,
+		Seconds: elapsed.Seconds(), Msgs: inWindow.Load(), CPU: after.since(before)}
+	res.MsgsPerSec = float64(res.Msgs) / res.Seconds
+	percentiles(res, all)
+	for err := range errc {
+		return res, err
+	}
+	return res, nil
+}
+
+// idle opens n sessions, holds them for the duration while answering
+// every ping, and reports the proxy's RSS per session net of its RSS
+// before the sessions opened, and its CPU % over the hold. A session
+// that closes during the hold is an error.
+func idle(ctx context.Context, o common, n int, settle time.Duration, admin string) (*Result, error) {
+	var cnt counters
+	m0 := sampleMetrics(admin)
+	var base int64
+	if o.procs.proxy > 0 {
+		var err error
+		if base, err = rssBytes(o.procs.proxy); err != nil {
+			return nil, fmt.Errorf("proxy rss: %w", err)
+		}
+	}
+	o.dial.readBuf = 512
+	cs, err := dialAll(ctx, o.dial, n, o.connRate, &cnt)
+	if err != nil {
+		return nil, err
+	}
+	var stopping atomic.Bool
+	var closed atomic.Int64
+	var wg sync.WaitGroup
+	for _, c := range cs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				if _, err := c.read(); err != nil {
+					if !stopping.Load() {
+						closed.Add(1)
+					}
+					return
+				}
+			}
+		}()
+	}
+	wait(ctx, time.Now().Add(settle))
+	before := o.procs.sample()
+	start := time.Now()
+	wait(ctx, start.Add(o.duration))
+	after := o.procs.sample()
+	elapsed := time.Since(start)
+	m1 := sampleMetrics(admin)
+	res := &Result{Label: o.label, Target: o.target, Mode: "idle", Conns: n, Seconds: elapsed.Seconds(),
+		CPU: after.since(before), RSSBase: base}
+	if g, ok := m1["go_goroutines"]; ok {
+		res.GoroutinesPerSession = (g - m0["go_goroutines"]) / float64(n)
+		res.HeapPerSession = (m1["go_memstats_heap_inuse_bytes"] - m0["go_memstats_heap_inuse_bytes"]) / float64(n)
+	}
+	if o.procs.proxy > 0 {
+		if res.RSSAfter, err = rssBytes(o.procs.proxy); err != nil {
+			return nil, fmt.Errorf("proxy rss: %w", err)
+		}
+		res.RSSPerSession = float64(res.RSSAfter-base) / float64(n)
+		res.ProxyCPUPercent = 100 * res.CPU["proxy"] / res.Seconds
+	}
+	res.ClosedDuringHold = int(closed.Load())
+	stopping.Store(true)
+	closeAll(cs)
+	wg.Wait()
+	for _, c := range cs {
+		res.PingsAnswered += c.pings.Load()
+	}
+	if res.ClosedDuringHold > 0 {
+		return res, fmt.Errorf("%d of %d sessions closed during the hold", res.ClosedDuringHold, n)
+	}
+	if err := ctx.Err(); err != nil && !errors.Is(err, context.Canceled) {
+		return res, err
+	}
+	return res, nil
+}
+
+// wait sleeps until t or until ctx ends.
+func wait(ctx context.Context, t time.Time) {
+	timer := time.NewTimer(time.Until(t))
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+}
