@@ -31,6 +31,10 @@ type dialOpts struct {
 	sources int  // source addresses 127.0.0.1 .. 127.0.0.<sources>
 	deflate bool // offer permessage-deflate (no context takeover)
 	readBuf int  // bufio.Reader size per connection
+	// onConn, if set, is called with each connection as soon as it is
+	// open (idle starts its reader there: a session left unread while
+	// thousands more are dialled would miss tether's heartbeats).
+	onConn func(*client)
 }
 
 // counters are the wire bytes of every connection of a run.
@@ -314,6 +318,9 @@ func dialAll(ctx context.Context, o dialOpts, n, rate int, cnt *counters) ([]*cl
 					return
 				}
 				cs[i] = c
+				if o.onConn != nil {
+					o.onConn(c)
+				}
 			}
 		}()
 	}

@@ -381,14 +381,12 @@ func idle(ctx context.Context, o common, n int, settle time.Duration, admin stri
 		}
 	}
 	o.dial.readBuf = 512
-	cs, err := dialAll(ctx, o.dial, n, o.connRate, &cnt)
-	if err != nil {
-		return nil, err
-	}
 	var stopping atomic.Bool
 	var closed atomic.Int64
 	var wg sync.WaitGroup
-	for _, c := range cs {
+	// Each session answers pings from the moment it is open, not once
+	// all are: a long ramp would otherwise outlast the heartbeat timeout.
+	o.dial.onConn = func(c *client) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -401,6 +399,12 @@ func idle(ctx context.Context, o common, n int, settle time.Duration, admin stri
 				}
 			}
 		}()
+	}
+	cs, err := dialAll(ctx, o.dial, n, o.connRate, &cnt)
+	if err != nil {
+		stopping.Store(true)
+		wg.Wait()
+		return nil, err
 	}
 	wait(ctx, time.Now().Add(settle))
 	before := o.procs.sample()

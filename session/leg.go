@@ -46,6 +46,9 @@ const (
 	legDone                  // the read loop has ended for good
 )
 
+// parkMinInterval is the shortest heartbeat interval at which a leg parks.
+const parkMinInterval = 2 * time.Second
+
 // readBufSize is the read buffer a leg holds while its read loop runs.
 const readBufSize = 4096
 
@@ -140,7 +143,12 @@ func newLeg(s *Session, name string, conn net.Conn, buffered []byte, fromClient 
 	}
 	l.lr = legReader{l: l, pre: buffered}
 	l.fr = frameReader{fromClient: fromClient, max: int64(s.cfg.MaxMessageBytes)}
-	if p := s.env.poller; p != nil && s.env.IdleAfter >= 0 {
+	// A leg with heartbeats more often than parkMinInterval wakes for
+	// every ping anyway: parking it would cost a park and a wake (an
+	// epoll_ctl and a goroutine start) per interval to save memory for
+	// less than that interval, so it keeps its goroutine.
+	parkable := !hb.Mode.On() || hb.Interval >= s.env.parkMinInterval()
+	if p := s.env.poller; p != nil && s.env.IdleAfter >= 0 && parkable {
 		switch c := conn.(type) {
 		case *net.TCPConn, *net.UnixConn:
 			if rc, err := c.(syscall.Conn).SyscallConn(); err == nil {

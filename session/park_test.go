@@ -68,6 +68,7 @@ func newParkRig(t *testing.T, cfg Config) *parkRig {
 		t.Fatal(err)
 	}
 	env.IdleAfter = 10 * time.Millisecond
+	env.parkMin = time.Millisecond // the tests' heartbeats are fast
 	env.CloseWait = 200 * time.Millisecond
 	env.Jitter = func(int64) int64 { return 0 }
 	r := &parkRig{t: t, env: env, done: make(chan struct{}), dials: make(chan net.Conn, 4), metrics: m}
@@ -334,6 +335,26 @@ func TestParkedUpstreamReconnect(t *testing.T) {
 	}
 	if old.state.Load() != legDone {
 		t.Fatal("the lost upstream leg's read loop did not end")
+	}
+}
+
+// A leg whose heartbeat interval is shorter than parkMinInterval keeps its
+// goroutine: it would wake at every ping anyway.
+func TestFastHeartbeatNeverParks(t *testing.T) {
+	env, err := NewEnv(hbCfg(hbOff, hbOff), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := parkPair(t)
+	s := &Session{env: env, cfg: &env.Config}
+	if l := newLeg(s, LegClient, c, nil, true, hbLeg(heartbeat.ModeWS, parkMinInterval/2, 0)); l.rc != nil {
+		t.Fatal("a leg with a heartbeat under parkMinInterval can park")
+	}
+	if l := newLeg(s, LegClient, c, nil, true, hbLeg(heartbeat.ModeWS, parkMinInterval, 0)); l.rc == nil {
+		t.Fatal("a leg with a heartbeat at parkMinInterval cannot park")
+	}
+	if l := newLeg(s, LegClient, c, nil, true, hbOff); l.rc == nil {
+		t.Fatal("a leg without heartbeats cannot park")
 	}
 }
 

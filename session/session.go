@@ -91,6 +91,15 @@ type Env struct {
 	total  atomic.Int64 // buffered + retained bytes of all sessions
 	poller *netpoll.Poller
 	parked atomic.Int64
+	// parkMin overrides parkMinInterval (tests).
+	parkMin time.Duration
+}
+
+func (e *Env) parkMinInterval() time.Duration {
+	if e.parkMin > 0 {
+		return e.parkMin
+	}
+	return parkMinInterval
 }
 
 // NewEnv validates cfg and builds an Env with its defaults filled in.
