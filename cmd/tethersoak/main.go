@@ -83,7 +83,7 @@ func main() {
 	flag.DurationVar(&cfg.Settle, "settle", time.Minute, "deadline for the final deliveries, echoes and closes")
 	flag.DurationVar(&cfg.MemWait, "mem-wait", 150*time.Second, "deadline for tether's goroutines and RSS to return to the baseline (Go forces a GC every 2 minutes)")
 	flag.IntVar(&cfg.GoroutineTol, "goroutine-tolerance", 3, "goroutines allowed above the baseline at the end")
-	rssTol := flag.Int("rss-tolerance-mib", 24, "RSS allowed above the baseline at the end, MiB")
+	rssTol := flag.Int("rss-tolerance-mib", 16, "RSS allowed above the baseline at the end, MiB")
 	flag.StringVar(&cfg.Tether, "tether", "", "tether binary (default: go build this module into a temporary directory)")
 	flag.BoolVar(&cfg.Race, "race", false, "build tether with the race detector")
 	flag.StringVar(&cfg.LogFile, "log", "", "write tether's log here (default: a temporary file)")

@@ -69,7 +69,7 @@ func (c *Config) setDefaults() {
 		c.GoroutineTol = 3
 	}
 	if c.RSSTol == 0 {
-		c.RSSTol = 24 << 20
+		c.RSSTol = 16 << 20
 	}
 	if c.Seed == 0 {
 		c.Seed = uint64(time.Now().UnixNano())
@@ -184,6 +184,8 @@ const (
 	mTimeoutClient  = `tether_heartbeat_timeouts_total{leg="client"}`
 	mTimeoutUp      = `tether_heartbeat_timeouts_total{leg="upstream"}`
 	mGoroutines     = "go_goroutines"
+	mNextGC         = "go_memstats_next_gc_bytes"
+	mLastGC         = "go_memstats_last_gc_time_seconds"
 )
 
 // soak is one run's state.
@@ -352,9 +354,18 @@ func (s *soak) run(ctx context.Context) error {
 	idle := <-idleCh
 	s.logf("load stopped after %v; settling", time.Since(runStart).Round(time.Second))
 
-	s.settle(idle, base)
-	s.memory(base, baseRSS)
+	ended := s.settle(idle, base)
+	s.memory(base, baseRSS, ended)
 	return nil
+}
+
+// since formats the time from the end of the sessions to an event d after
+// the memory wait began (offset after the end); d < 0: it never happened.
+func since(d, offset time.Duration) string {
+	if d < 0 {
+		return "never"
+	}
+	return (d + offset).Round(100 * time.Millisecond).String()
 }
 
 func durOrOff(d time.Duration) string {
@@ -414,6 +425,10 @@ func (s *soak) violCount() int {
 // poll calls cond every 100 ms until it reports true or d passes; it
 // reports the last result.
 func poll(d time.Duration, cond func() bool) bool {
+	return pollEvery(d, 100*time.Millisecond, cond)
+}
+
+func pollEvery(d, every time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(d)
 	for {
 		if cond() {
@@ -422,7 +437,7 @@ func poll(d time.Duration, cond func() bool) bool {
 		if time.Now().After(deadline) {
 			return false
 		}
-		time.Sleep(100 * time.Millisecond) // polling interval
+		time.Sleep(every) // polling interval
 	}
 }
 
@@ -442,8 +457,8 @@ func (s *soak) alive(lc *liveConn) bool {
 }
 
 // settle checks deliveries, echoes and metrics at the end of the run, then
-// closes every session.
-func (s *soak) settle(idle *liveConn, base map[string]float64) {
+// closes every session. It returns when tether had no session left.
+func (s *soak) settle(idle *liveConn, base map[string]float64) time.Time {
 	cfg, rep, cl := &s.cfg, s.rep, s.cl
 	kept := cl.kept
 
@@ -524,7 +539,7 @@ func (s *soak) settle(idle *liveConn, base map[string]float64) {
 	open, err := s.tp.metrics()
 	if err != nil {
 		rep.check("metrics readable", false, "%v", err)
-		return
+		open = map[string]float64{}
 	}
 	wantActive := aliveKept
 	if idleOpen {
@@ -560,7 +575,9 @@ func (s *soak) settle(idle *liveConn, base map[string]float64) {
 		return m[mSessionsActive] == 0 && s.be.open.Load() == 0
 	})
 	rep.check("all sessions end when the clients close", closed, "tether_sessions_active %v, backend connections open %d", final[mSessionsActive], s.be.open.Load())
+	ended := time.Now()
 	s.metricChecks(base, final)
+	return ended
 }
 
 func firstFew(xs []string) string {
@@ -649,37 +666,61 @@ func (s *soak) metricChecks(base, final map[string]float64) {
 		sessions, c2u, resent, u2c, rok, rfail, d(mTimeoutUp), mib(s.peakRSS), s.peakGoroutines)
 }
 
-// memory waits for tether's goroutines and RSS to return to the baseline.
-func (s *soak) memory(base map[string]float64, baseRSS int64) {
+// memory waits for tether's goroutines and memory to return to the
+// baseline, after every session has ended. Three measures:
+//
+//   - go_goroutines: at most GoroutineTol above the baseline.
+//   - live heap: go_memstats_next_gc_bytes is the GC's goal, twice the heap
+//     the last GC found live (plus stacks and globals), 4 MiB at least; read
+//     after a GC that began once the last session had ended (a GC runs at
+//     least every 2 minutes), half of it must be at most 8 MiB above the
+//     baseline's half. This is the leak detector: it does not see garbage
+//     or memory the runtime has not yet returned.
+//   - RSS (VmRSS): at most RSSTol plus a tenth of the peak's rise above the
+//     baseline. The Go runtime returns freed pages to the OS gradually
+//     and keeps span and GC metadata, goroutine descriptors (never freed)
+//     and partly used pages in proportion to the peak, so RSS does not
+//     come back all the way after a peak of thousands of sessions.
+func (s *soak) memory(base map[string]float64, baseRSS int64, ended time.Time) {
 	cfg, rep := &s.cfg, s.rep
-	var g float64
+	const liveTol = 8 << 20
+	baseLive := base[mNextGC] / 2
+	rssLimit := baseRSS + cfg.RSSTol + max(0, s.peakRSS-baseRSS)/10
+	var m map[string]float64
 	var rss int64
 	start := time.Now()
 	var gAt time.Duration = -1
 	lastLog := start
-	back := poll(cfg.MemWait, func() bool {
-		m, err := s.tp.metrics()
-		if err != nil {
+	gcAfter := false
+	pollEvery(cfg.MemWait, 250*time.Millisecond, func() bool {
+		var err error
+		if m, err = s.tp.metrics(); err != nil {
 			return false
 		}
-		r, err := s.tp.rss()
-		if err != nil {
+		if rss, err = s.tp.rss(); err != nil {
 			return false
 		}
-		g, rss = m[mGoroutines], r
-		if time.Since(lastLog) >= 10*time.Second {
-			lastLog = time.Now()
-			s.logf("waiting for the baseline: goroutines %v, RSS %.1f MiB, heap in use %.1f MiB", g, mib(rss), m["go_memstats_heap_inuse_bytes"]/(1<<20))
-		}
-		gOK := g <= base[mGoroutines]+float64(cfg.GoroutineTol)
+		gOK := m[mGoroutines] <= base[mGoroutines]+float64(cfg.GoroutineTol)
 		if gOK && gAt < 0 {
 			gAt = time.Since(start)
 		}
-		return gOK && rss <= baseRSS+cfg.RSSTol
+		gcAfter = m[mLastGC] >= float64(ended.UnixNano())/1e9
+		if time.Since(lastLog) >= 10*time.Second {
+			lastLog = time.Now()
+			s.logf("waiting for the baseline: goroutines %v, RSS %.1f MiB, heap in use %.1f MiB, next GC at %.1f MiB (GC since the end: %v)",
+				m[mGoroutines], mib(rss), m["go_memstats_heap_inuse_bytes"]/(1<<20), m[mNextGC]/(1<<20), gcAfter)
+		}
+		return gOK && gcAfter && m[mNextGC]/2 <= baseLive+liveTol && rss <= rssLimit
 	})
-	rep.check("tether's goroutines return to the baseline", g <= base[mGoroutines]+float64(cfg.GoroutineTol),
-		"%v now, baseline %v (+%d allowed), peak %v; back after %v", g, base[mGoroutines], cfg.GoroutineTol, s.peakGoroutines, gAt.Round(100*time.Millisecond))
-	rep.check("tether's RSS returns to the baseline", back,
-		"%.1f MiB now, baseline %.1f MiB (+%.0f MiB allowed), peak %.1f MiB; waited %v (at most %v)",
-		mib(rss), mib(baseRSS), mib(cfg.RSSTol), mib(s.peakRSS), time.Since(start).Round(time.Second), cfg.MemWait)
+	rep.check("tether's goroutines return to the baseline", m[mGoroutines] <= base[mGoroutines]+float64(cfg.GoroutineTol),
+		"%v now, baseline %v (+%d allowed), peak %v; back %v after the last session ended", m[mGoroutines], base[mGoroutines], cfg.GoroutineTol, s.peakGoroutines, since(gAt, start.Sub(ended)))
+	rep.check("tether's live heap returns to the baseline", gcAfter && m[mNextGC]/2 <= baseLive+liveTol,
+		"%.1f MiB now (half the next-GC goal, after a GC since the last session ended: %v), baseline %.1f MiB (+%d MiB allowed)",
+		m[mNextGC]/2/(1<<20), gcAfter, baseLive/(1<<20), liveTol>>20)
+	rep.check("tether's RSS returns to the baseline", rss <= rssLimit,
+		"%.1f MiB now, baseline %.1f MiB, peak %.1f MiB, allowed %.1f MiB (%d MiB + a tenth of the rise); waited %v (at most %v)",
+		mib(rss), mib(baseRSS), mib(s.peakRSS), mib(rssLimit), cfg.RSSTol>>20, time.Since(start).Round(time.Second), cfg.MemWait)
+	rep.fact("tether at the end: go_memstats heap in use %.1f MiB, stack in use %.1f MiB, sys %.1f MiB (baseline %.1f, %.1f, %.1f)",
+		m["go_memstats_heap_inuse_bytes"]/(1<<20), m["go_memstats_stack_inuse_bytes"]/(1<<20), m["go_memstats_sys_bytes"]/(1<<20),
+		base["go_memstats_heap_inuse_bytes"]/(1<<20), base["go_memstats_stack_inuse_bytes"]/(1<<20), base["go_memstats_sys_bytes"]/(1<<20))
 }
