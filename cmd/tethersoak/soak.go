@@ -304,7 +304,7 @@ func (s *soak) run(ctx context.Context) error {
 	// heartbeats until the final checks.
 	idleCh := make(chan *liveConn, 1)
 	go func() {
-		if !sleepCtx(loadCtx, cfg.Duration-cfg.Idle) {
+		if !s.cl.wait(loadCtx, cfg.Duration-cfg.Idle) {
 			idleCh <- nil
 			return
 		}
@@ -314,8 +314,8 @@ func (s *soak) run(ctx context.Context) error {
 				idleCh <- lc
 				return
 			}
-			if !sleepCtx(loadCtx, 200*time.Millisecond) {
-				idleCh <- nil
+			if !s.cl.wait(loadCtx, 200*time.Millisecond) {
+				idleCh <- nil // the run ended before the idle session could open
 				return
 			}
 		}
