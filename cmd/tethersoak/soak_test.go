@@ -27,7 +27,7 @@ func TestSoak(t *testing.T) {
 		Seed:       1,
 		DropMean:   10 * time.Second,
 		FaultEvery: 1500 * time.Millisecond,
-		MemWait:    90 * time.Second,
+		MemWait:    150 * time.Second, // an upper bound: polled, usually seconds
 	}
 	if testing.Short() {
 		cfg.Duration, cfg.Sessions = 15*time.Second, 100
