@@ -81,11 +81,11 @@ func main() {
 	flag.DurationVar(&cfg.ClientHeartbeat, "client-heartbeat", 5*time.Second, "TETHER_CLIENT_HEARTBEAT_INTERVAL")
 	flag.DurationVar(&cfg.UpstreamHeartbeat, "upstream-heartbeat", time.Second, "TETHER_UPSTREAM_HEARTBEAT_INTERVAL")
 	flag.DurationVar(&cfg.Settle, "settle", time.Minute, "deadline for the final deliveries, echoes and closes")
-	flag.DurationVar(&cfg.MemWait, "mem-wait", 150*time.Second, "deadline for tether's goroutines and RSS to return to the baseline (Go forces a GC every 2 minutes)")
+	flag.DurationVar(&cfg.MemWait, "mem-wait", 5*time.Minute, "deadline for tether's goroutines, live heap and RSS to return to the baseline (polled; Go forces a GC every 2 minutes, then returns pages gradually)")
 	flag.IntVar(&cfg.GoroutineTol, "goroutine-tolerance", 3, "goroutines allowed above the baseline at the end")
 	rssTol := flag.Int("rss-tolerance-mib", 16, "RSS allowed above the baseline at the end, MiB")
 	flag.StringVar(&cfg.Tether, "tether", "", "tether binary (default: go build this module into a temporary directory)")
-	flag.BoolVar(&cfg.Race, "race", false, "build tether with the race detector")
+	flag.BoolVar(&cfg.Race, "race", false, "build tether with the race detector (its RSS is then reported, not judged)")
 	flag.StringVar(&cfg.LogFile, "log", "", "write tether's log here (default: a temporary file)")
 	flag.Parse()
 	cfg.RSSTol = int64(*rssTol) << 20
