@@ -380,7 +380,6 @@ func (s *Session) resume(up Upstream) resumeResult {
 			return s.resumeFailed(u)
 		}
 	}
-	resent := 0
 	for {
 		s.mu.Lock()
 		if s.state == stateClosed {
@@ -395,9 +394,6 @@ func (s *Session) resume(up Upstream) resumeResult {
 			s.state = stateConnected
 			s.cond.Broadcast()
 			s.mu.Unlock()
-			if resent > 0 {
-				s.env.Metrics.Resent(resent)
-			}
 			return resumeOK
 		}
 		m := s.q[s.unsent] // a copy: the queue may move while we write
@@ -411,7 +407,9 @@ func (s *Session) resume(up Upstream) resumeResult {
 			}
 			s.env.Metrics.Message(true, len(m.p))
 			if wasSent {
-				resent++
+				// Counted per write: a re-send cut short by
+				// another loss re-sent these all the same.
+				s.env.Metrics.Resent(1)
 			}
 		}
 		if !s.retention() {

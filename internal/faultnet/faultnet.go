@@ -63,6 +63,8 @@ type Relay struct {
 	pending  map[*pair]struct{} // accepted, target dial in progress
 	accepted int
 	changed  chan struct{} // closed and replaced whenever conns changes
+
+	delayMax atomic.Int64 // SetDelay: nanoseconds; 0 forwards at once
 }
 
 // pair is one accepted connection: the client side and, once dialled, the
@@ -333,7 +335,7 @@ func (r *Relay) pipe(p *pair, dst, src *net.TCPConn) {
 	buf := make([]byte, bufSize)
 	for {
 		n, err := src.Read(buf)
-		if !r.pass(p) {
+		if !r.pass(p) || !r.delay(p) {
 			return
 		}
 		if n > 0 {
