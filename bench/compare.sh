@@ -238,7 +238,7 @@ for t in "${proxies[@]}"; do
     -- TETHER_CLIENT_HEARTBEAT_INTERVAL="$hb_default" TETHER_UPSTREAM_HEARTBEAT_INTERVAL="$hb_default"
 done
 measure idle-hb500 tether idle -sessions "$sessions" -duration "$dur" -settle "$settle" -connect-rate 3000 \
-  -- TETHER_CLIENT_HEARTBEAT_INTERVAL="$hb_fast" TETHER_UPSTREAM_HEARTBEAT_INTERVAL="$hb_fast" \
+  -- TETHER_CLIENT_HEARTBEAT_MODE=ws TETHER_CLIENT_HEARTBEAT_INTERVAL="$hb_fast" TETHER_UPSTREAM_HEARTBEAT_INTERVAL="$hb_fast" \
      TETHER_CLIENT_HEARTBEAT_TIMEOUT=20s TETHER_UPSTREAM_HEARTBEAT_TIMEOUT=20s
 measure deflate tether throughput -conns 64 -size 1024 -inflight 16 -duration "$dur" -text -deflate \
   -- TETHER_CLIENT_COMPRESSION=false
