@@ -4,16 +4,24 @@ package netpoll
 
 import (
 	"errors"
+	"os"
 	"syscall"
 )
 
 const supported = true
 
 // epoll is one epoll instance with a pipe whose read end wakes its
-// goroutine.
+// goroutine. The goroutine does not block in epoll_wait: the epoll fd is
+// itself registered with Go's network poller (an epoll fd is readable
+// when it has events), and the goroutine waits there like any socket
+// reader. A thread blocked in a raw epoll_wait would hold its P until
+// sysmon took it back, up to 10 ms later, stalling a GOMAXPROCS=1
+// process each time the poller went back to waiting.
 type epoll struct {
 	p      *Poller
 	epfd   int
+	f      *os.File // owns epfd
+	rc     syscall.RawConn
 	wr, rd int // wake pipe
 }
 
@@ -37,6 +45,17 @@ func start(p *Poller) (impl, error) {
 		e.close()
 		return nil, err
 	}
+	if err := syscall.SetNonblock(epfd, true); err != nil {
+		e.close()
+		return nil, err
+	}
+	e.f = os.NewFile(uintptr(epfd), "netpoll")
+	rc, err := e.f.SyscallConn()
+	if err != nil {
+		e.close()
+		return nil, err
+	}
+	e.rc = rc
 	go e.wait()
 	return e, nil
 }
@@ -74,7 +93,11 @@ func (e *epoll) wake() {
 }
 
 func (e *epoll) close() {
-	syscall.Close(e.epfd)
+	if e.f != nil {
+		e.f.Close()
+	} else {
+		syscall.Close(e.epfd)
+	}
 	syscall.Close(e.rd)
 	syscall.Close(e.wr)
 }
@@ -85,16 +108,24 @@ func (e *epoll) wait() {
 	var events [128]syscall.EpollEvent
 	var drain [64]byte
 	for {
-		n, err := syscall.EpollWait(e.epfd, events[:], -1)
+		var n int
+		var werr error
+		err := e.rc.Read(func(fd uintptr) bool {
+			n, werr = syscall.EpollWait(int(fd), events[:], 0)
+			if errors.Is(werr, syscall.EINTR) {
+				n, werr = 0, nil
+			}
+			return n > 0 || werr != nil // false: wait until readable
+		})
+		if err == nil {
+			err = werr
+		}
 		if err != nil {
-			if errors.Is(err, syscall.EINTR) {
-				continue
-			}
-			// Not expected; leave the instance for the next Arm to
-			// replace and stop.
-			if e.p.idle(e) {
-				e.close()
-			}
+			// Not expected (the instance is closed only here): drop the
+			// instance and wake every waiter; their next Arm starts a
+			// new one.
+			e.p.fail(e)
+			e.close()
 			return
 		}
 		for i := 0; i < n; i++ {

@@ -133,6 +133,25 @@ func (p *Poller) ready(id uint64) {
 	}
 }
 
+// fail forgets a broken instance and calls every waiter, so that no
+// socket waits on an instance that no longer reports.
+func (p *Poller) fail(im impl) {
+	p.mu.Lock()
+	if p.impl != im {
+		p.mu.Unlock()
+		return
+	}
+	p.impl = nil
+	fs := make([]func(), 0, len(p.waiters))
+	for _, f := range p.waiters {
+		fs = append(fs, f)
+	}
+	p.mu.Unlock()
+	for _, f := range fs {
+		f()
+	}
+}
+
 // idle is called by the poller goroutine when woken; it reports whether
 // the goroutine should exit, and forgets the instance if so.
 func (p *Poller) idle(im impl) bool {
