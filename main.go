@@ -67,7 +67,9 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "TETHER_ADMIN_ADDR: %v\n", err)
 			return 1
 		}
-		admin = &http.Server{Handler: srv.AdminHandler(), ReadHeaderTimeout: 5 * time.Second}
+		// Scrapers keep connections alive; an idle one is closed after a
+		// minute so that a client cannot hold admin connections forever.
+		admin = &http.Server{Handler: srv.AdminHandler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute}
 		go func() { _ = admin.Serve(adminLn) }()
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
