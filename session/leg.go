@@ -113,6 +113,15 @@ type leg struct {
 	closed  bool   // a Close frame was written, under wlock
 	deflate bool   // permessage-deflate on sends (client leg), fixed before Run
 	zbuf    bytes.Buffer
+	// wbuf holds frames appended by writeData with more set, not yet
+	// written (masked already); under wlock. A pooled buffer, held only
+	// while frames are pending; wbox is its pool box.
+	wbuf []byte
+	wbox *[]byte
+	// flushTo is the leg this leg's read loop left frames pending on;
+	// only the read loop touches it. It is flushed before the loop's
+	// next socket read, so pending frames never wait for input.
+	flushTo *leg
 
 	pending atomic.Uint32
 
@@ -279,6 +288,10 @@ func (r *legReader) Read(p []byte) (int, error) {
 			_ = l.conn.SetReadDeadline(time.Unix(0, l.closeDL.Load()))
 		}
 	}
+	if t := l.flushTo; t != nil {
+		l.flushTo = nil
+		t.flushPending()
+	}
 	n, err := l.conn.Read(p)
 	if n > 0 && l.rc != nil {
 		l.lastRead.Store(time.Now().UnixNano())
@@ -369,6 +382,17 @@ func (l *leg) writeFrameRSV(op ws.OpCode, rsv1 bool, p []byte, deadline time.Dur
 	if l.werr != nil {
 		return l.werr
 	}
+	if len(l.wbuf) > 0 {
+		// Frames are pending: this one goes after them, in the same
+		// write when it is small.
+		if len(p) <= 4096 {
+			l.appendFrameLocked(op, rsv1, p)
+			return l.flushLocked(deadline)
+		}
+		if err := l.flushLocked(deadline); err != nil {
+			return err
+		}
+	}
 	var key [4]byte
 	if l.mask {
 		k := rand.Uint32()
@@ -390,15 +414,93 @@ func (l *leg) writeFrameRSV(op ws.OpCode, rsv1 bool, p []byte, deadline time.Dur
 	return err
 }
 
+// coalesceBuf is the buffer for frames held back for one write; they are
+// written once it is half full.
+const coalesceBuf = 32 << 10
+
+// appendFrameLocked appends one final frame to wbuf, masking the copy.
+func (l *leg) appendFrameLocked(op ws.OpCode, rsv1 bool, p []byte) {
+	if l.wbuf == nil {
+		l.wbuf, l.wbox = takeBuf(coalesceBuf)
+		l.wbuf = l.wbuf[:0]
+	}
+	var key [4]byte
+	if l.mask {
+		k := rand.Uint32()
+		key = [4]byte{byte(k), byte(k >> 8), byte(k >> 16), byte(k >> 24)}
+	}
+	l.wbuf = append(l.wbuf, putHeader(&l.hdr, op, rsv1, len(p), l.mask, key)...)
+	n := len(l.wbuf)
+	l.wbuf = append(l.wbuf, p...)
+	if l.mask {
+		ws.Cipher(l.wbuf[n:], key, 0)
+	}
+}
+
+// flushLocked writes the pending frames in one write and gives the
+// buffer back.
+func (l *leg) flushLocked(deadline time.Duration) error {
+	if len(l.wbuf) == 0 {
+		return l.werr
+	}
+	var err error
+	if l.werr == nil {
+		_ = l.conn.SetWriteDeadline(time.Now().Add(deadline))
+		if _, err = l.conn.Write(l.wbuf); err != nil {
+			l.werr = err
+		}
+	}
+	putBuf(l.wbox, l.wbuf)
+	l.wbuf, l.wbox = nil, nil
+	if err == nil {
+		err = l.werr
+	}
+	return err
+}
+
+// deferFlush records that l's read loop left frames pending on t.
+func (l *leg) deferFlush(t *leg) {
+	if l.flushTo != nil && l.flushTo != t {
+		l.flushTo.flushPending()
+	}
+	l.flushTo = t
+}
+
+// flushDeferred flushes what l's read loop left pending; the loop calls it
+// when it returns.
+func (l *leg) flushDeferred() {
+	if t := l.flushTo; t != nil {
+		l.flushTo = nil
+		t.flushPending()
+	}
+}
+
+// moreInput reports whether the read loop has bytes of a next frame
+// buffered already (so that a write may wait for the next message).
+func (l *leg) moreInput() bool { return l.br != nil && l.br.Buffered() > 0 }
+
+// flushPending writes the frames another leg's read loop left pending.
+func (l *leg) flushPending() {
+	l.lock()
+	_ = l.flushLocked(l.wt)
+	l.unlock()
+}
+
 // writeData writes one data message. seq is the session sequence number
 // of a client message (used for acknowledgement) or 0 for upstream
-// messages. It blocks while another frame is being written.
-func (l *leg) writeData(op ws.OpCode, p []byte, seq uint64) error {
+// messages. It blocks while another frame is being written. With more
+// set (the caller's read loop has more input buffered), a small message
+// may be held back to go out with the next ones in one write; the caller
+// must then call from.deferFlush(l), and its loop flushes before it next
+// reads its socket.
+func (l *leg) writeData(op ws.OpCode, p []byte, seq uint64, more bool) error {
 	l.lock()
 	var err error
 	switch {
 	case l.closed:
 		err = errLegClosed
+	case more && !l.deflate && l.werr == nil && len(l.wbuf)+len(p)+14 <= coalesceBuf/2:
+		l.appendFrameLocked(op, false, p)
 	case l.deflate && len(p) >= minDeflate:
 		var z []byte
 		if z, err = deflate(&l.zbuf, p); err == nil {

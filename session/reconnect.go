@@ -13,7 +13,7 @@ import (
 // connected (and retained until acknowledged when the upstream heartbeat is
 // on), buffered while reconnecting. p is the client reader's buffer and is
 // only valid during the call.
-func (s *Session) toUpstream(op ws.OpCode, p []byte) {
+func (s *Session) toUpstream(op ws.OpCode, p []byte, more bool) {
 	s.mu.Lock()
 	seq := s.nextSeq
 	s.nextSeq++
@@ -70,9 +70,15 @@ func (s *Session) toUpstream(op ws.OpCode, p []byte) {
 		up.earlyPing()
 	}
 
+	// Only a retained message may wait in the upstream leg's write buffer:
+	// if that connection fails before the write, the queue re-sends it.
+	more = more && retained
 	for {
-		if err := up.writeData(op, p, seq); err == nil {
+		if err := up.writeData(op, p, seq, more); err == nil {
 			s.env.Metrics.Message(true, len(p))
+			if more {
+				s.client.deferFlush(up)
+			}
 			return
 		}
 		if retained {
@@ -376,7 +382,7 @@ func (s *Session) resume(up Upstream) resumeResult {
 	u.startHeartbeat()
 
 	for _, m := range replay {
-		if u.writeData(m.op, m.p, m.seq) != nil {
+		if u.writeData(m.op, m.p, m.seq, false) != nil {
 			return s.resumeFailed(u)
 		}
 	}
@@ -402,7 +408,7 @@ func (s *Session) resume(up Upstream) resumeResult {
 		wasSent := m.sent
 		s.mu.Unlock()
 		if m.seq >= n { // else the replay above covered it
-			if u.writeData(m.op, m.p, m.seq) != nil {
+			if u.writeData(m.op, m.p, m.seq, false) != nil {
 				return s.resumeFailed(u)
 			}
 			s.env.Metrics.Message(true, len(m.p))
@@ -474,5 +480,5 @@ func (s *Session) notify(msg []byte) {
 	if !s.cfg.NotifyClient || s.closed.Load() {
 		return
 	}
-	_ = s.client.writeData(ws.OpText, msg, 0)
+	_ = s.client.writeData(ws.OpText, msg, 0, false)
 }

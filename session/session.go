@@ -334,6 +334,7 @@ func (s *Session) Drain() {
 // clientRun runs the client leg's read loop until the leg parks or ends.
 func (s *Session) clientRun() {
 	err := s.guard(s.clientLoop)
+	s.client.flushDeferred()
 	if err == errParked {
 		return
 	}
@@ -449,7 +450,7 @@ func (s *Session) clientLoop() error {
 					continue
 				}
 			}
-			s.toUpstream(op, p)
+			s.toUpstream(op, p, c.moreInput())
 			c.fr.release()
 		}
 	}
@@ -513,6 +514,7 @@ func (s *Session) pingSent(l *leg) {
 // parks or the connection ends.
 func (s *Session) upstreamRun(u *leg) {
 	err := s.guard(func() error { return s.upstreamRead(u) })
+	u.flushDeferred()
 	if err == errParked {
 		return
 	}
@@ -576,8 +578,12 @@ func (s *Session) upstreamRead(u *leg) error {
 			if s.dropReplies.Load() > 0 && s.dropReplies.Add(-1) >= 0 {
 				continue
 			}
-			if err := s.client.writeData(op, p, 0); err != nil {
+			more := u.moreInput()
+			if err := s.client.writeData(op, p, 0, more); err != nil {
 				continue // the client leg is failing; its loop ends the session
+			}
+			if more {
+				u.deferFlush(s.client)
 			}
 			s.env.Metrics.Message(false, len(p))
 			u.fr.release()
