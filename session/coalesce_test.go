@@ -1,0 +1,94 @@
+package session
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+
+	"github.com/tether-proxy/tether/heartbeat"
+)
+
+// writeCounter counts the writes tether makes on a connection.
+type writeCounter struct {
+	net.Conn
+	writes atomic.Int64
+}
+
+func (c *writeCounter) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+// coalesceRun sends n small client messages that arrive in one read and
+// returns how many writes tether made on the upstream connection to relay
+// them (all n must arrive, without any further client input).
+func coalesceRun(t *testing.T, upstreamHB heartbeat.Config, n int) int64 {
+	t.Helper()
+	env, err := NewEnv(hbCfg(hbOff, upstreamHB), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.CloseWait = 50 * time.Millisecond
+	ct, cp := net.Pipe()
+	ut, up := net.Pipe()
+	wc := &writeCounter{Conn: ut}
+	dial := func(context.Context) (Upstream, error) { return Upstream{}, errors.New("no") }
+	s := New(env, "coalesce", ct, nil, Upstream{Conn: wc}, dial)
+	done := make(chan struct{})
+	go func() { s.Run(context.Background()); close(done) }()
+	defer func() {
+		s.Close()
+		cp.Close()
+		up.Close()
+		<-done
+	}()
+
+	var burst bytes.Buffer
+	for i := range n {
+		if err := ws.WriteFrame(&burst, ws.MaskFrame(ws.NewTextFrame([]byte("m"+strconv.Itoa(i))))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	go func() { _, _ = cp.Write(burst.Bytes()) }() // one write: one read on tether's side
+	for i := range n {
+		_ = up.SetReadDeadline(time.Now().Add(10 * time.Second))
+		p, err := wsutil.ReadClientText(up)
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		if want := "m" + strconv.Itoa(i); string(p) != want {
+			t.Fatalf("got %q, want %q", p, want)
+		}
+	}
+	return wc.writes.Load()
+}
+
+// Small messages that arrive together go upstream together: while the
+// client leg has more input buffered, relayed frames wait in the upstream
+// leg's write buffer, and they are flushed before the client leg reads
+// its socket again, so none waits for more input.
+func TestCoalesceRelayedFrames(t *testing.T) {
+	const n = 32
+	w := coalesceRun(t, hbLeg(heartbeat.ModeWS, time.Hour, 0), n)
+	if w > 4 {
+		t.Fatalf("%d messages that arrived in one read took %d writes upstream, want a few", n, w)
+	}
+}
+
+// Without retention (upstream heartbeat off) a client message counts as
+// delivered once written, so none waits in a buffer: each is written on
+// its own (header and payload as two writes on a conn without writev).
+func TestNoCoalesceWithoutRetention(t *testing.T) {
+	const n = 8
+	if w := coalesceRun(t, hbOff, n); w < n {
+		t.Fatalf("%d messages took %d writes upstream, want at least one each", n, w)
+	}
+}
