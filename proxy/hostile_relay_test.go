@@ -404,7 +404,14 @@ func hxClientFlood(t *testing.T, n int, jsonPings bool) {
 	if err != nil || op != 1 || string(p) != "once more" {
 		t.Fatalf("echo after the flood: op %d %q %v", op, p, err)
 	}
-	if got := metric(t, tt, "tether_messages_total", "direction=client_to_upstream"); got != 2 {
+	// The counter moves just after the write that the echo proved, so
+	// give it that moment; more than 2 would mean pings became data.
+	got := metric(t, tt, "tether_messages_total", "direction=client_to_upstream")
+	for deadline := time.Now().Add(5 * time.Second); got < 2 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+		got = metric(t, tt, "tether_messages_total", "direction=client_to_upstream")
+	}
+	if got != 2 {
 		t.Errorf("client_to_upstream messages = %v, want 2 (pings are not data)", got)
 	}
 }

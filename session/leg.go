@@ -216,6 +216,7 @@ func (l *leg) park() bool {
 	if l.rc == nil || l.closing.Load() || l.fr.frames != 0 || (l.br != nil && l.br.Buffered() != 0) || len(l.lr.pre) != 0 {
 		return false
 	}
+	l.flushDeferred() // already done by the read that returned errIdle
 	l.releaseReader()
 	l.fr.idle()
 	l.s.env.parked.Add(1)

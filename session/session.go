@@ -334,10 +334,10 @@ func (s *Session) Drain() {
 // clientRun runs the client leg's read loop until the leg parks or ends.
 func (s *Session) clientRun() {
 	err := s.guard(s.clientLoop)
-	s.client.flushDeferred()
 	if err == errParked {
-		return
+		return // the leg is another goroutine's now: touch nothing
 	}
+	s.client.flushDeferred()
 	s.client.readDone()
 	s.clientDone(err)
 	s.waitActed(actedClient)
@@ -514,10 +514,10 @@ func (s *Session) pingSent(l *leg) {
 // parks or the connection ends.
 func (s *Session) upstreamRun(u *leg) {
 	err := s.guard(func() error { return s.upstreamRead(u) })
-	u.flushDeferred()
 	if err == errParked {
-		return
+		return // the leg is another goroutine's now: touch nothing
 	}
+	u.flushDeferred()
 	u.readDone()
 	if err != nil {
 		s.upstreamErr(u, err)
