@@ -7,26 +7,37 @@
 //
 // # Goroutines
 //
-// A connected, idle session has two parked goroutines: Run, which reads the
-// client leg, and one read loop for the current upstream connection. There
-// is no writer goroutine: the reader of one leg writes each message straight
-// into the other leg under that leg's write lock, which is held for one
-// frame write (bounded by TETHER_WRITE_TIMEOUT) and never across anything
-// else, so a slow peer slows reading on the other side (backpressure) and
-// nothing queues in memory. Pongs and heartbeat pings that another goroutine
-// wants written are left as flags and written by whoever holds or next takes
-// the lock, so a pong waits at most one frame write. The reconnect loop
-// exists only while reconnecting. Heartbeat timers are runtime timers
-// (time.AfterFunc); their callbacks run only when they fire.
+// An idle session has no goroutine. Each leg has a read loop that runs on
+// a goroutine only while the leg is busy: a leg quiet for Env.IdleAfter
+// (250 ms) at a message boundary parks (see leg): its loop returns, its
+// read buffer goes back to a pool, and the process's poller
+// (internal/netpoll, one goroutine for all parked sockets) waits for the
+// socket; readiness, a Close to send, a failed write or the heartbeat
+// timeout starts the loop again on a new goroutine. Legs without a file
+// descriptor (TLS, net.Pipe) and legs with heartbeats under 2 s keep a
+// goroutine blocked in their read. Start returns at once; Run waits.
+//
+// There is no writer goroutine: the reader of one leg writes each message
+// straight into the other leg under that leg's write lock, which is held
+// for one write (bounded by TETHER_WRITE_TIMEOUT) and never across
+// anything else, so a slow peer slows reading on the other side
+// (backpressure) and nothing queues in memory. When the reader already has
+// the next frame's bytes buffered, a small message may wait in the other
+// leg's write buffer (at most 16 KiB) to go out with the next ones in one
+// write; the reader flushes it before it next reads its socket. Pongs and
+// heartbeat pings that another goroutine wants written are left as flags
+// and written by whoever holds or next takes the lock, so a pong waits at
+// most one write. The reconnect loop exists only while reconnecting.
 //
 // # Heartbeat timers
 //
-// Liveness needs no timer of its own: every socket read of a leg is
-// preceded by SetReadDeadline(now + TIMEOUT), so any byte received, even the
-// middle of a large frame, keeps the leg alive, and a silent peer surfaces
-// as os.ErrDeadlineExceeded in the leg's read loop. Pings come from one
-// time.AfterFunc per leg that re-arms itself; 100k idle sessions cost 200k
-// runtime timers in the Go scheduler's timer heaps and no goroutines.
+// A running leg reads under SetReadDeadline(now + TIMEOUT), so any byte
+// received, even the middle of a large frame, keeps the leg alive, and a
+// silent peer surfaces as os.ErrDeadlineExceeded in the leg's read loop.
+// A parked leg has no read in progress: its heartbeat timer (one
+// time.AfterFunc per leg, which also sends its pings) fires by the time
+// its last received byte is TIMEOUT old and wakes it with that error.
+// 100k idle sessions cost 200k runtime timers and no goroutines.
 //
 // # State and ownership
 //
