@@ -4,34 +4,14 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/tether-proxy/tether/internal/testkit"
 )
-
-// chromiumPath is Debian's Chromium (apt-get install chromium).
-const chromiumPath = "/usr/bin/chromium"
-
-// findChromium returns the Chromium binary, or skips the test (fails it
-// under CI=true, where the browser tests must run).
-func findChromium(t *testing.T) string {
-	t.Helper()
-	if _, err := os.Stat(chromiumPath); err == nil {
-		return chromiumPath
-	}
-	if p, err := exec.LookPath("chromium"); err == nil {
-		return p
-	}
-	msg := "chromium not found at " + chromiumPath + " or on PATH; install it with `apt-get install -y chromium` to run the browser tests"
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg + " (CI=true requires it)")
-	}
-	t.Skip(msg)
-	return ""
-}
 
 // browser is one headless Chromium tab, driven through chromedp.
 type browser struct {
@@ -41,33 +21,7 @@ type browser struct {
 
 func newBrowser(t *testing.T, execPath string) *browser {
 	t.Helper()
-	userData := t.TempDir() // before the allocator: its cleanup runs after the browser is gone
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(execPath),
-		chromedp.UserDataDir(userData),
-		chromedp.Headless,
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("no-first-run", true),
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("no-proxy-server", true), // loopback only; ignore any proxy in the environment
-		chromedp.WindowSize(1280, 1000),
-	)
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	ctx, cancelCtx := chromedp.NewContext(allocCtx)
-	t.Cleanup(func() {
-		cancelCtx()
-		cancelAlloc()
-	})
-	// The first action starts the browser, bound to ctx (a timeout on it
-	// would end the browser too).
-	if err := chromedp.Do(ctx); err != nil {
-		t.Fatalf("start chromium: %v", err)
-	}
-	return &browser{t: t, ctx: ctx}
+	return &browser{t: t, ctx: testkit.Browser(t, execPath, chromedp.WindowSize(1280, 1000))}
 }
 
 // do runs actions with a timeout; the browser outlives it.
@@ -204,7 +158,7 @@ func count(got []string, s string) int {
 // heartbeats, a backend restart without loss, a dropped client
 // connection, and going offline and back.
 func TestBrowser(t *testing.T) {
-	execPath := findChromium(t)
+	execPath := testkit.FindChromium(t)
 	d := startDemo(t, fastTether)
 	b := newBrowser(t, execPath)
 	t.Cleanup(func() {

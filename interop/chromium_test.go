@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -17,51 +15,14 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/tether-proxy/tether/heartbeat"
+	"github.com/tether-proxy/tether/internal/testkit"
 	"github.com/tether-proxy/tether/proxy"
 )
-
-// chromiumPath is Debian's Chromium (apt-get install chromium).
-const chromiumPath = "/usr/bin/chromium"
-
-func findChromium(t *testing.T) string {
-	t.Helper()
-	if _, err := os.Stat(chromiumPath); err == nil {
-		return chromiumPath
-	}
-	if p, err := exec.LookPath("chromium"); err == nil {
-		return p
-	}
-	missing(t, "chromium not found at "+chromiumPath+" or on PATH; install it with `apt-get install -y chromium` to run the Chromium interop test")
-	return ""
-}
 
 // newBrowser starts one headless Chromium tab (flags as in demo/e2e_test.go).
 func newBrowser(t *testing.T, execPath string) context.Context {
 	t.Helper()
-	userData := t.TempDir() // before the allocator: its cleanup runs after the browser is gone
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(execPath),
-		chromedp.UserDataDir(userData),
-		chromedp.Headless,
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("no-first-run", true),
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("no-proxy-server", true), // loopback only; ignore any proxy in the environment
-	)
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	ctx, cancelCtx := chromedp.NewContext(allocCtx)
-	t.Cleanup(func() {
-		cancelCtx()
-		cancelAlloc()
-	})
-	if err := chromedp.Do(ctx); err != nil {
-		t.Fatalf("start chromium: %v", err)
-	}
-	return ctx
+	return testkit.Browser(t, execPath)
 }
 
 // js evaluates expr in the tab, awaiting a promise, and decodes it into T.
@@ -255,7 +216,7 @@ type closeResult struct {
 // close codes both ways (SPEC §1, §2, §3, §5).
 func TestChromium(t *testing.T) {
 	t.Parallel()
-	ctx := newBrowser(t, findChromium(t))
+	ctx := newBrowser(t, testkit.FindChromium(t))
 	for _, on := range []bool{true, false} {
 		ok := t.Run(map[bool]string{true: "compression on", false: "compression off"}[on], func(t *testing.T) {
 			be := newEchoBackend(t)

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tether-proxy/tether/internal/leakcheck"
+	"github.com/tether-proxy/tether/internal/testkit"
 	"github.com/tether-proxy/tether/proxy"
 )
 
@@ -37,10 +38,7 @@ const pythonPath = "/usr/bin/python3"
 // must be present.
 func missing(t *testing.T, why string) {
 	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatal(why + " (CI=true requires it)")
-	}
-	t.Skip(why)
+	testkit.Missing(t, why)
 }
 
 var (
@@ -121,22 +119,7 @@ type peer struct {
 	done   chan struct{} // closed when the process has been waited for
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+type lockedBuffer = testkit.LockedBuffer
 
 // startPeer runs lang's peer script with args and env added to its
 // environment. Cleanup closes its stdin (it exits on EOF) and kills it if
@@ -419,41 +402,7 @@ func header(head, name string) string {
 // the series whose labels include every "name=value" given (0 if none).
 func metric(t *testing.T, tt *tether, name string, labels ...string) float64 {
 	t.Helper()
-	mfs, err := tt.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	series:
-		for _, m := range mf.GetMetric() {
-			for _, l := range labels {
-				k, v, _ := strings.Cut(l, "=")
-				found := false
-				for _, lp := range m.GetLabel() {
-					if lp.GetName() == k && lp.GetValue() == v {
-						found = true
-					}
-				}
-				if !found {
-					continue series
-				}
-			}
-			switch {
-			case m.GetCounter() != nil:
-				return m.GetCounter().GetValue()
-			case m.GetGauge() != nil:
-				return m.GetGauge().GetValue()
-			case m.GetHistogram() != nil:
-				return float64(m.GetHistogram().GetSampleCount())
-			}
-		}
-		return 0
-	}
-	t.Fatalf("metric %s not registered", name)
-	return 0
+	return testkit.Metric(t, tt.reg, name, labels...)
 }
 
 // waitMetric waits until metric(name, labels) >= want. tether reports

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tether-proxy/tether/internal/leakcheck"
+	"github.com/tether-proxy/tether/internal/testkit"
 	"github.com/tether-proxy/tether/proxy"
 )
 
@@ -175,41 +176,7 @@ func reasonMatches(got, want string) bool {
 // such series exists yet). The metric must be registered.
 func metric(t *testing.T, tt *tether, name string, labels ...string) float64 {
 	t.Helper()
-	mfs, err := tt.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	series:
-		for _, m := range mf.GetMetric() {
-			for _, l := range labels {
-				k, v, _ := strings.Cut(l, "=")
-				found := false
-				for _, lp := range m.GetLabel() {
-					if lp.GetName() == k && lp.GetValue() == v {
-						found = true
-					}
-				}
-				if !found {
-					continue series
-				}
-			}
-			switch {
-			case m.GetCounter() != nil:
-				return m.GetCounter().GetValue()
-			case m.GetGauge() != nil:
-				return m.GetGauge().GetValue()
-			case m.GetHistogram() != nil:
-				return float64(m.GetHistogram().GetSampleCount())
-			}
-		}
-		return 0
-	}
-	t.Fatalf("metric %s not registered", name)
-	return 0
+	return testkit.Metric(t, tt.reg, name, labels...)
 }
 
 func dial(t *testing.T, url string, h http.Header) *websocket.Conn {

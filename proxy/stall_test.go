@@ -14,26 +14,12 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/tether-proxy/tether/heartbeat"
+	"github.com/tether-proxy/tether/internal/testkit"
 	"github.com/tether-proxy/tether/proxy"
 )
 
 // lockedBuffer is a log sink tests can read while tether writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+type lockedBuffer = testkit.LockedBuffer
 
 // A JSON-mode upstream that echoes data but never answers the JSON ping
 // stays alive and acknowledges nothing: the retention window fills, client
