@@ -101,13 +101,14 @@ var ctlBufs = sync.Pool{New: func() any { return new([125]byte) }}
 // it (wake), which starts a new goroutine running the same read loop. So
 // an idle leg costs no goroutine and no buffer, only its structs.
 type leg struct {
-	s    *Session
-	name string // LegClient or LegUpstream
-	conn net.Conn
-	br   *bufio.Reader // nil while parked
-	rb   *readBuf      // holds br; nil while parked
-	lr   legReader
-	fr   frameReader
+	s     *Session
+	name  string // LegClient or LegUpstream
+	conn  net.Conn
+	br    *bufio.Reader // nil while parked
+	rb    *readBuf      // holds br; nil while parked
+	lr    legReader
+	hasDL bool // the read loop left a read deadline set on conn
+	fr    frameReader
 
 	rc       syscall.RawConn // non-nil when the leg can park
 	ph       netpoll.Handle  // owned by the read loop
@@ -285,31 +286,41 @@ func (r *legReader) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	l := r.l
-	if l.expired.Swap(false) {
+	if l.expired.Load() && l.expired.Swap(false) {
 		return 0, os.ErrDeadlineExceeded
+	}
+	// Frames this loop left pending on the other leg go out before this
+	// read can block (and before its deadline starts).
+	if t := l.flushTo; t != nil {
+		l.flushTo = nil
+		t.flushPending()
 	}
 	idle := false
 	if !l.closing.Load() {
 		var dl time.Time
-		if t := l.hb.Timeout; l.hb.Mode.On() && t > 0 {
-			dl = time.Now().Add(t)
-		}
+		hb := l.hb.Mode.On() && l.hb.Timeout > 0
 		// At a message boundary with nothing buffered, a leg that can
 		// park waits only IdleAfter with its goroutine.
-		if l.rc != nil && l.fr.atBoundary && l.br.Buffered() == 0 {
-			if idl := time.Now().Add(l.s.env.idleAfter()); dl.IsZero() || idl.Before(dl) {
-				dl, idle = idl, true
+		park := l.rc != nil && l.fr.atBoundary && l.br.Buffered() == 0
+		if hb || park {
+			now := time.Now()
+			if hb {
+				dl = now.Add(l.hb.Timeout)
+			}
+			if park {
+				if idl := now.Add(l.s.env.idleAfter()); dl.IsZero() || idl.Before(dl) {
+					dl, idle = idl, true
+				}
 			}
 		}
-		_ = l.conn.SetReadDeadline(dl)
+		if !dl.IsZero() || l.hasDL {
+			_ = l.conn.SetReadDeadline(dl)
+			l.hasDL = !dl.IsZero()
+		}
 		if l.closing.Load() { // lost a race with beginClose
 			idle = false
 			_ = l.conn.SetReadDeadline(time.Unix(0, l.closeDL.Load()))
 		}
-	}
-	if t := l.flushTo; t != nil {
-		l.flushTo = nil
-		t.flushPending()
 	}
 	n, err := l.conn.Read(p)
 	if n > 0 && l.rc != nil {
