@@ -595,15 +595,17 @@ func (l *leg) flushControlLocked() {
 		l.tracker.SentJSON(time.Now(), l.ackMark)
 		l.ctl.Unlock()
 		ping := s.env.Messages.Ping()
-		// writeFrameLocked masks in place; never mask the shared bytes.
-		var tmp []byte
+		// writeFrameLocked masks in place; never mask the shared bytes:
+		// a masked leg writes a pooled copy.
+		tmp, box := ping, (*[]byte)(nil)
 		if l.mask {
-			tmp = make([]byte, len(ping))
-			copy(tmp, ping)
-		} else {
-			tmp = ping
+			tmp, box = getBuf(ping)
 		}
-		if l.writeFrameLocked(ws.OpText, tmp, l.wt) != nil {
+		err := l.writeFrameLocked(ws.OpText, tmp, l.wt)
+		if box != nil {
+			putBuf(box, tmp)
+		}
+		if err != nil {
 			return
 		}
 		s.pingSent(l)
