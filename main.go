@@ -12,12 +12,23 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tether-proxy/tether/internal/memrelease"
 	"github.com/tether-proxy/tether/proxy"
+)
+
+// After burstSessions sessions have started or ended and none has for
+// burstQuiet, tether runs a GC and returns free memory to the OS
+// (internal/memrelease): an idle proxy would otherwise keep the memory of
+// a burst of handshakes for minutes.
+const (
+	burstSessions = 1024
+	burstQuiet    = 3 * time.Second
 )
 
 func main() {
@@ -48,7 +59,12 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	log := newLogger(cfg.Log, stderr)
-	srv, err := proxy.New(cfg.Proxy, proxy.Options{Logger: log, Registry: prometheus.NewRegistry()})
+	burst := memrelease.New(burstSessions, burstQuiet, func() {
+		debug.FreeOSMemory()
+		log.Debug("returned memory to the OS after a burst of sessions")
+	})
+	defer burst.Stop()
+	srv, err := proxy.New(cfg.Proxy, proxy.Options{Logger: log, Registry: prometheus.NewRegistry(), Burst: burst})
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 2

@@ -11,14 +11,26 @@ import (
 const trackerSize = 8
 
 // epoch is the origin of sentPing.at: a monotonic clock reading, so that
-// round trips are measured on the monotonic clock in 8 bytes instead of a
+// round trips are measured on the monotonic clock in 4 bytes instead of a
 // 24-byte time.Time (a Tracker lives in every leg of every session).
 var epoch = time.Now()
 
+// sentPing is 16 bytes: the ring of 8 is 128.
 type sentPing struct {
-	at     time.Duration // since epoch
+	// at is when the ping was sent, in microseconds since epoch modulo
+	// 2^32: a round trip is the difference as an int32, exact up to 35
+	// minutes, far beyond any heartbeat timeout.
+	at uint32
+	// id is the low 32 bits of an RFC ping's payload (a counter that
+	// skips values whose low 32 bits are 0); 0 marks a JSON ping. The
+	// ring holds only the last few ids, so the low bits identify one.
+	id     uint32
 	ackSeq uint64
-	id     uint64 // RFC ping payload; 0 for a JSON ping
+}
+
+// micros is now on sentPing.at's clock.
+func micros(now time.Time) uint32 {
+	return uint32(now.Sub(epoch) / time.Microsecond)
 }
 
 // Tracker pairs pongs with tether's own pings on one leg, for round-trip
@@ -36,9 +48,9 @@ type sentPing struct {
 // the caller holds the leg's lock.
 type Tracker struct {
 	ring   [trackerSize]sentPing
-	head   int    // index of the oldest outstanding ping
-	n      int    // outstanding pings
 	lastID uint64 // last RFC ping payload handed out
+	head   uint8  // index of the oldest outstanding ping
+	n      uint8  // outstanding pings
 }
 
 func (t *Tracker) push(p sentPing) {
@@ -55,7 +67,10 @@ func (t *Tracker) push(p sentPing) {
 // does not restart it, so a late pong from an old connection never matches).
 func (t *Tracker) SentWS(now time.Time, ackSeq uint64) [8]byte {
 	t.lastID++
-	t.push(sentPing{at: now.Sub(epoch), ackSeq: ackSeq, id: t.lastID})
+	if uint32(t.lastID) == 0 {
+		t.lastID++ // 0 marks a JSON ping
+	}
+	t.push(sentPing{at: micros(now), ackSeq: ackSeq, id: uint32(t.lastID)})
 	var b [8]byte
 	binary.BigEndian.PutUint64(b[:], t.lastID)
 	return b
@@ -63,7 +78,7 @@ func (t *Tracker) SentWS(now time.Time, ackSeq uint64) [8]byte {
 
 // SentJSON records a JSON ping sent at now.
 func (t *Tracker) SentJSON(now time.Time, ackSeq uint64) {
-	t.push(sentPing{at: now.Sub(epoch), ackSeq: ackSeq})
+	t.push(sentPing{at: micros(now), ackSeq: ackSeq})
 }
 
 // PongWS matches the payload of an RFC 6455 pong received at now to an
@@ -77,11 +92,13 @@ func (t *Tracker) PongWS(now time.Time, payload []byte) (rtt time.Duration, ackS
 		return 0, 0, false
 	}
 	id := binary.BigEndian.Uint64(payload)
-	if id == 0 {
+	// Only recent ids can be outstanding; within that window the low 32
+	// bits tell them apart.
+	if id == 0 || id > t.lastID || t.lastID-id > 1<<31 {
 		return 0, 0, false
 	}
 	for k := range t.n {
-		if t.ring[(t.head+k)%trackerSize].id == id {
+		if t.ring[(t.head+k)%trackerSize].id == uint32(id) {
 			return t.answer(now, k)
 		}
 	}
@@ -101,15 +118,16 @@ func (t *Tracker) PongJSON(now time.Time) (rtt time.Duration, ackSeq uint64, ok 
 
 // answer completes the k-th oldest outstanding ping and forgets it and
 // every older one.
-func (t *Tracker) answer(now time.Time, k int) (time.Duration, uint64, bool) {
+func (t *Tracker) answer(now time.Time, k uint8) (time.Duration, uint64, bool) {
 	p := t.ring[(t.head+k)%trackerSize]
 	t.head = (t.head + k + 1) % trackerSize
 	t.n -= k + 1
-	return max(now.Sub(epoch)-p.at, 0), p.ackSeq, true
+	rtt := max(int32(micros(now)-p.at), 0)
+	return time.Duration(rtt) * time.Microsecond, p.ackSeq, true
 }
 
 // Outstanding reports how many pings await a pong.
-func (t *Tracker) Outstanding() int { return t.n }
+func (t *Tracker) Outstanding() int { return int(t.n) }
 
 // Reset forgets every outstanding ping, for a new connection.
 func (t *Tracker) Reset() {

@@ -195,3 +195,37 @@ func TestTrackerNoAlloc(t *testing.T) {
 		t.Errorf("Tracker allocates %v times", n)
 	}
 }
+
+// The ring stores the low 32 bits of an RFC ping's id and the send time
+// in microseconds modulo 2^32: ids skip low bits of 0 (the JSON mark), a
+// pong carrying an id from outside the window of recent ids never
+// matches by its low bits, and a round trip across the clock's wrap is
+// still right.
+func TestTrackerCompactFields(t *testing.T) {
+	var tr Tracker
+	tr.lastID = 1<<32 - 2
+	now := epoch.Add((1<<32 - 10) * time.Microsecond) // 10 µs before at wraps
+	a := tr.SentWS(now, 1)
+	b := tr.SentWS(now, 2)
+	if got := binary.BigEndian.Uint64(a[:]); got != 1<<32-1 {
+		t.Fatalf("first id %#x, want %#x", got, uint64(1<<32-1))
+	}
+	if got := binary.BigEndian.Uint64(b[:]); got != 1<<32+1 {
+		t.Fatalf("second id %#x, want %#x (skipping low bits 0)", got, uint64(1<<32+1))
+	}
+	var old, future [8]byte
+	binary.BigEndian.PutUint64(old[:], 1)          // same low bits as b
+	binary.BigEndian.PutUint64(future[:], 1<<32+2) // never handed out
+	for _, p := range [][8]byte{old, future} {
+		if _, _, ok := tr.PongWS(now, p[:]); ok {
+			t.Fatalf("pong %x matched", p)
+		}
+	}
+	rtt, ack, ok := tr.PongWS(now.Add(25*time.Microsecond), b[:])
+	if !ok || ack != 2 || rtt != 25*time.Microsecond {
+		t.Fatalf("pong across the wrap: rtt %v ack %d ok %v, want 25µs 2 true", rtt, ack, ok)
+	}
+	if tr.Outstanding() != 0 {
+		t.Fatalf("Outstanding() = %d, want 0", tr.Outstanding())
+	}
+}

@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -11,6 +12,9 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/tether-proxy/tether/internal/memrelease"
+	"github.com/tether-proxy/tether/proxy"
 )
 
 // coreScrape GETs /metrics and returns its sample lines by series name
@@ -165,5 +169,29 @@ func coreWaitMetrics(t *testing.T, url string, want map[string]float64) {
 			t.Fatalf("metrics: %s", strings.Join(bad, "; "))
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Sessions starting and ending are the events of the memory release
+// after a burst (internal/memrelease, wired in main): three sessions that
+// open and close are six, past a threshold of five, and the release
+// follows once they stop.
+func TestBurstReleaseCountsSessions(t *testing.T) {
+	t.Parallel()
+	released := make(chan struct{}, 4)
+	burst := memrelease.New(5, 20*time.Millisecond, func() { released <- struct{}{} })
+	t.Cleanup(burst.Stop)
+	b := newBackend(t, nil, nil)
+	tt := startTetherOpts(t, b.URL, proxy.Options{Burst: burst}, nil)
+	for i := range 3 {
+		c := dial(t, tt.URL, nil)
+		coreEcho(t, c, fmt.Sprintf("session %d", i))
+		c.Close()
+		coreWaitSessions(t, tt, 0)
+	}
+	select {
+	case <-released:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no release after 3 sessions opened and closed")
 	}
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -23,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/tether-proxy/tether/internal/memrelease"
 	"github.com/tether-proxy/tether/session"
 )
 
@@ -35,6 +37,9 @@ type Options struct {
 	Jitter func(n int64) int64
 	// CloseWait bounds waits for Close replies; 0 means 3 s.
 	CloseWait time.Duration
+	// Burst, if set, is told of every session that starts or ends, to
+	// give a burst's memory back once it is over (see memrelease).
+	Burst *memrelease.Releaser
 }
 
 // Server is tether's client-facing handler (SPEC §2) with its session
@@ -57,6 +62,7 @@ type Server struct {
 
 	ready atomic.Bool
 	http  *http.Server
+	burst *memrelease.Releaser
 }
 
 type entry struct {
@@ -101,6 +107,7 @@ func New(cfg Config, opts Options) (*Server, error) {
 		clientTLS: clientTLS,
 		upTLS:     upTLS,
 		sessions:  make(map[*entry]struct{}),
+		burst:     opts.Burst,
 	}
 	s.http = &http.Server{
 		Handler:           s,
@@ -292,6 +299,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h := http.Header{"X-Tether-Session": {id}}
 	if len(d.cookies) > 0 {
 		h["Set-Cookie"] = d.cookies
+		d.cookies = nil // the session keeps d for reconnects, not these
 	}
 	upgrader := ws.HTTPUpgrader{Header: h, Timeout: s.remaining(r)}
 	if up.Protocol != "" {
@@ -346,9 +354,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// for the drain (Server.Shutdown never waits for hijacked connections
 	// anyway).
 	running = true
+	s.burst.Note()
 	sess.Start(context.Background(), func() {
 		s.metrics.sessionsActive.Dec()
 		unregister()
+		s.burst.Note()
 	})
 	s.mu.Lock()
 	e.sess = sess
@@ -386,18 +396,28 @@ func drain(br *bufio.Reader) []byte {
 // client's request (SPEC §2, §4).
 type upstreamDialer struct {
 	s         *Server
-	reqURL    *url.URL // path and query of the client request
-	header    ws.HandshakeHeaderHTTP
+	reqURL    *url.URL                // path and query of the client request
+	header    ws.HandshakeHeaderBytes // the forwarded headers, on the wire
 	protocols []string
 	next      int      // rotation index (reconnect loop only: one goroutine)
 	cookies   []string // Set-Cookie of the first 101
+}
+
+// headerBytes is h as header lines, the form a session keeps for its
+// reconnects: one slice, where an http.Header is a map, a slice per name
+// and the request's strings (about twice the memory for a browser's
+// headers, held for the session's life).
+func headerBytes(h http.Header) ws.HandshakeHeaderBytes {
+	var b bytes.Buffer
+	_ = h.Write(&b) // sorted; CR and LF in values become spaces
+	return ws.HandshakeHeaderBytes(bytes.Clone(b.Bytes()))
 }
 
 func (s *Server) newDialer(r *http.Request) *upstreamDialer {
 	return &upstreamDialer{
 		s:         s,
 		reqURL:    &url.URL{Path: r.URL.Path, RawPath: r.URL.RawPath, RawQuery: r.URL.RawQuery},
-		header:    ws.HandshakeHeaderHTTP(upstreamHeader(r)),
+		header:    headerBytes(upstreamHeader(r)),
 		protocols: offeredProtocols(r),
 		next:      int(s.preferred.Load()),
 	}

@@ -247,19 +247,25 @@ type frameReader struct {
 	box        *[]byte    // buf's pool box, if buf came from the pool
 	ctl        *[125]byte // control frame payload (the leg's readBuf)
 
-	deflate bool // permessage-deflate negotiated (client leg)
-	zbuf    []byte
-	zr      bytes.Reader
+	z      *inflated // made by the first compressed message
+	frames int
 
 	// The message being assembled, kept across the control frames that
 	// may arrive between its fragments (RFC 6455 §5.4).
 	msgOp      ws.OpCode
-	frames     int
 	compressed bool
 
+	deflate bool // permessage-deflate negotiated (client leg)
 	// atBoundary is set while the header of a frame that starts a
 	// message (or a control frame between messages) is being read.
 	atBoundary bool
+}
+
+// inflated is a compressed message's output buffer and input reader,
+// made only for a leg that receives one.
+type inflated struct {
+	buf []byte
+	r   bytes.Reader
 }
 
 // next returns the next event. For evData, op is the message opcode and
@@ -358,10 +364,13 @@ func (r *frameReader) next() (ev event, op ws.OpCode, payload []byte, fragmented
 		msg, msgOp, frag := r.buf, r.msgOp, r.frames > 1
 		r.frames = 0
 		if r.compressed {
-			if r.zbuf, err = inflate(r.zbuf, r.buf, r.max, &r.zr); err != nil {
+			if r.z == nil {
+				r.z = new(inflated)
+			}
+			if r.z.buf, err = inflate(r.z.buf, r.buf, r.max, &r.z.r); err != nil {
 				return 0, 0, nil, false, nil, err
 			}
-			msg = r.zbuf
+			msg = r.z.buf
 		}
 		if msgOp == ws.OpText && !utf8.Valid(msg) {
 			return 0, 0, nil, false, nil, ErrInvalidUTF8
@@ -390,8 +399,7 @@ func grow(b []byte, n int) []byte {
 // idle drops the assembly buffers of a leg that parks.
 func (r *frameReader) idle() {
 	putBuf(r.box, r.buf)
-	r.buf, r.box, r.zbuf = nil, nil, nil
-	r.zr.Reset(nil)
+	r.buf, r.box, r.z = nil, nil, nil
 }
 
 // release drops a large assembly buffer so that an idle leg does not keep
@@ -400,7 +408,7 @@ func (r *frameReader) release() {
 	if cap(r.buf) > 64<<10 {
 		r.buf = nil
 	}
-	if cap(r.zbuf) > 64<<10 {
-		r.zbuf = nil
+	if r.z != nil && cap(r.z.buf) > 64<<10 {
+		r.z.buf = nil
 	}
 }

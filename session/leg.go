@@ -49,34 +49,45 @@ const (
 // parkMinInterval is the shortest heartbeat interval at which a leg parks.
 const parkMinInterval = 2 * time.Second
 
-// Read buffers a leg holds while its read loop runs. A leg that parks
-// holds one only while busy, so it gets the large one: a read then takes
+// Read buffers a leg holds while its read loop runs come in three sizes
+// (tiers). A leg that cannot park holds its buffer for life: 4 KiB. A leg
+// that parks holds one only while it runs and starts each run with the
+// 512-byte one, enough for the pings, pongs and short messages that wake
+// an idle leg: a burst of new sessions, whose legs each run for IdleAfter
+// before they park, or 9,000 idle sessions waking for their heartbeats,
+// then hold 0.5 KiB per running leg, not 16 (the pool keeps what the
+// busiest moment took until two GCs have passed, which an idle process
+// takes minutes to reach). When a socket read fills the buffer (more
+// bytes were waiting), the leg takes the next size at its next message
+// boundary, up to 16 KiB, and keeps it until it parks: a read then takes
 // in up to 16 KiB of frames, which halves the syscalls per message when
 // small messages stream (measured: +45 % messages per CPU second at
-// 1 KiB). A leg that cannot park holds its buffer for life: the small one.
+// 1 KiB). A frame larger than the buffer is read past it, straight into
+// the message, so the size limits nothing but the bytes per read.
+var readBufSizes = [...]int{512, 4 << 10, 16 << 10}
+
 const (
-	readBufSize      = 4 << 10
-	readBufSizeParks = 16 << 10
+	tierWake    uint8 = 0 // a parking leg's first size
+	tierFixed   uint8 = 1 // a leg that cannot park
+	tierLargest       = uint8(len(readBufSizes) - 1)
 )
 
 // readBuf is what a leg's read loop holds while it runs: the read buffer
 // and room for one control frame's payload. A parked leg holds none.
 type readBuf struct {
-	br  *bufio.Reader
-	ctl [125]byte
+	br   *bufio.Reader
+	tier uint8
+	ctl  [125]byte
 }
 
-var (
-	readBufs      = sync.Pool{New: func() any { return &readBuf{br: bufio.NewReaderSize(nil, readBufSize)} }}
-	readBufsParks = sync.Pool{New: func() any { return &readBuf{br: bufio.NewReaderSize(nil, readBufSizeParks)} }}
-)
+var readBufs [len(readBufSizes)]sync.Pool
 
-// readPool is the pool of l's read buffers.
-func (l *leg) readPool() *sync.Pool {
-	if l.rc != nil {
-		return &readBufsParks
+func init() {
+	for i := range readBufs {
+		readBufs[i].New = func() any {
+			return &readBuf{br: bufio.NewReaderSize(nil, readBufSizes[i]), tier: uint8(i)}
+		}
 	}
-	return &readBufs
 }
 
 // ctlBufs holds the payload of a control frame being written (masked in
@@ -106,6 +117,8 @@ type leg struct {
 	conn  net.Conn
 	br    *bufio.Reader // nil while parked
 	rb    *readBuf      // holds br; nil while parked
+	tier  uint8         // index in readBufSizes of the read buffer to take
+	grow  bool          // a read filled the buffer: take the next size
 	lr    legReader
 	hasDL bool // the read loop left a read deadline set on conn
 	fr    frameReader
@@ -127,11 +140,11 @@ type leg struct {
 	hdr     [14]byte
 	bufs    net.Buffers
 	bufArr  [2][]byte
-	werr    error  // sticky write error, under wlock
-	ackMark uint64 // seq+1 of the last data message written, under wlock
-	closed  bool   // a Close frame was written, under wlock
-	deflate bool   // permessage-deflate on sends (client leg), fixed before Run
-	zbuf    bytes.Buffer
+	werr    error         // sticky write error, under wlock
+	ackMark uint64        // seq+1 of the last data message written, under wlock
+	closed  bool          // a Close frame was written, under wlock
+	deflate bool          // permessage-deflate on sends (client leg), fixed before Run
+	zbuf    *bytes.Buffer // deflate output, made on the first compressed send
 	// wbuf holds frames appended by writeData with more set, not yet
 	// written (masked already); under wlock. A pooled buffer, held only
 	// while frames are pending; wbox is its pool box.
@@ -145,8 +158,7 @@ type leg struct {
 	pending atomic.Uint32
 
 	ctl      sync.Mutex // guards the fields below
-	pong     [125]byte
-	pongN    int
+	pong     []byte     // latest RFC ping payload to answer; 125 B cap once a ping came
 	jsonPong []byte
 	tracker  heartbeat.Tracker
 	pingDue  int64 // unix nano of the next heartbeat ping
@@ -168,6 +180,7 @@ func newLeg(s *Session, name string, conn net.Conn, buffered []byte, fromClient 
 		wt:     s.cfg.WriteTimeout,
 		closeW: s.env.closeWait(),
 		wlock:  make(chan struct{}, 1),
+		tier:   tierFixed,
 	}
 	l.lr = legReader{l: l, pre: buffered}
 	l.fr = frameReader{fromClient: fromClient, max: int64(s.cfg.MaxMessageBytes)}
@@ -181,6 +194,7 @@ func newLeg(s *Session, name string, conn net.Conn, buffered []byte, fromClient 
 		case *net.TCPConn, *net.UnixConn:
 			if rc, err := c.(syscall.Conn).SyscallConn(); err == nil {
 				l.rc = rc
+				l.tier = tierWake
 				l.lastRead.Store(time.Now().UnixNano())
 				l.wakeFn = l.wake
 			}
@@ -192,10 +206,13 @@ func newLeg(s *Session, name string, conn net.Conn, buffered []byte, fromClient 
 // acquireReader gives the read loop its read buffer.
 func (l *leg) acquireReader() {
 	if l.rb == nil {
-		l.rb = l.readPool().Get().(*readBuf)
+		l.rb = readBufs[l.tier].Get().(*readBuf)
 		l.br = l.rb.br
 		l.br.Reset(&l.lr)
 		l.fr.br, l.fr.ctl = l.br, &l.rb.ctl
+		if h := l.s.env.readBufHook; h != nil {
+			h(l, l.br.Size())
+		}
 	}
 }
 
@@ -204,9 +221,22 @@ func (l *leg) acquireReader() {
 func (l *leg) releaseReader() {
 	if l.rb != nil {
 		l.br.Reset(nil)
-		l.readPool().Put(l.rb)
+		readBufs[l.rb.tier].Put(l.rb)
 		l.rb, l.br, l.fr.br, l.fr.ctl = nil, nil, nil, nil
 	}
+}
+
+// growReader gives a parking leg the next size of read buffer once a
+// read has filled its buffer (legReader sets grow), at a message boundary
+// with no unread byte. The read loop calls it before each message.
+func (l *leg) growReader() {
+	if !l.grow || l.fr.frames != 0 || l.br.Buffered() != 0 || len(l.lr.pre) != 0 {
+		return
+	}
+	l.grow = false
+	l.releaseReader()
+	l.tier++
+	l.acquireReader()
 }
 
 // park gives up the read loop's goroutine and buffers until the socket is
@@ -219,6 +249,7 @@ func (l *leg) park() bool {
 	}
 	l.flushDeferred() // already done by the read that returned errIdle
 	l.releaseReader()
+	l.tier, l.grow = tierWake, false // the next run starts small again
 	l.fr.idle()
 	l.s.env.parked.Add(1)
 	l.state.Store(legParked)
@@ -325,6 +356,9 @@ func (r *legReader) Read(p []byte) (int, error) {
 	n, err := l.conn.Read(p)
 	if n > 0 && l.rc != nil {
 		l.lastRead.Store(time.Now().UnixNano())
+		if n == len(p) && l.tier < tierLargest {
+			l.grow = true // more may be waiting: take a larger buffer
+		}
 	}
 	if idle && n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
 		return 0, errIdle
@@ -533,11 +567,14 @@ func (l *leg) writeData(op ws.OpCode, p []byte, seq uint64, more bool) error {
 		l.appendFrameLocked(op, false, p)
 	case l.deflate && len(p) >= minDeflate:
 		var z []byte
-		if z, err = deflate(&l.zbuf, p); err == nil {
+		if l.zbuf == nil {
+			l.zbuf = new(bytes.Buffer)
+		}
+		if z, err = deflate(l.zbuf, p); err == nil {
 			err = l.writeFrameRSV(op, true, z, l.wt)
 		}
 		if l.zbuf.Cap() > 64<<10 {
-			l.zbuf = bytes.Buffer{}
+			l.zbuf = nil
 		}
 	default:
 		err = l.writeFrameLocked(op, p, l.wt)
@@ -560,7 +597,7 @@ func (l *leg) flushControlLocked() {
 	if f&pendPong != 0 {
 		l.ctl.Lock()
 		buf := ctlBufs.Get().(*[125]byte)
-		n := copy(buf[:], l.pong[:l.pongN])
+		n := copy(buf[:], l.pong)
 		l.ctl.Unlock()
 		err := l.writeFrameLocked(ws.OpPong, buf[:n], l.wt)
 		ctlBufs.Put(buf)
@@ -616,7 +653,10 @@ func (l *leg) flushControlLocked() {
 // §5.5.3: only the latest needs an answer, so a ping flood costs nothing).
 func (l *leg) queuePong(p []byte) {
 	l.ctl.Lock()
-	l.pongN = copy(l.pong[:], p)
+	if l.pong == nil && len(p) > 0 {
+		l.pong = make([]byte, 0, 125) // once per leg: most legs never get a ping
+	}
+	l.pong = append(l.pong[:0], p...)
 	l.ctl.Unlock()
 	l.signal(pendPong)
 }

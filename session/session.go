@@ -93,6 +93,9 @@ type Env struct {
 	parked atomic.Int64
 	// parkMin overrides parkMinInterval (tests).
 	parkMin time.Duration
+	// readBufHook, if set, is told the size of each read buffer a leg's
+	// read loop takes (tests).
+	readBufHook func(l *leg, size int)
 }
 
 func (e *Env) parkMinInterval() time.Duration {
@@ -415,6 +418,9 @@ func (s *Session) clientLoop() error {
 	c.acquireReader()
 	answerJSON := s.cfg.ClientHeartbeat.Mode.AnswersJSON()
 	for {
+		if c.grow {
+			c.growReader()
+		}
 		ev, op, p, frag, ce, err := c.fr.next()
 		if err != nil {
 			if err == errIdle {
@@ -531,6 +537,9 @@ func (s *Session) upstreamRead(u *leg) error {
 	u.acquireReader()
 	answerJSON := s.cfg.UpstreamHeartbeat.Mode.AnswersJSON()
 	for {
+		if u.grow {
+			u.growReader()
+		}
 		ev, op, p, frag, ce, err := u.fr.next()
 		if err != nil {
 			if err == errIdle {
