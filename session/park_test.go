@@ -580,3 +580,34 @@ func TestLegFitsSizeClass(t *testing.T) {
 		t.Fatalf("leg is %d bytes, over the 768-byte size class", n)
 	}
 }
+
+// A parked leg's timer fires at whichever comes first: its next ping or
+// its heartbeat timeout (last byte received + timeout). Without the
+// second, a silent peer would be found dead up to one interval late,
+// which TestParkedHeartbeatTimeout cannot tell from on time.
+func TestParkedTimerFiresAtTimeout(t *testing.T) {
+	now := time.Now().UnixNano()
+	l := &leg{hb: hbLeg(heartbeat.ModeWS, 10*time.Second, 12*time.Second)}
+	l.pingDue = now + int64(10*time.Second)
+	l.lastRead.Store(now - int64(11*time.Second)) // quiet for 11 s: dead in 1 s
+	cases := []struct {
+		name  string
+		state uint32
+		want  time.Duration
+	}{
+		{"running: its read deadline finds the timeout", legRunning, 10 * time.Second},
+		{"parked: the timeout comes before the ping", legParked, time.Second},
+	}
+	for _, c := range cases {
+		l.state.Store(c.state)
+		if got := time.Duration(l.nextTickLocked(now)); got != c.want {
+			t.Errorf("%s: next tick in %v, want %v", c.name, got, c.want)
+		}
+	}
+	// Overdue: at once, never negative.
+	l.state.Store(legParked)
+	l.lastRead.Store(now - int64(time.Minute))
+	if got := l.nextTickLocked(now); got != 0 {
+		t.Errorf("overdue timeout: next tick in %v, want 0", time.Duration(got))
+	}
+}
