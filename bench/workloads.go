@@ -198,32 +198,10 @@ func throughput(ctx context.Context, o common, conns, size, inflight int) (*Resu
 			}
 		}()
 		readers.Add(1)
-		go func() { // reader
+		go func() {
 			defer readers.Done()
-			local := make([]time.Duration, 0, 4096)
-			defer func() {
-				mu.Lock()
-				all = append(all, local...)
-				mu.Unlock()
-			}()
-			for {
-				p, err := c.read()
-				if err != nil {
-					if !stopping.Load() {
-						errc <- err
-					}
-					return
-				}
-				d, ok := parseStamp(p, epoch)
-				if !ok || len(p) != size {
-					errc <- fmt.Errorf("echo of %d bytes, sent %d", len(p), size)
-					return
-				}
-				local = append(local, d)
+			rtts := readEchoes(c, echoOpts{epoch: epoch, size: size, end: end, inWindow: &inWindow, stopping: &stopping, errc: errc}, 4096, func() {
 				echoed.Add(1)
-				if time.Now().Before(end) {
-					inWindow.Add(1)
-				}
 				// A proxy that reconnects its upstream may send a message
 				// twice (tether resends unacknowledged ones, SPEC §4):
 				// never hold more than inflight credits.
@@ -231,7 +209,10 @@ func throughput(ctx context.Context, o common, conns, size, inflight int) (*Resu
 				case credits <- struct{}{}:
 				default:
 				}
-			}
+			})
+			mu.Lock()
+			all = append(all, rtts...)
+			mu.Unlock()
 		}()
 	}
 	wait(ctx, end)
@@ -319,32 +300,12 @@ func latency(ctx context.Context, o common, conns, size, rate int) (*Result, err
 				t.Reset(time.Until(next))
 			}
 		}()
-		go func() { // reader
+		go func() {
 			defer wg.Done()
-			local := make([]time.Duration, 0, 64)
-			defer func() {
-				mu.Lock()
-				all = append(all, local...)
-				mu.Unlock()
-			}()
-			for {
-				p, err := c.read()
-				if err != nil {
-					if !stopping.Load() {
-						errc <- err
-					}
-					return
-				}
-				d, ok := parseStamp(p, epoch)
-				if !ok {
-					errc <- fmt.Errorf("echo of %d bytes, sent %d", len(p), size)
-					return
-				}
-				local = append(local, d)
-				if time.Now().Before(end) {
-					inWindow.Add(1)
-				}
-			}
+			rtts := readEchoes(c, echoOpts{epoch: epoch, size: size, end: end, inWindow: &inWindow, stopping: &stopping, errc: errc}, 64, nil)
+			mu.Lock()
+			all = append(all, rtts...)
+			mu.Unlock()
 		}()
 	}
 	wait(ctx, end)
@@ -449,5 +410,43 @@ func wait(ctx context.Context, t time.Time) {
 	select {
 	case <-timer.C:
 	case <-ctx.Done():
+	}
+}
+
+// echoOpts is what an echo reader shares with its workload.
+type echoOpts struct {
+	epoch    time.Time // the time base of the stamps in the payloads
+	size     int       // every echo must be this long
+	end      time.Time // echoes before it count in inWindow
+	inWindow *atomic.Int64
+	stopping *atomic.Bool // set before the connections close: a read error is then expected
+	errc     chan<- error
+}
+
+// readEchoes reads c's echoes until its connection ends and returns their
+// round trips; each, if set, runs once per echo. A wrong echo or an
+// unexpected read error goes to o.errc and ends the reading.
+func readEchoes(c *client, o echoOpts, capHint int, each func()) []time.Duration {
+	rtts := make([]time.Duration, 0, capHint)
+	for {
+		p, err := c.read()
+		if err != nil {
+			if !o.stopping.Load() {
+				o.errc <- err
+			}
+			return rtts
+		}
+		d, ok := parseStamp(p, o.epoch)
+		if !ok || len(p) != o.size {
+			o.errc <- fmt.Errorf("echo of %d bytes, sent %d", len(p), o.size)
+			return rtts
+		}
+		rtts = append(rtts, d)
+		if time.Now().Before(o.end) {
+			o.inWindow.Add(1)
+		}
+		if each != nil {
+			each()
+		}
 	}
 }
