@@ -60,8 +60,9 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 	}
 	log := newLogger(cfg.Log, stderr)
 	burst := memrelease.New(burstSessions, burstQuiet, func() {
+		start := time.Now()
 		debug.FreeOSMemory()
-		log.Debug("returned memory to the OS after a burst of sessions")
+		log.Debug("returned memory to the OS after a burst of sessions", "took", time.Since(start))
 	})
 	defer burst.Stop()
 	srv, err := proxy.New(cfg.Proxy, proxy.Options{Logger: log, Registry: prometheus.NewRegistry(), Burst: burst})
