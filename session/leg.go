@@ -112,16 +112,20 @@ var ctlBufs = sync.Pool{New: func() any { return new([125]byte) }}
 // it (wake), which starts a new goroutine running the same read loop. So
 // an idle leg costs no goroutine and no buffer, only its structs.
 type leg struct {
-	s     *Session
-	name  string // LegClient or LegUpstream
-	conn  net.Conn
-	br    *bufio.Reader // nil while parked
-	rb    *readBuf      // holds br; nil while parked
-	tier  uint8         // index in readBufSizes of the read buffer to take
-	grow  bool          // a read filled the buffer: take the next size
-	lr    legReader
-	hasDL bool // the read loop left a read deadline set on conn
-	fr    frameReader
+	s    *Session
+	name string // LegClient or LegUpstream
+	conn net.Conn
+	br   *bufio.Reader // nil while parked
+	rb   *readBuf      // holds br; nil while parked
+	tier uint8         // index in readBufSizes of the read buffer to take
+	grow bool          // a read filled the buffer: take the next size
+	// quiet: since the leg last parked, it has read only control frames
+	// and heartbeat messages; short: its last socket read took less than
+	// it asked for. Both belong to the read loop.
+	quiet, short bool
+	lr           legReader
+	hasDL        bool // the read loop left a read deadline set on conn
+	fr           frameReader
 
 	rc       syscall.RawConn // non-nil when the leg can park
 	ph       netpoll.Handle  // owned by the read loop
@@ -250,12 +254,15 @@ func (l *leg) park() bool {
 	l.flushDeferred() // already done by the read that returned errIdle
 	l.releaseReader()
 	l.tier, l.grow = tierWake, false // the next run starts small again
+	// The next run reads at least once before it may park again.
+	l.quiet, l.short = true, false
 	l.fr.idle()
 	l.s.env.parked.Add(1)
 	l.state.Store(legParked)
 	if err := l.s.env.poller.Arm(&l.ph, l.rc.Control, l.wakeFn); err != nil {
 		if l.state.CompareAndSwap(legParked, legRunning) {
 			l.s.env.parked.Add(-1)
+			l.quiet = false
 			l.acquireReader()
 			return false
 		}
@@ -333,6 +340,18 @@ func (r *legReader) Read(p []byte) (int, error) {
 		// At a message boundary with nothing buffered, a leg that can
 		// park waits only IdleAfter with its goroutine.
 		park := l.rc != nil && l.fr.atBoundary && l.br.Buffered() == 0
+		if park && l.quiet && l.short {
+			// Woken for a ping, a pong or a heartbeat message only, and
+			// the socket had nothing more: park again now instead of
+			// reading into EAGAIN and waiting IdleAfter. The poller is
+			// level-triggered, so bytes that arrive meanwhile wake the
+			// leg at once.
+			l.quiet = false // once: a park that fails goes on reading
+			if h := l.s.env.quickParkHook; h != nil {
+				h(l)
+			}
+			return 0, errIdle
+		}
 		if hb || park {
 			now := time.Now()
 			if hb {
@@ -355,6 +374,7 @@ func (r *legReader) Read(p []byte) (int, error) {
 	}
 	n, err := l.conn.Read(p)
 	if n > 0 && l.rc != nil {
+		l.short = n < len(p)
 		l.lastRead.Store(time.Now().UnixNano())
 		if n == len(p) && l.tier < tierLargest {
 			l.grow = true // more may be waiting: take a larger buffer

@@ -611,3 +611,55 @@ func TestParkedTimerFiresAtTimeout(t *testing.T) {
 		t.Errorf("overdue timeout: next tick in %v, want 0", time.Duration(got))
 	}
 }
+
+// A parked leg woken by control frames only (here a ping from the peer,
+// which tether answers) parks again as soon as the socket has nothing
+// more, without reading into EAGAIN and waiting IdleAfter with its
+// goroutine; a leg woken by a data message waits IdleAfter as before,
+// since more messages tend to follow.
+func TestParkedLegReparksAfterControlOnlyWake(t *testing.T) {
+	quick := make(chan string, 16)
+	r := newParkRigWith(t, hbCfg(hbOff, hbOff), func(env *Env) {
+		env.IdleAfter = 200 * time.Millisecond
+		env.quickParkHook = func(l *leg) { quick <- l.name }
+	})
+	c, u := r.s.client, r.up()
+	r.waitParked(c, u)
+	if len(quick) != 0 {
+		t.Fatalf("a quick park before any wake: %s", <-quick)
+	}
+
+	// A ping wakes the client leg: answered, then parked again at once.
+	ping := ws.MaskFrame(ws.NewPingFrame([]byte("are you there")))
+	if err := ws.WriteFrame(r.client, ping); err != nil {
+		t.Fatal(err)
+	}
+	_ = r.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	f, err := ws.ReadFrame(r.client)
+	if err != nil || f.Header.OpCode != ws.OpPong || string(f.Payload) != "are you there" {
+		t.Fatalf("client peer: %v %v %q, want the pong", err, f.Header.OpCode, f.Payload)
+	}
+	select {
+	case leg := <-quick:
+		if leg != LegClient {
+			t.Fatalf("quick park of the %s leg, want the client's", leg)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the client leg did not park right after the ping")
+	}
+	r.waitParked(c)
+
+	// A data message wakes it too, but it waits IdleAfter before parking.
+	if err := wsutil.WriteClientText(r.client, []byte("data")); err != nil {
+		t.Fatal(err)
+	}
+	if got := readClientMsg(t, r.upstream); got != "data" {
+		t.Fatalf("upstream got %q", got)
+	}
+	r.waitParked(c, u)
+	select {
+	case leg := <-quick:
+		t.Fatalf("quick park of the %s leg after a data message", leg)
+	default:
+	}
+}

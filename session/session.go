@@ -96,6 +96,9 @@ type Env struct {
 	// readBufHook, if set, is told the size of each read buffer a leg's
 	// read loop takes (tests).
 	readBufHook func(l *leg, size int)
+	// quickParkHook, if set, is told of each leg that parks right after
+	// a wake that brought only control frames (tests).
+	quickParkHook func(l *leg)
 }
 
 func (e *Env) parkMinInterval() time.Duration {
@@ -456,6 +459,7 @@ func (s *Session) clientLoop() error {
 					continue
 				}
 			}
+			c.quiet = false
 			s.toUpstream(op, p, c.moreInput())
 			c.fr.release()
 		}
@@ -584,6 +588,7 @@ func (s *Session) upstreamRead(u *leg) error {
 					continue
 				}
 			}
+			u.quiet = false
 			if s.dropReplies.Load() > 0 && s.dropReplies.Add(-1) >= 0 {
 				continue
 			}
