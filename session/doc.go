@@ -13,9 +13,13 @@
 // read buffer goes back to a pool, and the process's poller
 // (internal/netpoll, one goroutine for all parked sockets) waits for the
 // socket; readiness, a Close to send, a failed write or the heartbeat
-// timeout starts the loop again on a new goroutine. Legs without a file
-// descriptor (TLS, net.Pipe) and legs with heartbeats under 2 s keep a
-// goroutine blocked in their read. Start returns at once; Run waits.
+// timeout starts the loop again on a new goroutine. A leg woken by control
+// frames only (pongs, pings, JSON heartbeats) parks again as soon as its
+// socket has nothing more. A woken leg reads with a 512-byte buffer and
+// takes 4 KiB, then 16 KiB, while its reads fill the buffer. Legs without
+// a file descriptor (TLS, net.Pipe) and legs with heartbeats under 2 s
+// keep a goroutine blocked in their read, with a 4 KiB buffer. Start
+// returns at once; Run waits.
 //
 // There is no writer goroutine: the reader of one leg writes each message
 // straight into the other leg under that leg's write lock, which is held
