@@ -163,7 +163,8 @@ type leg struct {
 
 	ctl      sync.Mutex // guards the fields below
 	pong     []byte     // latest RFC ping payload to answer; 125 B cap once a ping came
-	jsonPong []byte
+	jsonPong []byte     // the JSON pong to write, in a pooled buffer
+	jsonBox  *[]byte    // jsonPong's pool box
 	tracker  heartbeat.Tracker
 	pingDue  int64 // unix nano of the next heartbeat ping
 
@@ -627,11 +628,15 @@ func (l *leg) flushControlLocked() {
 	}
 	if f&pendJSONPong != 0 {
 		l.ctl.Lock()
-		p := l.jsonPong
-		l.jsonPong = nil
+		p, box := l.jsonPong, l.jsonBox
+		l.jsonPong, l.jsonBox = nil, nil
 		l.ctl.Unlock()
-		if p != nil && l.writeFrameLocked(ws.OpText, p, l.wt) != nil {
-			return
+		if p != nil {
+			err := l.writeFrameLocked(ws.OpText, p, l.wt)
+			putBuf(box, p)
+			if err != nil {
+				return
+			}
 		}
 	}
 	if f&pendPingWS != 0 {
@@ -681,11 +686,17 @@ func (l *leg) queuePong(p []byte) {
 	l.signal(pendPong)
 }
 
-// queueJSONPong records the JSON pong answering ping (latest wins).
+// queueJSONPong records the JSON pong answering ping (latest wins), in a
+// pooled buffer that the writer returns once it has written it.
 func (l *leg) queueJSONPong(ping []byte) {
+	m := l.s.env.Messages
+	buf, box := takeBuf(len(ping) + len(m.Pong()) + 16) // room for the echoed members
+	pong := m.AppendPong(buf[:0], ping)
 	l.ctl.Lock()
-	l.jsonPong = l.s.env.Messages.AppendPong(l.jsonPong[:0:0], ping)
+	old, oldBox := l.jsonPong, l.jsonBox
+	l.jsonPong, l.jsonBox = pong, box
 	l.ctl.Unlock()
+	putBuf(oldBox, old) // a pong not yet written is replaced, never sent
 	l.signal(pendJSONPong)
 }
 
