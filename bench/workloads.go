@@ -61,6 +61,14 @@ func (r *Result) perProxyCPU(v float64) float64 {
 	return 0
 }
 
+// opcode is the frame type the load modes send.
+func (o common) opcode() ws.OpCode {
+	if o.text {
+		return ws.OpText
+	}
+	return ws.OpBinary
+}
+
 // common are the options every load mode shares.
 type common struct {
 	dial     dialOpts
@@ -150,10 +158,7 @@ func throughput(ctx context.Context, o common, conns, size, inflight int) (*Resu
 		return nil, err
 	}
 	defer closeAll(cs)
-	op := ws.OpBinary
-	if o.text {
-		op = ws.OpText
-	}
+	op := o.opcode()
 	epoch := time.Now()
 	var stopping atomic.Bool
 	var inWindow, echoed atomic.Int64
@@ -259,10 +264,7 @@ func latency(ctx context.Context, o common, conns, size, rate int) (*Result, err
 		return nil, err
 	}
 	defer closeAll(cs)
-	op := ws.OpBinary
-	if o.text {
-		op = ws.OpText
-	}
+	op := o.opcode()
 	period := time.Duration(float64(time.Second) * float64(conns) / float64(max(rate, 1)))
 	epoch := time.Now()
 	var stopping atomic.Bool
