@@ -476,3 +476,36 @@ func TestCoreSignalDrain(t *testing.T) {
 		})
 	}
 }
+
+// main wires the memory release after a burst (internal/memrelease): once
+// burstSessions sessions have started or ended and none has for
+// burstQuiet, the binary returns free memory to the OS and says so at
+// debug level.
+func TestCoreMemoryReleaseAfterBurst(t *testing.T) {
+	t.Parallel()
+	up, ends := coreBackend(t)
+	p := coreStart(t, "TETHER_UPSTREAM_URL="+up, "TETHER_LOG_LEVEL=debug")
+	const released = "returned memory to the OS after a burst of sessions"
+	n := burstSessions/2 + 8 // each session starts and ends: two events
+	for i := 0; i < n; i++ {
+		c := coreDial(t, p.addr)
+		c.Close()
+		select { // the backend reports each upstream end; drain it
+		case <-ends:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("session %d: the upstream did not end", i)
+		}
+	}
+	deadline := time.Now().Add(burstQuiet + 10*time.Second)
+	for {
+		for _, line := range p.stderr() {
+			if strings.Contains(line, released) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q line %v after %d sessions opened and closed", released, burstQuiet+10*time.Second, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
