@@ -250,3 +250,28 @@ func TestBackendAnswersJSONPing(t *testing.T) {
 		}
 	}
 }
+
+// TestJudgeSaturation: a row says which side limited it, from the CPU
+// seconds of its window (proxy alone on one core; load tool and backend
+// sharing the other).
+func TestJudgeSaturation(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cpu  map[string]float64
+		want string
+	}{
+		{"proxy busy", map[string]float64{"proxy": 9.6, "load": 5, "backend": 4}, "proxy"},
+		{"harness busy", map[string]float64{"proxy": 7, "load": 5.5, "backend": 4.1}, "harness"},
+		{"direct, harness busy", map[string]float64{"load": 6, "backend": 3.6}, "harness"},
+		{"neither", map[string]float64{"proxy": 9.4, "load": 4, "backend": 4}, "neither"},
+		{"proxy wins a tie", map[string]float64{"proxy": 9.5, "load": 6, "backend": 4}, "proxy"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &Result{Seconds: 10, CPU: tc.cpu}
+			r.judge()
+			if r.Saturated != tc.want {
+				t.Errorf("saturated = %q, want %q", r.Saturated, tc.want)
+			}
+		})
+	}
+}

@@ -57,15 +57,19 @@ func writeTable(w io.Writer, results []*Result, ref string) error {
 				unit, key = "MB", func(r *Result) float64 { return r.MBPerSec }
 			}
 			perCPU := func(r *Result) float64 { return r.perProxyCPU(key(r) * r.Seconds) }
-			fmt.Fprintf(w, "| target | msg/s | MB/s | rtt p50 ms | p99 ms | max ms | proxy CPU s | backend CPU s | load CPU s | %s per proxy CPU s | wire B per round trip | %s ÷ target, per CPU s | %s ÷ target, per s |\n", unit, ref, ref)
-			fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+			fmt.Fprintf(w, "| target | saturated | msg/s | MB/s | rtt p50 ms | p99 ms | max ms | proxy CPU s | backend CPU s | load CPU s | %s per proxy CPU s | wire B per round trip | %s ÷ target, per CPU s | %s ÷ target, per s |\n", unit, ref, ref)
+			fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 			for _, r := range g {
 				name := r.Target
 				if r.Deflate {
 					name += " (deflate)"
 				}
-				fmt.Fprintf(w, "| %s | %.0f | %.1f | %.2f | %.2f | %.1f | %s | %s | %s | %s | %s | %s | %s |\n",
-					name, r.MsgsPerSec, r.MBPerSec, r.P50ms, r.P99ms, r.MaxMs,
+				sat := r.Saturated
+				if sat == "" {
+					sat = "–"
+				}
+				fmt.Fprintf(w, "| %s | %s | %.0f | %.1f | %.2f | %.2f | %.1f | %s | %s | %s | %s | %s | %s | %s |\n",
+					name, sat, r.MsgsPerSec, r.MBPerSec, r.P50ms, r.P99ms, r.MaxMs,
 					cpu(r, "proxy"), cpu(r, "backend"), cpu(r, "load"), num(perCPU(r), 1),
 					wire(r), ratio(rr, r, perCPU), ratio(rr, r, key))
 			}
