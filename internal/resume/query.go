@@ -38,7 +38,10 @@ func Parse(rawQuery string) (req Request, rest string, err error) {
 	for part := range strings.SplitSeq(rawQuery, "&") {
 		name, value, _ := strings.Cut(part, "=")
 		dn, derr := url.QueryUnescape(name)
-		if derr != nil || !strings.HasPrefix(dn, Prefix) {
+		if derr != nil {
+			dn = name // undecodable: judged by its raw bytes
+		}
+		if !strings.HasPrefix(dn, Prefix) && !strings.HasPrefix(name, Prefix) {
 			if b.Len() > 0 {
 				b.WriteByte('&')
 			}
