@@ -27,6 +27,10 @@ func TestVersionCommand(t *testing.T) {
 	if out.String() != want {
 		t.Errorf("tether version printed %q, want %q", out.String(), want)
 	}
+	out.Reset()
+	if run([]string{"--help"}, nil, &out, &errOut); !strings.Contains(out.String(), "\n  tether version ") {
+		t.Errorf("--help does not list tether version:\n%s", out.String())
+	}
 }
 
 // README "Version", "Metrics and logs": the built binary's `tether
