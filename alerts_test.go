@@ -96,19 +96,21 @@ func TestPrometheusAlerts(t *testing.T) {
 	}
 	checkMetricsServed(t, liveMetrics(t), exprs)
 
-	promtool, err := exec.LookPath("promtool")
+	promtool(t, filepath.Dir(alertsFile), "check", "rules", filepath.Base(alertsFile))
+	promtool(t, filepath.Dir(alertsFile), "test", "rules", filepath.Base(alertsTestFile))
+}
+
+// promtool runs Prometheus's promtool in dir, failing the test if it
+// fails; without promtool it calls testkit.Missing.
+func promtool(t *testing.T, dir string, args ...string) {
+	t.Helper()
+	bin, err := exec.LookPath("promtool")
 	if err != nil {
-		testkit.Missing(t, "promtool not found on PATH; install it with `apt-get install -y prometheus` to check the alerting rules")
+		testkit.Missing(t, "promtool not found on PATH; install it with `apt-get install -y prometheus` to check PromQL and the alerting rules")
 	}
-	for _, args := range [][]string{
-		{"check", "rules", filepath.Base(alertsFile)},
-		{"test", "rules", filepath.Base(alertsTestFile)},
-	} {
-		cmd := exec.CommandContext(t.Context(), promtool, args...)
-		cmd.Dir = filepath.Dir(alertsFile)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Errorf("promtool %v: %v\n%s", args, err, out)
-		}
+	cmd := exec.CommandContext(t.Context(), bin, args...)
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("promtool %v: %v\n%s", args, err, out)
 	}
 }

@@ -3,7 +3,10 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
+	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -146,4 +149,31 @@ func TestGrafanaDashboard(t *testing.T) {
 			t.Errorf("the dashboard does not show %s", name)
 		}
 	}
+
+	// Prometheus's own parser checks every query, as recording rules with
+	// Grafana's variables filled in.
+	var rules strings.Builder
+	rules.WriteString("groups:\n  - name: dashboard\n    rules:\n")
+	keys := slices.Sorted(maps.Keys(exprs))
+	for i, what := range keys {
+		expr := grafanaVars.ReplaceAllStringFunc(exprs[what], func(v string) string {
+			if strings.HasPrefix(v, "$__") {
+				return "5m" // $__rate_interval, $__interval
+			}
+			return ".+" // $job, $instance: in a regex matcher
+		})
+		q, _ := json.Marshal(expr) // a JSON string is a YAML string
+		fmt.Fprintf(&rules, "      - record: dashboard:query_%d # %s\n        expr: %s\n", i, strings.ReplaceAll(what, "\n", " "), q)
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "dashboard-queries.yaml"), []byte(rules.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	promtool(t, dir, "check", "rules", "dashboard-queries.yaml")
+	if t.Failed() {
+		t.Logf("the queries as rules:\n%s", rules.String())
+	}
 }
+
+// grafanaVars matches Grafana's $name and ${name} (with a :format).
+var grafanaVars = regexp.MustCompile(`\$\{[A-Za-z_][A-Za-z0-9_]*(:[a-z]+)?\}|\$[A-Za-z_][A-Za-z0-9_]*`)
