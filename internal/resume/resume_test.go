@@ -116,7 +116,7 @@ func TestParse(t *testing.T) {
 		{"tether_ack=99999999999999999999999", "", Request{}, true},
 		{"a&tether_resume=new&&b", "a&&b", Request{New: true}, false},
 		{"%zz=1&tether_resume=new", "%zz=1", Request{New: true}, false}, // undecodable names pass through
-		{"tether_%zz=1&a=2", "a=2", Request{}, false},                  // unless they are tether's
+		{"tether_%zz=1&a=2", "a=2", Request{}, false},                   // unless they are tether's
 	} {
 		req, rest, err := Parse(tc.in)
 		if rest != tc.rest || req != tc.want || (err != nil) != tc.bad {
