@@ -236,8 +236,8 @@ func (s *State) subHead(body []byte) (pid int, props []byte, i int, ok bool) {
 	if ok && s.mq.level == 5 {
 		var n int
 		n, i, ok = varint(body, 2)
-		if ok && i+n > len(body) {
-			ok = false
+		if !ok || i+n > len(body) {
+			return 0, nil, 0, false
 		}
 		props = body[2 : i+n]
 		i += n
