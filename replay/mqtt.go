@@ -36,7 +36,8 @@ type mqttParser struct {
 	// client side
 	buf     []byte // the state packet being copied
 	lo      uint64 // sequence number of the message of its first byte
-	atStart bool   // it began its message
+	atStart bool   // it began its message: with its end at the end of a
+	// message, the messages it spans hold nothing else
 	// upstream side
 	body  [2]byte
 	nbody int
@@ -98,12 +99,10 @@ func (s *State) mqttClient(op Opcode, p []byte, seq uint64) error {
 		return nil
 	}
 	c := &s.mq.cl
-	packets := 0
 	for i := 0; i < len(p); {
 		if c.st != psBody {
 			if c.st == psHeader {
 				c.lo, c.atStart = seq, i == 0
-				packets++
 			}
 			done, bad := c.header(p[i])
 			i++
@@ -169,9 +168,6 @@ func (s *State) mqttClient(op Opcode, p []byte, seq uint64) error {
 		if err != nil {
 			return err
 		}
-	}
-	if packets > 1 {
-		s.impure()
 	}
 	return nil
 }

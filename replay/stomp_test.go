@@ -113,8 +113,19 @@ func TestSTOMP(t *testing.T) {
 		wantPlan(t, pl, []string{stConnect})
 		pl = h.replay(2)
 		wantPlan(t, pl, []string{stConnect}, stSub0)
-		if pl.Skip(1) {
+		// A held CONNECT sharing its message with another frame is
+		// replayed, and the message is still sent: not skipped.
+		h = newSess(t, STOMP)
+		h.text(stConnect + stSub0)
+		pl = h.replay(0)
+		wantPlan(t, pl, []string{stConnect})
+		if pl.Skip(0) {
 			t.Error("a message with other frames is skipped")
+		}
+		h = newSess(t, STOMP)
+		h.text(stConnect + "\n\n")
+		if pl = h.replay(0); !pl.Skip(0) {
+			t.Error("a CONNECT alone (with heart-beats) is not skipped")
 		}
 	})
 	t.Run("same id replaces", func(t *testing.T) {
