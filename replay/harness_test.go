@@ -150,10 +150,6 @@ func TestParseProtocol(t *testing.T) {
 			t.Errorf("ParseProtocol(%q) = nil error", bad)
 		}
 	}
-	var p Protocol
-	if err := p.UnmarshalText([]byte("mqtt")); err != nil || p != MQTT {
-		t.Errorf("UnmarshalText(mqtt) = %v, %v", p, err)
-	}
 	if got := Protocol(99).String(); got != "Protocol(99)" {
 		t.Errorf("String = %q", got)
 	}

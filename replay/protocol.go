@@ -37,7 +37,8 @@ var protocolNames = [...]string{
 }
 
 // ParseProtocol parses a TETHER_REPLAY_PROTOCOL value (exactly, in lower
-// case). The error does not name the variable: the caller's parser adds it.
+// case). The error does not name the variable: internal/envconfig's
+// parser for this type adds it.
 func ParseProtocol(s string) (Protocol, error) {
 	for p, name := range protocolNames {
 		if s == name {
@@ -53,16 +54,6 @@ func (p Protocol) String() string {
 		return protocolNames[p]
 	}
 	return "Protocol(" + strconv.Itoa(int(p)) + ")"
-}
-
-// UnmarshalText implements encoding.TextUnmarshaler with ParseProtocol.
-func (p *Protocol) UnmarshalText(b []byte) error {
-	v, err := ParseProtocol(string(b))
-	if err != nil {
-		return err
-	}
-	*p = v
-	return nil
 }
 
 func (p Protocol) valid() bool { return int(p) < len(protocolNames) }
