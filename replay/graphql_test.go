@@ -25,36 +25,16 @@ const (
 )
 
 func TestGraphQLTransportWS(t *testing.T) {
-	t.Run("keep and end", func(t *testing.T) {
-		h := newSess(t, GraphQLTransportWS)
-		h.text(gtInit)
-		h.upPass(Text, gtAck)
-		h.text(gtSubA, gtSubB, gtSubC, gtPing)
-		h.upPass(Text, gtNextA, gtPong)
-		h.text(gtDoneB)          // the client completes B
-		h.upPass(Text, gtErrorC) // the server ends C
-		wantPlan(t, h.replay(), []string{gtInit}, gtSubA)
-	})
-	t.Run("server complete ends", func(t *testing.T) {
-		h := newSess(t, GraphQLTransportWS)
-		h.text(gtInit, gtSubA, gtSubB)
-		h.upPass(Text, gtDoneA)
-		wantPlan(t, h.replay(), []string{gtInit}, gtSubB)
-	})
-	t.Run("resubscribe after end", func(t *testing.T) {
-		h := newSess(t, GraphQLTransportWS)
-		h.text(gtInit, gtSubA, gtSubB, gtDoneA, gtSubA)
-		wantPlan(t, h.replay(), []string{gtInit}, gtSubB, gtSubA)
-	})
-	t.Run("same id replaces", func(t *testing.T) {
-		h := newSess(t, GraphQLTransportWS)
-		h.text(gtInit, gtSubA, gtSubB, gtSubAEsc) // the same id, escaped
-		wantPlan(t, h.replay(), []string{gtInit}, gtSubB, gtSubAEsc)
-	})
-	t.Run("latest init", func(t *testing.T) {
-		h := newSess(t, GraphQLTransportWS)
-		h.text(gtInit, gtSubA, gtInit2)
-		wantPlan(t, h.replay(), []string{gtInit2}, gtSubA)
+	runPlanCases(t, GraphQLTransportWS, []planCase{
+		{"keep and end", steps(cls(gtInit), ups(gtAck), cls(gtSubA, gtSubB, gtSubC, gtPing), ups(gtNextA, gtPong),
+			cls(gtDoneB), ups(gtErrorC)), []string{gtInit}, []string{gtSubA}},
+		{"server complete ends", steps(cls(gtInit, gtSubA, gtSubB), ups(gtDoneA)), []string{gtInit}, []string{gtSubB}},
+		{"resubscribe after end", cls(gtInit, gtSubA, gtSubB, gtDoneA, gtSubA), []string{gtInit}, []string{gtSubB, gtSubA}},
+		{"same id replaces", cls(gtInit, gtSubA, gtSubB, gtSubAEsc), []string{gtInit}, []string{gtSubB, gtSubAEsc}},
+		{"latest init", cls(gtInit, gtSubA, gtInit2), []string{gtInit2}, []string{gtSubA}},
+		{"nothing kept", cls(gtPing, gtPong, `{"id":"x","type":"complete"}`), nil, nil},
+		{"type after payload", steps(cls(gtInit, `{"payload":{"query":"subscription { a }"},"id":"z","type":"subscribe"}`),
+			ups(`{"payload":null,"type":"complete","id":"z"}`)), []string{gtInit}, nil},
 	})
 	t.Run("ack dropped after replay", func(t *testing.T) {
 		h := newSess(t, GraphQLTransportWS)
@@ -104,12 +84,6 @@ func TestGraphQLTransportWS(t *testing.T) {
 			t.Errorf("Len = %d", pl.Len())
 		}
 	})
-	t.Run("nothing kept", func(t *testing.T) {
-		h := newSess(t, GraphQLTransportWS)
-		h.text(gtPing, gtPong, `{"id":"x","type":"complete"}`)
-		wantPlan(t, h.replay(), nil)
-		h.upPass(Text, gtAck) // no replay in progress: passes
-	})
 	t.Run("malformed passes", func(t *testing.T) {
 		h := newSess(t, GraphQLTransportWS)
 		h.text(gtInit)
@@ -146,12 +120,6 @@ func TestGraphQLTransportWS(t *testing.T) {
 		}
 		wantPlan(t, h.replay(), []string{gtInit})
 	})
-	t.Run("type after payload", func(t *testing.T) {
-		h := newSess(t, GraphQLTransportWS)
-		h.text(gtInit, `{"payload":{"query":"subscription { a }"},"id":"z","type":"subscribe"}`)
-		h.upPass(Text, `{"payload":null,"type":"complete","id":"z"}`)
-		wantPlan(t, h.replay(), []string{gtInit})
-	})
 }
 
 // subscriptions-transport-ws messages.
@@ -171,22 +139,12 @@ const (
 )
 
 func TestGraphQLWS(t *testing.T) {
-	t.Run("keep and end", func(t *testing.T) {
-		h := newSess(t, GraphQLWS)
-		h.text(gwInit)
-		h.upPass(Text, gwAck, gwKA)
-		h.text(gwStart1, gwStart2, gwStart3)
-		h.upPass(Text, gwData1)
-		h.text(gwStop1)
-		h.upPass(Text, gwDone2, gwErr3)
-		wantPlan(t, h.replay(), []string{gwInit})
-		h.text(gwStart1)
-		wantPlan(t, h.replay(), []string{gwInit}, gwStart1)
-	})
-	t.Run("client complete ends", func(t *testing.T) {
-		h := newSess(t, GraphQLWS)
-		h.text(gwInit, gwStart1, gwStart2, `{"id":"2","type":"complete"}`)
-		wantPlan(t, h.replay(), []string{gwInit}, gwStart1)
+	runPlanCases(t, GraphQLWS, []planCase{
+		{"keep and end", steps(cls(gwInit), ups(gwAck, gwKA), cls(gwStart1, gwStart2, gwStart3), ups(gwData1),
+			cls(gwStop1), ups(gwDone2, gwErr3)), []string{gwInit}, nil},
+		{"resubscribe after end", cls(gwInit, gwStart1, gwStop1, gwStart2, gwStart1), []string{gwInit}, []string{gwStart2, gwStart1}},
+		{"client complete ends", cls(gwInit, gwStart1, gwStart2, `{"id":"2","type":"complete"}`), []string{gwInit}, []string{gwStart1}},
+		{"terminate", cls(gwInit, gwStart1, gwTerm, gwStart2), nil, nil},
 	})
 	t.Run("ack dropped, ka passes", func(t *testing.T) {
 		h := newSess(t, GraphQLWS)
@@ -209,12 +167,6 @@ func TestGraphQLWS(t *testing.T) {
 		h := newSess(t, GraphQLWS)
 		h.text(gwInit)
 		h.upPass(Text, gwRefuse)
-	})
-	t.Run("terminate", func(t *testing.T) {
-		h := newSess(t, GraphQLWS)
-		h.text(gwInit, gwStart1, gwTerm, gwStart2)
-		wantPlan(t, h.replay(), nil)
-		h.upPass(Text, gwAck)
 	})
 }
 

@@ -302,3 +302,66 @@ func overflow(t *testing.T, h *sess, op Opcode, next func(i int) string) {
 }
 
 var _ = bytes.Equal
+
+// planCase is a script of client and upstream messages (the upstream
+// ones must pass unchanged), then a replay of everything, with the plan
+// wanted.
+type planCase struct {
+	name    string
+	steps   []step
+	opening []string
+	rest    []string
+}
+
+func runPlanCases(t *testing.T, p Protocol, cases []planCase, mutate ...func(*Config)) {
+	t.Helper()
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			h := newSess(t, p, mutate...)
+			h.run(c.steps...)
+			wantPlan(t, h.replay(), c.opening, c.rest...)
+		})
+	}
+}
+
+// run plays client steps and upstream steps (which must pass).
+func (h *sess) run(steps ...step) {
+	h.t.Helper()
+	for _, s := range steps {
+		op := Text
+		if s.ctrl&4 != 0 {
+			op = Binary
+		}
+		switch s.ctrl & 3 {
+		case stepClient:
+			h.client(op, string(s.p))
+		case stepUpstream:
+			h.upPass(op, string(s.p))
+		}
+	}
+}
+
+// cls and ups are client and upstream text steps.
+func cls(ms ...string) []step {
+	var out []step
+	for _, m := range ms {
+		out = append(out, cl(Text, m))
+	}
+	return out
+}
+
+func ups(ms ...string) []step {
+	var out []step
+	for _, m := range ms {
+		out = append(out, up(Text, m))
+	}
+	return out
+}
+
+func steps(groups ...[]step) []step {
+	var out []step
+	for _, g := range groups {
+		out = append(out, g...)
+	}
+	return out
+}

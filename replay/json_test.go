@@ -5,12 +5,14 @@ import (
 	"testing"
 )
 
+func jsonTestRules(c *Config) {
+	c.JSONKeep = []string{"auth", "subscribe"}
+	c.JSONEnd = []string{"unsubscribe", "subscription_ended"}
+	c.JSONReplies = []string{"auth_ok", "subscribed"}
+}
+
 func jsonSess(t testing.TB, mutate ...func(*Config)) *sess {
-	return newSess(t, JSON, append([]func(*Config){func(c *Config) {
-		c.JSONKeep = []string{"auth", "subscribe"}
-		c.JSONEnd = []string{"unsubscribe", "subscription_ended"}
-		c.JSONReplies = []string{"auth_ok", "subscribed"}
-	}}, mutate...)...)
+	return newSess(t, JSON, append([]func(*Config){jsonTestRules}, mutate...)...)
 }
 
 const (
@@ -26,35 +28,26 @@ const (
 	jsPublish = `{"type":"publish","channel":"chat","text":"hi"}`
 )
 
+const (
+	jsAuth2 = `{"type":"auth","token":"other"}`
+	jsSubA2 = `{"type":"subscribe","id":"a","channel":"prices","depth":5}`
+)
+
 func TestJSON(t *testing.T) {
-	t.Run("keep and end", func(t *testing.T) {
-		h := jsonSess(t)
-		h.text(jsAuth, jsSubA, jsSubB, jsSubC, jsPublish, jsUnsubA)
-		h.upPass(Text, jsAuthOK, jsSubOK, jsEvent, jsEndedC)
-		wantPlan(t, h.replay(), nil, jsAuth, jsSubB)
-	})
+	runPlanCases(t, JSON, []planCase{
+		{"keep and end", steps(cls(jsAuth, jsSubA, jsSubB, jsSubC, jsPublish, jsUnsubA), ups(jsAuthOK, jsSubOK, jsEvent, jsEndedC)),
+			nil, []string{jsAuth, jsSubB}},
+		{"resubscribe after end", cls(jsAuth, jsSubA, jsUnsubA, jsSubC, jsSubA), nil, []string{jsAuth, jsSubC, jsSubA}},
+		{"without id stays, the same bytes kept once", cls(jsAuth, jsSubA, jsAuth, `{"type":"unsubscribe"}`, jsAuth2),
+			nil, []string{jsAuth, jsSubA, jsAuth2}},
+		{"same type and id replaces", cls(jsSubA, jsSubC, jsSubA2), nil, []string{jsSubC, jsSubA2}},
+	}, jsonTestRules)
 	t.Run("number ids as written, string ids as decoded", func(t *testing.T) {
 		h := jsonSess(t)
 		h.text(jsSubA, jsSubB, `{"type":"unsubscribe","id":"17"}`, `{"type":"unsubscribe","id":17.0}`)
 		wantPlan(t, h.replay(), nil, jsSubA, jsSubB)
 		h.text(`{"type":"unsubscribe","id":"\u0061"}`, `{"type":"unsubscribe","id":17}`)
 		wantPlan(t, h.replay(), nil)
-	})
-	t.Run("resubscribe after end", func(t *testing.T) {
-		h := jsonSess(t)
-		h.text(jsAuth, jsSubA, jsUnsubA, jsSubC, jsSubA)
-		wantPlan(t, h.replay(), nil, jsAuth, jsSubC, jsSubA)
-	})
-	t.Run("without id stays; the same bytes kept once", func(t *testing.T) {
-		h := jsonSess(t)
-		h.text(jsAuth, jsSubA, jsAuth, `{"type":"unsubscribe"}`, `{"type":"auth","token":"other"}`)
-		wantPlan(t, h.replay(), nil, jsAuth, jsSubA, `{"type":"auth","token":"other"}`)
-	})
-	t.Run("same type and id replaces", func(t *testing.T) {
-		h := jsonSess(t)
-		a2 := `{"type":"subscribe","id":"a","channel":"prices","depth":5}`
-		h.text(jsSubA, jsSubC, a2)
-		wantPlan(t, h.replay(), nil, jsSubC, a2)
 	})
 	t.Run("replies dropped once each", func(t *testing.T) {
 		h := jsonSess(t)

@@ -123,6 +123,17 @@ func strs(pkts ...[]byte) []string {
 	return out
 }
 
+// mqttAnswered is a session that connected and subscribed twice (ids 1
+// and 2, with the filters of TestMQTTSplit), every packet answered.
+func mqttAnswered(t testing.TB, v5 bool) *sess {
+	h := newSess(t, MQTT)
+	h.bin(mqConnectPkt(v5))
+	h.upBin(mqConnackPkt(v5, 0))
+	h.bin(mqSubscribePkt(v5, 1, filt{"sensors/+/temp", 1}), mqSubscribePkt(v5, 2, filt{"alerts/#", 2}, filt{"chat/room1", 0}))
+	h.upBin(mqSubackPkt(v5, 1, 1), mqSubackPkt(v5, 2, 2, 0))
+	return h
+}
+
 func TestMQTT(t *testing.T) {
 	for _, v5 := range []bool{false, true} {
 		t.Run(fmt.Sprintf("v5=%v", v5), func(t *testing.T) { testMQTT(t, v5) })
@@ -166,11 +177,7 @@ func testMQTT(t *testing.T, v5 bool) {
 		wantPlan(t, h.replay(), strs(conn), strs(subB, subA2, mqSubscribePkt(v5, 5, filt{"chat/room1", 1}))...)
 	})
 	t.Run("replies dropped", func(t *testing.T) {
-		h := newSess(t, MQTT)
-		h.bin(conn)
-		h.upBin(ack)
-		h.bin(subA, subBC)
-		h.upBin(mqSubackPkt(v5, 1, 1), mqSubackPkt(v5, 2, 2, 0))
+		h := mqttAnswered(t, v5)
 		h.replay()
 		h.upWant(Binary, string(ack), true, EventAccepted)
 		h.upWant(Binary, string(mqSubackPkt(v5, 2, 2, 0)), true, EventNone)
@@ -272,11 +279,7 @@ func TestMQTTSplit(t *testing.T) {
 		want := bytes.Join([][]byte{pub, pub, mqPingresp}, nil)
 		for cut := 0; cut <= len(upstream); cut++ {
 			for cut2 := cut; cut2 <= len(upstream); cut2++ {
-				h := newSess(t, MQTT)
-				h.bin(conn)
-				h.upBin(ack)
-				h.bin(subA, subBC)
-				h.upBin(mqSubackPkt(v5, 1, 1), mqSubackPkt(v5, 2, 2, 0))
+				h := mqttAnswered(t, v5)
 				h.replay()
 				var got []byte
 				accepted := 0

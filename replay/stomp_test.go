@@ -22,20 +22,27 @@ const (
 	stDisc      = "DISCONNECT\nreceipt:close-1\n\n\x00"
 )
 
+const (
+	stStomp10 = "STOMP\naccept-version:1.0\nhost:broker\n\n\x00"
+	stSubQA   = "SUBSCRIBE\ndestination:/queue/a\n\n\x00"
+	stSubQB   = "SUBSCRIBE\ndestination:/queue/b\n\n\x00"
+	stSubEsc  = "SUBSCRIBE\nid:a\\cb\\\\c\ndestination:/topic/x\n\n\x00"
+	stSubSame = "SUBSCRIBE\nid:sub-0\ndestination:/topic/other\n\n\x00"
+	stSendNUL = "SEND\ndestination:/app/bin\ncontent-length:5\n\na\x00b\x00c\x00"
+)
+
 func TestSTOMP(t *testing.T) {
-	t.Run("keep and end", func(t *testing.T) {
-		h := newSess(t, STOMP)
-		h.text(stConnect)
-		h.upPass(Text, stConnected)
-		h.text(stSub0, stSub1, stSub2, stSend, "\n", stUnsub0)
-		h.upPass(Text, stReceipt1, stMessage, "\n", "\r\n")
-		h.client(Binary, stUnsub2) // binary frames are STOMP as well
-		wantPlan(t, h.replay(), []string{stConnect}, stSub1)
-	})
-	t.Run("resubscribe after end", func(t *testing.T) {
-		h := newSess(t, STOMP)
-		h.text(stConnect, stSub0, stSub2, stUnsub0, stSub0)
-		wantPlan(t, h.replay(), []string{stConnect}, stSub2, stSub0)
+	runPlanCases(t, STOMP, []planCase{
+		{"keep and end", steps(cls(stConnect), ups(stConnected), cls(stSub0, stSub1, stSub2, stSend, "\n", stUnsub0),
+			ups(stReceipt1, stMessage, "\n", "\r\n"), []step{cl(Binary, stUnsub2)}), // binary frames are STOMP as well
+			[]string{stConnect}, []string{stSub1}},
+		{"resubscribe after end", cls(stConnect, stSub0, stSub2, stUnsub0, stSub0), []string{stConnect}, []string{stSub2, stSub0}},
+		{"STOMP command, 1.0 destination match", cls(stStomp10, stSubQA, stSubQB, "UNSUBSCRIBE\ndestination:/queue/a\n\n\x00"),
+			[]string{stStomp10}, []string{stSubQB}},
+		{"escaped id, CRLF", cls(stConnect, stSubEsc, "UNSUBSCRIBE\r\nid:a\\cb\\\\c\r\n\r\n\x00"), []string{stConnect}, nil},
+		{"same id replaces", cls(stConnect, stSub0, stSub2, stSubSame), []string{stConnect}, []string{stSub2, stSubSame}},
+		{"disconnect", cls(stConnect, stSub0, stDisc, stSub2), nil, nil},
+		{"content-length body with NUL", cls(stConnect, stSendNUL+stSub0), []string{stConnect}, []string{stSub0}},
 	})
 	t.Run("replies dropped", func(t *testing.T) {
 		h := newSess(t, STOMP)
@@ -91,20 +98,6 @@ func TestSTOMP(t *testing.T) {
 		h.upWant(Text, stConnected, true, EventAccepted)
 		h.upPass(Text, stError)
 	})
-	t.Run("STOMP command and STOMP 1.0 destination match", func(t *testing.T) {
-		h := newSess(t, STOMP)
-		stomp := "STOMP\naccept-version:1.0\nhost:broker\n\n\x00"
-		subA := "SUBSCRIBE\ndestination:/queue/a\n\n\x00"
-		subB := "SUBSCRIBE\ndestination:/queue/b\n\n\x00"
-		h.text(stomp, subA, subB, "UNSUBSCRIBE\ndestination:/queue/a\n\n\x00")
-		wantPlan(t, h.replay(), []string{stomp}, subB)
-	})
-	t.Run("escaped ids", func(t *testing.T) {
-		h := newSess(t, STOMP)
-		sub := "SUBSCRIBE\nid:a\\cb\\\\c\ndestination:/topic/x\n\n\x00"
-		h.text(stConnect, sub, "UNSUBSCRIBE\r\nid:a\\cb\\\\c\r\n\r\n\x00")
-		wantPlan(t, h.replay(), []string{stConnect})
-	})
 	t.Run("several frames in one message", func(t *testing.T) {
 		h := newSess(t, STOMP)
 		h.text(stConnect)
@@ -128,17 +121,6 @@ func TestSTOMP(t *testing.T) {
 			t.Error("a CONNECT alone (with heart-beats) is not skipped")
 		}
 	})
-	t.Run("same id replaces", func(t *testing.T) {
-		h := newSess(t, STOMP)
-		other := "SUBSCRIBE\nid:sub-0\ndestination:/topic/other\n\n\x00"
-		h.text(stConnect, stSub0, stSub2, other)
-		wantPlan(t, h.replay(), []string{stConnect}, stSub2, other)
-	})
-	t.Run("disconnect", func(t *testing.T) {
-		h := newSess(t, STOMP)
-		h.text(stConnect, stSub0, stDisc, stSub2)
-		wantPlan(t, h.replay(), nil)
-	})
 	t.Run("malformed passes", func(t *testing.T) {
 		h := newSess(t, STOMP)
 		h.text(stConnect)
@@ -158,12 +140,6 @@ func TestSTOMP(t *testing.T) {
 		wantPlan(t, h.replay(), []string{stConnect}, stSub0)
 		h.upPass(Text, "CONNECTED\nversion:1.2\n\n") // cut: not the answer
 		h.upWant(Text, stConnected, true, EventAccepted)
-	})
-	t.Run("content-length body with NUL", func(t *testing.T) {
-		h := newSess(t, STOMP)
-		send := "SEND\ndestination:/app/bin\ncontent-length:5\n\na\x00b\x00c\x00"
-		h.text(stConnect, send+stSub0)
-		wantPlan(t, h.replay(), []string{stConnect}, stSub0)
 	})
 	t.Run("max bytes", func(t *testing.T) {
 		h := newSess(t, STOMP, func(c *Config) { c.MaxBytes = 2000 })
