@@ -301,6 +301,28 @@ func TestMQTTSplit(t *testing.T) {
 	}
 }
 
+func TestMQTTAtBoundary(t *testing.T) {
+	pub := mqPublishPkt(false, "a/b", 1, 9, []byte("payload"))
+	h := newSess(t, MQTT)
+	if !h.st.AtBoundary() {
+		t.Fatal("not at a boundary before anything")
+	}
+	h.bin(mqConnectPkt(false))
+	for cut := 1; cut < len(pub); cut++ {
+		h.bin(pub[:cut])
+		if h.st.AtBoundary() {
+			t.Fatalf("at a boundary after %d bytes of a %d-byte PUBLISH", cut, len(pub))
+		}
+		h.bin(pub[cut:])
+		if !h.st.AtBoundary() {
+			t.Fatalf("not at a boundary after a whole PUBLISH (cut %d)", cut)
+		}
+	}
+	if g := newSess(t, STOMP); !g.st.AtBoundary() {
+		t.Fatal("STOMP not at a boundary")
+	}
+}
+
 func TestMQTTSplitPacketSkip(t *testing.T) {
 	// mqtt.js may write a packet in pieces, each its own WebSocket
 	// message: a held opening made of pieces is skipped whole.

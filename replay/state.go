@@ -43,8 +43,9 @@ type Plan struct {
 type seqRange struct{ lo, hi uint64 }
 
 // Skip reports whether the client message with sequence number seq, held
-// by the session for re-sending, is already sent by this plan (SPEC'd in
-// README: "sent once"): the session does not send it again.
+// by the session for re-sending, is already sent by this plan: the
+// session does not send it again, so that it is sent once (README "State
+// replay on upstream reconnect").
 func (p *Plan) Skip(seq uint64) bool {
 	for _, r := range p.skip {
 		if r.lo <= seq && seq <= r.hi {
@@ -172,6 +173,18 @@ func (s *State) Protocol() Protocol { return s.proto }
 // connection; handling its upstream loss as Opaque (client Close 1012) is
 // the safe choice.
 func (s *State) Broken() bool { return s.broken }
+
+// AtBoundary reports whether, after the client messages seen so far, the
+// client's byte stream is between two packets. Only MQTT streams can end
+// a message inside a packet (mqtt.js cuts a packet into several
+// messages); for the other protocols it is always true. A message held
+// for re-sending on a new connection must start at a boundary, or the
+// new upstream reads the middle of a packet: a session retaining MQTT
+// messages acknowledges them only up to a message after which this was
+// true.
+func (s *State) AtBoundary() bool {
+	return s.proto != MQTT || s.broken || s.done || s.mq.cl.st == psHeader
+}
 
 // Bytes returns the kept bytes (counted against Config.MaxBytes).
 func (s *State) Bytes() int { return s.bytes }
