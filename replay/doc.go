@@ -18,7 +18,9 @@
 //
 //   - Each client data message (not the heartbeats the session consumes),
 //     in order, sent or buffered: [State.FromClient] with its sequence
-//     number. ErrStateFull: close the client with 1013.
+//     number. ErrStateFull: close the client with 1013. MQTT cuts packets
+//     across messages: [State.AtBoundary] says whether the stream is
+//     between packets, so that re-sends can start at a packet.
 //   - Each upstream data message of the current connection that the
 //     session would forward, in order: [State.FromUpstream]. Forward
 //     Verdict.Msg unless Verdict.Drop; act on Verdict.Event.
@@ -45,11 +47,12 @@
 // reply (the old connection died before it), it passes, so a client
 // still waiting gets it. Everything else passes unchanged.
 //
-// Kept messages that the old upstream did not provably receive are not
-// replayed: they are among the held messages the session sends again, in
-// their original order, and their replies reach the client. The opening
-// is the exception (it must come first): when it is held too, Plan.Skip
-// names its message so that it is sent once.
+// Kept messages whose first message the old upstream did not provably
+// receive are not replayed: they are among the held messages the session
+// sends again, in their original order, and their replies reach the
+// client. The opening is the exception (it must come first): when it is
+// held too, Plan.Skip names its messages so that it is sent once (as it
+// does for the held rest of a replayed MQTT packet cut across messages).
 //
 // # Concurrency
 //
