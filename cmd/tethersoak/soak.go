@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tether-proxy/tether/internal/faultnet"
+	"github.com/tether-proxy/tether/internal/tetherproc"
 )
 
 // Config is one soak run. Zero fields take the defaults in setDefaults.
@@ -196,7 +197,7 @@ type soak struct {
 	viol     *violations
 	be       *backend
 	relay    *faultnet.Relay
-	tp       *tetherProc
+	tp       *tetherproc.Proc
 	cl       *clients
 	ch       *chaos
 
@@ -220,7 +221,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	bin := cfg.Tether
 	if bin == "" {
 		fmt.Fprintln(progress, "building tether")
-		if bin, err = buildTether(ctx, dir, cfg.Race); err != nil {
+		if bin, err = tetherproc.Build(ctx, dir, cfg.Race); err != nil {
 			return nil, err
 		}
 	}
@@ -237,22 +238,22 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	if logPath == "" {
 		logPath = filepath.Join(dir, "tether.log")
 	}
-	if s.tp, err = startTether(ctx, bin, logPath, cfg.tetherEnv(s.relay.Addr())); err != nil {
+	if s.tp, err = tetherproc.Start(ctx, bin, logPath, cfg.tetherEnv(s.relay.Addr())); err != nil {
 		return nil, err
 	}
 	stopped := false
 	defer func() {
 		if !stopped {
-			s.tp.kill()
+			s.tp.Kill()
 		}
 	}()
 	if err := s.run(ctx); err != nil {
 		return nil, err
 	}
-	code, err := s.tp.stop(15 * time.Second)
+	code, err := s.tp.Stop(15 * time.Second)
 	stopped = true
 	s.rep.check("tether exits 0 on SIGTERM", err == nil && code == 0, "exit code %d, %v", code, errOrNone(err))
-	bad, first, err := scanLog(logPath)
+	bad, first, err := tetherproc.ScanLog(logPath)
 	s.rep.check("tether log has no panic, data race or fatal error", err == nil && bad == 0, "%d such lines %q, %v", bad, first, errOrNone(err))
 	return s.rep, nil
 }
@@ -273,7 +274,7 @@ func (s *soak) run(ctx context.Context) error {
 	rep := s.rep
 	rep.fact("seed %d; %d sessions for %v (idle session: %v); a message every %v per session on average, 0-%d B of padding; client drops every %v on average; a fault every %v on average",
 		cfg.Seed, cfg.Sessions, cfg.Duration, cfg.Idle, cfg.Interval, cfg.MaxSize, durOrOff(cfg.DropMean), durOrOff(cfg.FaultEvery))
-	rep.fact("tether pid %d on %s, admin %s, upstream through the fault relay %s to the backend %s", s.tp.cmd.Process.Pid, s.tp.addr, s.tp.admin, s.relay.Addr(), s.be.addr())
+	rep.fact("tether pid %d on %s, admin %s, upstream through the fault relay %s to the backend %s", s.tp.Cmd.Process.Pid, s.tp.Addr, s.tp.Admin, s.relay.Addr(), s.be.addr())
 
 	// Baseline: tether started, no session yet, goroutine count steady.
 	base, baseRSS, err := s.steadyBaseline()
@@ -282,7 +283,7 @@ func (s *soak) run(ctx context.Context) error {
 	}
 	rep.fact("baseline: %v goroutines, RSS %.1f MiB", base[mGoroutines], mib(baseRSS))
 
-	s.cl = newClients(cfg, s.tp.addr, s.viol)
+	s.cl = newClients(cfg, s.tp.Addr, s.viol)
 	runStart := time.Now()
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
@@ -383,11 +384,11 @@ func (s *soak) steadyBaseline() (map[string]float64, int64, error) {
 	var prev float64 = -1
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		m, err := s.tp.metrics()
+		m, err := s.tp.Metrics()
 		if err != nil {
 			return nil, 0, err
 		}
-		rss, err := s.tp.rss()
+		rss, err := s.tp.RSS()
 		if err != nil {
 			return nil, 0, err
 		}
@@ -401,8 +402,8 @@ func (s *soak) steadyBaseline() (map[string]float64, int64, error) {
 
 // sample logs progress and tracks tether's peak RSS and goroutines.
 func (s *soak) sample(start time.Time) {
-	m, err := s.tp.metrics()
-	rss, err2 := s.tp.rss()
+	m, err := s.tp.Metrics()
+	rss, err2 := s.tp.RSS()
 	if err != nil || err2 != nil {
 		s.logf("sample: %v %v", err, err2)
 		return
@@ -535,7 +536,7 @@ func (s *soak) settle(idle *liveConn, base map[string]float64) time.Time {
 		"open %v, idle for %v with %d heartbeats received (want at least %d), final message echoed: %v", idleOpen, idleFor.Round(time.Second), idlePings, wantPings, idleEcho)
 
 	// 3. While they are open, tether counts them.
-	open, err := s.tp.metrics()
+	open, err := s.tp.Metrics()
 	if err != nil {
 		rep.check("metrics readable", false, "%v", err)
 		open = map[string]float64{}
@@ -566,7 +567,7 @@ func (s *soak) settle(idle *liveConn, base map[string]float64) time.Time {
 	wg.Wait()
 	var final map[string]float64
 	closed := poll(cfg.Settle, func() bool {
-		m, err := s.tp.metrics()
+		m, err := s.tp.Metrics()
 		if err != nil {
 			return false
 		}
@@ -693,10 +694,10 @@ func (s *soak) memory(base map[string]float64, baseRSS int64, ended time.Time) {
 	gcAfter := false
 	pollEvery(cfg.MemWait, 250*time.Millisecond, func() bool {
 		var err error
-		if m, err = s.tp.metrics(); err != nil {
+		if m, err = s.tp.Metrics(); err != nil {
 			return false
 		}
-		if rss, err = s.tp.rss(); err != nil {
+		if rss, err = s.tp.RSS(); err != nil {
 			return false
 		}
 		gOK := m[mGoroutines] <= base[mGoroutines]+float64(cfg.GoroutineTol)
