@@ -55,8 +55,8 @@
 // process and each backend at most one, so -sessions is capped at
 // (open-file limit - 64) / 2.
 //
-// It prints progress to stderr, the report to stdout (with -json: one
-// JSON line instead), and exits 1 if a client message was lost, tether
+// It prints progress to stderr, the report to stdout (with -json followed
+// by the result as one JSON line), and exits 1 if a client message was lost, tether
 // closed a session, a session did not relay again, or tether did not exit
 // 0 with a clean log; 2 if the run could not be carried out.
 package main
@@ -94,7 +94,7 @@ func main() {
 	flag.StringVar(&cfg.Tether, "tether", "", "tether binary (default: go build this module)")
 	flag.BoolVar(&cfg.Race, "race", false, "build tether with the race detector")
 	flag.StringVar(&cfg.Dir, "dir", "", "keep tether's and the backends' logs here (default: a temporary directory)")
-	asJSON := flag.Bool("json", false, "print the result as one JSON line instead of the report")
+	asJSON := flag.Bool("json", false, "after the report, print the result as one JSON line")
 	flag.Parse()
 	cfg.Scenarios = strings.Split(*scen, ",")
 
@@ -105,11 +105,10 @@ func main() {
 		fmt.Fprintln(os.Stderr, "tetherchurn:", err)
 		os.Exit(2)
 	}
+	res.Print(os.Stdout)
 	if *asJSON {
 		b, _ := json.Marshal(res)
 		fmt.Println(string(b))
-	} else {
-		res.Print(os.Stdout)
 	}
 	if !res.OK {
 		os.Exit(1)
