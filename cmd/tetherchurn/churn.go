@@ -121,15 +121,6 @@ func (c *Config) tetherEnv(addrs []string) []string {
 	return append(env, "TETHER_UPSTREAM_URL="+strings.Join(urls, ","), fmt.Sprintf("TETHER_RECONNECT_RATE=%d", c.ReconnectRate))
 }
 
-// Metric series read from tether (README "Metrics and logs").
-const (
-	mReconnectOK   = `tether_upstream_reconnects_total{result="success"}`
-	mReconnectFail = `tether_upstream_reconnects_total{result="failure"}`
-	mResent        = "tether_resent_messages_total"
-	mActive        = "tether_sessions_active"
-	mOverflows     = "tether_buffer_overflows_total"
-)
-
 // churn is one run's state.
 type churn struct {
 	cfg      Config
@@ -260,9 +251,13 @@ func (r *churn) run(ctx context.Context, res *Result) error {
 	rss1, _ := r.tp.RSS()
 	res.RSSIdleMiB, res.RSSLoadedMiB = mib(rss0), mib(rss1)
 	r.logf("all %d sessions relay; tether RSS %.1f MiB (%.1f before the sessions); warming up for %v", cfg.Sessions, mib(rss1), mib(rss0), cfg.Warmup)
-	if !sleepCtx(ctx, cfg.Warmup) { // steady traffic before the first storm
+	cpu0, _ := r.tp.CPU()
+	t0 := time.Now()
+	if !tetherproc.Sleep(ctx, cfg.Warmup) { // steady traffic before the first storm
 		return ctx.Err()
 	}
+	cpu1, _ := r.tp.CPU()
+	res.SteadyCPUPercent = 100 * (cpu1 - cpu0) / time.Since(t0).Seconds()
 	r.mark = r.sentNow()
 	for _, name := range cfg.Scenarios {
 		steps := [][]int{{0, 1, 2}}
@@ -308,20 +303,9 @@ func (r *churn) waitRelayed(ctx context.Context, sess []int, t int64, dead map[i
 			}
 			return false
 		})
-		if len(waiting) == 0 || time.Now().After(deadline) || !sleepCtx(ctx, 50*time.Millisecond) {
+		if len(waiting) == 0 || time.Now().After(deadline) || !tetherproc.Sleep(ctx, 50*time.Millisecond) {
 			return at, waiting
 		}
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }
 
@@ -344,7 +328,7 @@ func (r *churn) sampler(stop <-chan struct{}) <-chan []sample {
 			m, err := r.tp.Metrics()
 			rss, err2 := r.tp.RSS()
 			if err == nil && err2 == nil {
-				ss = append(ss, sample{time.Now(), m[mReconnectOK] + m[mReconnectFail], rss})
+				ss = append(ss, sample{time.Now(), m[tetherproc.MReconnectOK] + m[tetherproc.MReconnectFail], rss})
 			}
 			select {
 			case <-stop:
@@ -369,6 +353,7 @@ func (r *churn) scenario(ctx context.Context, name string, steps [][]int) (Scena
 		return sr, err
 	}
 	_, dups0 := r.l.counts()
+	sdups0 := r.l.sessionDups()
 	cpu0, _ := r.tp.CPU()
 	stopSampling := make(chan struct{})
 	samples := r.sampler(stopSampling)
@@ -411,14 +396,17 @@ func (r *churn) scenario(ctx context.Context, name string, steps [][]int) (Scena
 	r.mark = to
 	_, dups1 := r.l.counts()
 	sr.Duplicates = dups1 - dups0
+	for i, d := range r.l.sessionDups() {
+		sr.MaxDuplicatesOneSession = max(sr.MaxDuplicatesOneSession, int(d-sdups0[i]))
+	}
 	if reconnected > 0 {
 		sr.DuplicatesPerReconnected = float64(sr.Duplicates) / float64(reconnected)
 	}
 	m1, err := r.tp.Metrics()
 	if err == nil {
-		sr.ReconnectsOK = int64(m1[mReconnectOK] - m0[mReconnectOK])
-		sr.ReconnectsFailed = int64(m1[mReconnectFail] - m0[mReconnectFail])
-		sr.Resent = int64(m1[mResent] - m0[mResent])
+		sr.ReconnectsOK = int64(m1[tetherproc.MReconnectOK] - m0[tetherproc.MReconnectOK])
+		sr.ReconnectsFailed = int64(m1[tetherproc.MReconnectFail] - m0[tetherproc.MReconnectFail])
+		sr.Resent = int64(m1[tetherproc.MResent] - m0[tetherproc.MResent])
 	}
 	for _, s := range r.cl.sess {
 		if !s.open() && !s.closing.Load() {
@@ -453,7 +441,7 @@ func (r *churn) step(ctx context.Context, idxs []int) (StepResult, error) {
 	}
 	wg.Wait()
 	st.ExitedSeconds = time.Since(t).Seconds()
-	if !sleepCtx(ctx, cfg.Downtime) {
+	if !tetherproc.Sleep(ctx, cfg.Downtime) {
 		return st, ctx.Err()
 	}
 	errs := make([]error, len(idxs))
@@ -505,7 +493,7 @@ func (r *churn) waitDelivered(ctx context.Context, from, to []int64, d time.Dura
 				sessions++
 			}
 		}
-		if lost == 0 || time.Now().After(deadline) || !sleepCtx(ctx, 100*time.Millisecond) {
+		if lost == 0 || time.Now().After(deadline) || !tetherproc.Sleep(ctx, 100*time.Millisecond) {
 			return lost, sessions
 		}
 	}
@@ -534,7 +522,7 @@ func (r *churn) final(ctx context.Context, res *Result) {
 				waiting++
 			}
 		}
-		if waiting == 0 || time.Now().After(deadline) || !sleepCtx(ctx, 100*time.Millisecond) {
+		if waiting == 0 || time.Now().After(deadline) || !tetherproc.Sleep(ctx, 100*time.Millisecond) {
 			break
 		}
 	}
@@ -565,8 +553,8 @@ func (r *churn) final(ctx context.Context, res *Result) {
 	}
 	r.l.mu.Unlock()
 	if m, err := r.tp.Metrics(); err == nil {
-		res.TetherSessionsActive = int(m[mActive])
-		res.BufferOverflows = int64(m[mOverflows])
+		res.TetherSessionsActive = int(m[tetherproc.MSessionsActive])
+		res.BufferOverflows = int64(m[tetherproc.MOverflows])
 	}
 }
 

@@ -139,6 +139,9 @@ func TestLedger(t *testing.T) {
 	if r, d := l.counts(); r != 6 || d != 1 {
 		t.Errorf("receipts %d, duplicates %d; want 6 and 1", r, d)
 	}
+	if d := l.sessionDups(); d[0] != 0 || d[1] != 1 || d[2] != 0 {
+		t.Errorf("duplicates per session %v, want [0 1 0]", d)
+	}
 	if g, n := l.upstreamGen(1); g != 1 || n != 2 {
 		t.Errorf("session 1 upstream incarnation %d after %d accepts; want 1 after 2", g, n)
 	}

@@ -31,6 +31,7 @@ type sessLedger struct {
 	got     []uint64 // bit n: message n received
 	gen     int32    // incarnation of the session's latest upstream connection (-1: none)
 	accepts int32    // upstream connections accepted
+	dups    int32    // receipts of a number already received
 }
 
 type accept struct {
@@ -86,6 +87,7 @@ func (l *ledger) line(gen int, p []byte) {
 	}
 	if sl.got[w]&(1<<(n%64)) != 0 {
 		l.dups++
+		sl.dups++
 		return
 	}
 	sl.got[w] |= 1 << (n % 64)
@@ -113,6 +115,17 @@ func (l *ledger) upstreamGen(s int) (gen, accepts int32) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.sess[s].gen, l.sess[s].accepts
+}
+
+// sessionDups returns each session's duplicates so far.
+func (l *ledger) sessionDups() []int32 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	d := make([]int32, len(l.sess))
+	for i := range l.sess {
+		d[i] = l.sess[i].dups
+	}
+	return d
 }
 
 // counts returns the receipts and duplicates so far.

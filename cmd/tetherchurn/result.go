@@ -19,6 +19,8 @@ type Result struct {
 
 	RSSIdleMiB   float64 `json:"tether_rss_before_sessions_mib"`
 	RSSLoadedMiB float64 `json:"tether_rss_with_sessions_mib"`
+	// tether's CPU during the warm-up: steady traffic, no storm.
+	SteadyCPUPercent float64 `json:"tether_steady_cpu_percent"`
 
 	Scenarios []ScenarioResult `json:"scenarios"`
 
@@ -70,6 +72,7 @@ type ScenarioResult struct {
 	LostSessions             int     `json:"sessions_with_loss"`
 	Duplicates               int64   `json:"duplicates"`
 	DuplicatesPerReconnected float64 `json:"duplicates_per_reconnected_session"`
+	MaxDuplicatesOneSession  int     `json:"max_duplicates_one_session"`
 	ClosedByTetherSoFar      int     `json:"closed_by_tether_so_far"`
 }
 
@@ -105,8 +108,8 @@ func (sr ScenarioResult) print(w io.Writer, indent string) {
 		indent, sr.PeakDials100ms, sr.PeakDials1s, sr.ReconnectsOK, sr.ReconnectsFailed)
 	fmt.Fprintf(w, "%s  accepted by the backends: %d connections for %d sessions, peak %d in 100 ms, %d in 1 s\n",
 		indent, sr.Accepts, sr.ReconnectedSessions, sr.PeakAccepts100ms, sr.PeakAccepts1s)
-	fmt.Fprintf(w, "%s  client messages lost %d (on %d sessions); duplicates %d (%.2f per reconnected session); tether re-sent %d\n",
-		indent, sr.Lost, sr.LostSessions, sr.Duplicates, sr.DuplicatesPerReconnected, sr.Resent)
+	fmt.Fprintf(w, "%s  client messages lost %d (on %d sessions); duplicates %d (%.2f per reconnected session, at most %d on one); tether re-sent %d\n",
+		indent, sr.Lost, sr.LostSessions, sr.Duplicates, sr.DuplicatesPerReconnected, sr.MaxDuplicatesOneSession, sr.Resent)
 }
 
 // check sets r.OK: no client message lost, no session closed by tether,
@@ -129,7 +132,7 @@ func (r *Result) Print(w io.Writer) {
 	fmt.Fprintln(w, "== tetherchurn report")
 	fmt.Fprintf(w, "  %d sessions, a %d B message every %s each (mean), a backend push every %s; three backends, %s, down %s; TETHER_RECONNECT_RATE=%d\n",
 		r.Sessions, r.Size, r.Interval, r.Push, r.Signal, r.Downtime, r.ReconnectRate)
-	fmt.Fprintf(w, "  tether RSS %.1f MiB before the sessions, %.1f MiB with them\n", r.RSSIdleMiB, r.RSSLoadedMiB)
+	fmt.Fprintf(w, "  tether RSS %.1f MiB before the sessions, %.1f MiB with them; CPU %.0f %% of a core with steady traffic (warm-up)\n", r.RSSIdleMiB, r.RSSLoadedMiB, r.SteadyCPUPercent)
 	for _, sr := range r.Scenarios {
 		sr.print(w, "  ")
 	}

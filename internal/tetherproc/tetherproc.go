@@ -320,3 +320,34 @@ func ScanLog(path string) (bad int, first []string, err error) {
 	}
 	return bad, first, sc.Err()
 }
+
+// Metric series on tether's /metrics (README "Metrics and logs"), as
+// Metrics keys them.
+const (
+	MSessionsTotal  = "tether_sessions_total"
+	MSessionsActive = "tether_sessions_active"
+	MC2U            = `tether_messages_total{direction="client_to_upstream"}`
+	MU2C            = `tether_messages_total{direction="upstream_to_client"}`
+	MResent         = "tether_resent_messages_total"
+	MReconnectOK    = `tether_upstream_reconnects_total{result="success"}`
+	MReconnectFail  = `tether_upstream_reconnects_total{result="failure"}`
+	MBuffered       = "tether_buffered_messages"
+	MOverflows      = "tether_buffer_overflows_total"
+	MTimeoutClient  = `tether_heartbeat_timeouts_total{leg="client"}`
+	MTimeoutUp      = `tether_heartbeat_timeouts_total{leg="upstream"}`
+	MGoroutines     = "go_goroutines"
+	MNextGC         = "go_memstats_next_gc_bytes"
+	MLastGC         = "go_memstats_last_gc_time_seconds"
+)
+
+// Sleep sleeps for d; it reports false if ctx ended first.
+func Sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
