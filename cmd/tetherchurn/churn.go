@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -34,6 +37,7 @@ type Config struct {
 	Race           bool          // build tether with -race
 	Dir            string        // logs of tether and the backends; empty: a temporary directory, removed
 	Self           string        // binary to run as a backend (re-executed with TETHERCHURN_BACKEND=1); empty: this one
+	Env            []string      // more TETHER_* settings for tether, after those from the environment
 }
 
 func (c *Config) setDefaults() {
@@ -100,10 +104,12 @@ func (c *Config) signal() syscall.Signal {
 	return syscall.SIGKILL
 }
 
-// tetherEnv is tether's configuration: its defaults, any TETHER_* variable
-// set in this process's environment, and the three backends.
+// tetherEnv is tether's configuration: its defaults, JSON logs at info
+// level (each reconnect attempt is logged as it starts: the dial rate),
+// any TETHER_* variable set in this process's environment, c.Env, and the
+// three backends. Where a variable repeats, the last one counts.
 func (c *Config) tetherEnv(addrs []string) []string {
-	env := []string{"TETHER_LOG_LEVEL=warn"}
+	env := []string{"TETHER_LOG_LEVEL=info", "TETHER_LOG_FORMAT=json"}
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
 		switch k {
@@ -114,6 +120,7 @@ func (c *Config) tetherEnv(addrs []string) []string {
 			}
 		}
 	}
+	env = append(env, c.Env...)
 	urls := make([]string, len(addrs))
 	for i, a := range addrs {
 		urls[i] = "ws://" + a + "/churn"
@@ -130,6 +137,7 @@ type churn struct {
 	l        *ledger
 	cl       *clients
 	mark     []int64 // per session: messages sent before the current scenario
+	logPath  string
 }
 
 // Run carries out one run and returns its result. An error means the run
@@ -183,6 +191,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Result, error) {
 		}
 	}
 	logPath := filepath.Join(dir, "tether.log")
+	r.logPath = logPath
 	tp, err := tetherproc.Start(ctx, bin, logPath, cfg.tetherEnv(addrs))
 	if err != nil {
 		return nil, err
@@ -388,6 +397,13 @@ func (r *churn) scenario(ctx context.Context, name string, steps [][]int) (Scena
 	sr.PeakAccepts100ms = peakBin(times, t0.UnixNano(), int64(100*time.Millisecond))
 	sr.PeakAccepts1s = peakBin(times, t0.UnixNano(), int64(time.Second))
 	sr.ReconnectedSessions = reconnected
+	if starts, err := dialStarts(r.logPath, t0, t1); err != nil {
+		r.logf("reading tether's log for reconnect attempts: %v", err)
+	} else {
+		sr.DialStarts = len(starts)
+		sr.PeakDialStarts100ms = peakBin(starts, t0.UnixNano(), int64(100*time.Millisecond))
+		sr.PeakDialStarts1s = peakBin(starts, t0.UnixNano(), int64(time.Second))
+	}
 
 	// Every message sent before the storm ended reaches a backend.
 	to := r.sentNow()
@@ -530,6 +546,7 @@ func (r *churn) final(ctx context.Context, res *Result) {
 	res.Lost, res.LostSessions = r.waitDelivered(ctx, zero, r.sentNow(), cfg.Settle)
 	res.Receipts, res.Duplicates = r.l.counts()
 	ends := map[string]int{}
+	example := map[string]string{}
 	for i, s := range r.cl.sess {
 		res.Sent += s.sent.Load()
 		res.Pushes += s.pushes.Load()
@@ -539,13 +556,15 @@ func (r *churn) final(ctx context.Context, res *Result) {
 		switch {
 		case !s.open():
 			res.ClosedByTether++
-			ends[closeCode(s.endErr)]++
+			code := closeCode(s.endErr)
+			ends[code]++
+			example[code] = s.endErr.Error()
 		case last[i] >= 0 && s.echoed(last[i]):
 			res.Survived++
 		}
 	}
 	for code, n := range ends {
-		res.Violations = append(res.Violations, fmt.Sprintf("%d sessions closed by tether (%s)", n, code))
+		res.Violations = append(res.Violations, fmt.Sprintf("%d sessions closed by tether (%s; e.g. %s)", n, code, example[code]))
 	}
 	r.l.mu.Lock()
 	if r.l.nviol > 0 {
@@ -592,6 +611,37 @@ func peakRate(ss []sample, w time.Duration) float64 {
 		peak = max(peak, (ss[j].attempts-ss[i].attempts)/ss[j].at.Sub(ss[i].at).Seconds())
 	}
 	return peak
+}
+
+// dialStarts returns the times (Unix ns) in [from, to) at which tether
+// logged "upstream reconnect attempt": just before each dial, after its
+// backoff delay and its token of TETHER_RECONNECT_RATE (README "Upstream
+// loss, reconnect and the delivery guarantee").
+func dialStarts(logPath string, from, to time.Time) ([]int64, error) {
+	f, err := os.Open(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var ts []int64
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	needle := []byte(`"msg":"upstream reconnect attempt"`)
+	for sc.Scan() {
+		if !bytes.Contains(sc.Bytes(), needle) {
+			continue
+		}
+		var line struct {
+			Time time.Time `json:"time"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
+			return nil, fmt.Errorf("%w: %.100q", err, sc.Bytes())
+		}
+		if !line.Time.Before(from) && line.Time.Before(to) {
+			ts = append(ts, line.Time.UnixNano())
+		}
+	}
+	return ts, sc.Err()
 }
 
 func sigName(s syscall.Signal) string {

@@ -3,6 +3,7 @@ package main
 import (
 	"math"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -51,15 +52,21 @@ func tetherBin(t *testing.T) string {
 
 func runChurn(t *testing.T, cfg Config) *Result {
 	t.Helper()
+	res := runChurnResult(t, cfg)
+	if !res.OK {
+		t.Fatal("churn run failed (report above)")
+	}
+	return res
+}
+
+func runChurnResult(t *testing.T, cfg Config) *Result {
+	t.Helper()
 	cfg.Tether = tetherBin(t)
 	res, err := Run(t.Context(), cfg, logWriter{t})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Log("\n" + res.Failed())
-	if !res.OK {
-		t.Fatal("churn run failed (report above)")
-	}
 	return res
 }
 
@@ -90,6 +97,10 @@ func TestChurn(t *testing.T) {
 		t.Errorf("all at once: %d sessions reconnected, tether counted %d successful and %d failed dials, peak %.0f/s",
 			all.ReconnectedSessions, all.ReconnectsOK, all.ReconnectsFailed, all.PeakDials1s)
 	}
+	// tether logged every dial it started.
+	if n := all.ReconnectsOK + all.ReconnectsFailed; int64(all.DialStarts) != n || all.PeakDialStarts1s == 0 {
+		t.Errorf("all at once: %d dial starts in tether's log (peak %d in 1 s), %d dials counted", all.DialStarts, all.PeakDialStarts1s, n)
+	}
 	if res.Receipts == 0 || res.Pushes == 0 || all.TetherCPUSeconds <= 0 || all.TetherPeakRSSMiB <= 0 {
 		t.Errorf("receipts %d, pushes %d, CPU %.2f s, peak RSS %.1f MiB: something was not measured",
 			res.Receipts, res.Pushes, all.TetherCPUSeconds, all.TetherPeakRSSMiB)
@@ -112,6 +123,29 @@ func TestChurnGraceful(t *testing.T) {
 	})
 	if st := res.Scenarios[0].Steps[0]; st.Affected == 0 || st.Recovered != st.Affected {
 		t.Errorf("first step: %d sessions cut off, %d relayed again", st.Affected, st.Recovered)
+	}
+}
+
+// A tether that gives up on its sessions fails the run: with one reconnect
+// attempt allowed, every session gets Close 1014 while all three backends
+// are down.
+func TestChurnCatchesClosedSessions(t *testing.T) {
+	t.Parallel()
+	res := runChurnResult(t, Config{
+		Sessions:       50,
+		Interval:       300 * time.Millisecond,
+		Downtime:       time.Second,
+		Warmup:         500 * time.Millisecond,
+		Settle:         5 * time.Second,
+		RecoverTimeout: 5 * time.Second,
+		Scenarios:      []string{"all"},
+		Env:            []string{"TETHER_RECONNECT_MAX_ATTEMPTS=1"},
+	})
+	if res.OK || res.ClosedByTether != 50 || res.Survived != 0 || res.Scenarios[0].Steps[0].ClosedByTether != 50 {
+		t.Fatalf("ok %v, %d sessions closed by tether, %d survived; want a failed run with all 50 closed", res.OK, res.ClosedByTether, res.Survived)
+	}
+	if !slices.ContainsFunc(res.Violations, func(v string) bool { return strings.Contains(v, "(1014;") }) {
+		t.Errorf("violations %q do not name the close code 1014", res.Violations)
 	}
 }
 

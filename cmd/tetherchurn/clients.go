@@ -261,11 +261,16 @@ func (cl *clients) closeAll() {
 	cl.wg.Wait()
 }
 
-// closeCode names how a session ended.
+// closeCode names how a session ended. gorilla/websocket reports the
+// codes it does not know as valid (1012-1014) as a protocol error.
 func closeCode(err error) string {
 	var ce *websocket.CloseError
 	if errors.As(err, &ce) {
 		return strconv.Itoa(ce.Code)
+	}
+	var code int
+	if _, e := fmt.Sscanf(err.Error(), "websocket: bad close code %d", &code); e == nil {
+		return strconv.Itoa(code)
 	}
 	return "no Close"
 }

@@ -56,10 +56,15 @@ type ScenarioResult struct {
 	TetherRSSBeforeMiB float64 `json:"tether_rss_before_mib"`
 	TetherPeakRSSMiB   float64 `json:"tether_peak_rss_mib"` // sampled every 100 ms
 
-	// Upstream dials: tether's attempts (its reconnect counters, scraped
-	// every 100 ms) and the connections the backends accepted.
-	PeakDials100ms      float64 `json:"peak_dials_per_s_100ms"`
-	PeakDials1s         float64 `json:"peak_dials_per_s_1s"`
+	// Upstream dials: started (tether's log line before each dial, in 100
+	// ms and 1 s bins from the first kill), finished (tether's reconnect
+	// counters, scraped every 100 ms: a successful dial counts when its
+	// upgrade completes), and the connections the backends accepted.
+	DialStarts          int     `json:"dial_starts"`
+	PeakDialStarts100ms int     `json:"peak_dial_starts_in_100ms"`
+	PeakDialStarts1s    int     `json:"peak_dial_starts_in_1s"`
+	PeakDials100ms      float64 `json:"peak_dials_finished_per_s_100ms"`
+	PeakDials1s         float64 `json:"peak_dials_finished_per_s_1s"`
 	Accepts             int     `json:"accepts"`
 	PeakAccepts100ms    int     `json:"peak_accepts_in_100ms"`
 	PeakAccepts1s       int     `json:"peak_accepts_in_1s"`
@@ -104,8 +109,10 @@ func (sr ScenarioResult) print(w io.Writer, indent string) {
 	}
 	fmt.Fprintf(w, "%s  storm %.1f s: tether CPU %.2f s (%.0f %% of a core), RSS %.1f MiB before, peak %.1f MiB\n",
 		indent, sr.StormSeconds, sr.TetherCPUSeconds, sr.TetherCPUPercent, sr.TetherRSSBeforeMiB, sr.TetherPeakRSSMiB)
-	fmt.Fprintf(w, "%s  upstream dials (tether's counters): peak %.0f/s over 100 ms, %.0f/s over 1 s; %d succeeded, %d failed\n",
-		indent, sr.PeakDials100ms, sr.PeakDials1s, sr.ReconnectsOK, sr.ReconnectsFailed)
+	fmt.Fprintf(w, "%s  upstream dials started (tether's log): %d, peak %d in 100 ms, %d in 1 s (bins from the kill)\n",
+		indent, sr.DialStarts, sr.PeakDialStarts100ms, sr.PeakDialStarts1s)
+	fmt.Fprintf(w, "%s  upstream dials finished (tether's counters): %d succeeded, %d failed; peak %.0f/s over 100 ms, %.0f/s over 1 s\n",
+		indent, sr.ReconnectsOK, sr.ReconnectsFailed, sr.PeakDials100ms, sr.PeakDials1s)
 	fmt.Fprintf(w, "%s  accepted by the backends: %d connections for %d sessions, peak %d in 100 ms, %d in 1 s\n",
 		indent, sr.Accepts, sr.ReconnectedSessions, sr.PeakAccepts100ms, sr.PeakAccepts1s)
 	fmt.Fprintf(w, "%s  client messages lost %d (on %d sessions); duplicates %d (%.2f per reconnected session, at most %d on one); tether re-sent %d\n",
