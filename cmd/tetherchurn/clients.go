@@ -234,7 +234,7 @@ func (s *session) relayedAfter(t int64, dead map[int32]bool) int64 {
 	return first
 }
 
-// echoedSince reports whether message seq came back after t.
+// echoed reports whether the echo of message seq came back.
 func (s *session) echoed(seq int64) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -3,6 +3,7 @@ package tetherproc
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseMetrics(t *testing.T) {
@@ -28,7 +29,11 @@ func TestProcSelf(t *testing.T) {
 		t.Fatal(err)
 	}
 	x := 0
+	deadline := time.Now().Add(10 * time.Second)
 	for after := before; after < before+0.05; {
+		if time.Now().After(deadline) {
+			t.Fatalf("CPUSeconds(self) stayed at %v through 10 s of spinning", after)
+		}
 		for i := range 10_000_000 {
 			x += i
 		}
