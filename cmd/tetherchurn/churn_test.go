@@ -134,7 +134,7 @@ func TestChurnCatchesClosedSessions(t *testing.T) {
 	res := runChurnResult(t, Config{
 		Sessions:       50,
 		Interval:       300 * time.Millisecond,
-		Downtime:       time.Second,
+		Downtime:       3 * time.Second, // the one attempt (within 250 ms + a token) is refused
 		Warmup:         500 * time.Millisecond,
 		Settle:         5 * time.Second,
 		RecoverTimeout: 5 * time.Second,
