@@ -1,5 +1,6 @@
 // Package tetherproc runs tether as a child process for the tools that
-// measure it from outside (cmd/tethersoak, cmd/tetherchurn): build it from
+// measure it from outside (cmd/tethersoak, cmd/tetherchurn; bench reads
+// /proc through it): build it from
 // this module, start it on free loopback ports, scrape its /metrics, read
 // its CPU and RSS from /proc, stop it and scan its log.
 package tetherproc
