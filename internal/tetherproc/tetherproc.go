@@ -1,8 +1,8 @@
 // Package tetherproc runs tether as a child process for the tools that
 // measure it from outside (cmd/tethersoak, cmd/tetherchurn; bench reads
-// /proc through it): build it from
-// this module, start it on free loopback ports, scrape its /metrics, read
-// its CPU and RSS from /proc, stop it and scan its log.
+// /proc through it): build it from this module, start it on free loopback
+// ports, scrape its /metrics, read its CPU and RSS from /proc, stop it and
+// scan its log.
 package tetherproc
 
 import (
