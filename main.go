@@ -67,7 +67,7 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 		log.Debug("returned memory to the OS after a burst of sessions", "took", time.Since(start))
 	})
 	defer burst.Stop()
-	srv, err := proxy.New(cfg.Proxy, proxy.Options{Logger: log, Registry: prometheus.NewRegistry(), Burst: burst, Build: build()})
+	srv, err := proxy.New(cfg.Proxy, proxy.Options{Logger: log, Registry: prometheus.NewRegistry(), Burst: burst, Build: build(), Config: &cfg})
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 2

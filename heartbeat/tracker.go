@@ -51,6 +51,10 @@ type Tracker struct {
 	lastID uint64 // last RFC ping payload handed out
 	head   uint8  // index of the oldest outstanding ping
 	n      uint8  // outstanding pings
+	// lastRTT is the latest round trip in microseconds (0: none yet). It
+	// fills the struct's padding, so a Tracker (and the leg holding it)
+	// does not grow.
+	lastRTT uint32
 }
 
 func (t *Tracker) push(p sentPing) {
@@ -123,7 +127,15 @@ func (t *Tracker) answer(now time.Time, k uint8) (time.Duration, uint64, bool) {
 	t.head = (t.head + k + 1) % trackerSize
 	t.n -= k + 1
 	rtt := max(int32(micros(now)-p.at), 0)
+	t.lastRTT = max(uint32(rtt), 1) // 0 means "none yet"
 	return time.Duration(rtt) * time.Microsecond, p.ackSeq, true
+}
+
+// LastRTT reports the latest round trip a pong completed, to the
+// microsecond (a round trip under 1 µs reads as 1 µs), and false before
+// the first.
+func (t *Tracker) LastRTT() (time.Duration, bool) {
+	return time.Duration(t.lastRTT) * time.Microsecond, t.lastRTT != 0
 }
 
 // Outstanding reports how many pings await a pong.

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 var t0 = time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
@@ -227,5 +228,42 @@ func TestTrackerCompactFields(t *testing.T) {
 	}
 	if tr.Outstanding() != 0 {
 		t.Fatalf("Outstanding() = %d, want 0", tr.Outstanding())
+	}
+}
+
+// LastRTT is the latest completed round trip, kept through unmatched
+// pongs and Reset, and it costs the Tracker no size: it fills padding
+// (the Tracker lives in every leg, whose size class is checked in
+// package session).
+func TestTrackerLastRTT(t *testing.T) {
+	var tr Tracker
+	if _, ok := tr.LastRTT(); ok {
+		t.Fatal("LastRTT before any pong")
+	}
+	p := tr.SentWS(at(0), 1)
+	tr.SentJSON(at(5), 2)
+	if _, _, ok := tr.PongWS(at(30), p[:]); !ok {
+		t.Fatal("pong did not match")
+	}
+	if rtt, ok := tr.LastRTT(); !ok || rtt != 30*time.Millisecond {
+		t.Fatalf("LastRTT = %v %v, want 30ms", rtt, ok)
+	}
+	tr.PongWS(at(40), []byte("nope")) // unmatched: no change
+	if rtt, _ := tr.LastRTT(); rtt != 30*time.Millisecond {
+		t.Fatalf("LastRTT after an unmatched pong = %v, want 30ms", rtt)
+	}
+	if _, _, ok := tr.PongJSON(at(12)); !ok {
+		t.Fatal("JSON pong did not match")
+	}
+	if rtt, _ := tr.LastRTT(); rtt != 7*time.Millisecond {
+		t.Fatalf("LastRTT = %v, want 7ms", rtt)
+	}
+	tr.SentJSON(at(20), 3)
+	tr.PongJSON(at(20)) // 0 µs: still reported as a round trip
+	if rtt, ok := tr.LastRTT(); !ok || rtt != time.Microsecond {
+		t.Fatalf("LastRTT of an instant pong = %v %v, want 1µs true", rtt, ok)
+	}
+	if n := unsafe.Sizeof(Tracker{}); n != 144 {
+		t.Fatalf("Tracker is %d bytes, want 144 (the ring, lastID and padding)", n)
 	}
 }

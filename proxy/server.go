@@ -22,7 +22,6 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsflate"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tether-proxy/tether/internal/buildinfo"
 	"github.com/tether-proxy/tether/internal/memrelease"
@@ -44,6 +43,10 @@ type Options struct {
 	// Build labels tether_build_info; the zero value means
 	// buildinfo.Read("") (the running binary, no release fallback).
 	Build buildinfo.Info
+	// Config, if set, is a pointer to the whole configuration struct
+	// (envconfig tags) that the status page shows; nil shows the Config
+	// given to New.
+	Config any
 }
 
 // Server is tether's client-facing handler (SPEC §2) with its session
@@ -59,7 +62,7 @@ type Server struct {
 	preferred atomic.Int64 // index of the upstream URL that last worked
 
 	mu       sync.Mutex
-	sessions map[*entry]struct{}
+	sessions registry
 	slots    int // sessions counted against TETHER_MAX_SESSIONS
 	draining bool
 	wg       sync.WaitGroup
@@ -67,11 +70,11 @@ type Server struct {
 	ready atomic.Bool
 	http  *http.Server
 	burst *memrelease.Releaser
-}
 
-type entry struct {
-	released bool             // its slot is free (under Server.mu)
-	sess     *session.Session // nil while handshaking
+	// The admin endpoints' state (admin.go).
+	start   time.Time
+	shown   any // what the status page shows as the configuration
+	sampler *sampler
 }
 
 // New validates cfg and builds a Server. Errors name the variable.
@@ -114,9 +117,14 @@ func New(cfg Config, opts Options) (*Server, error) {
 		env:       env,
 		clientTLS: clientTLS,
 		upTLS:     upTLS,
-		sessions:  make(map[*entry]struct{}),
 		burst:     opts.Burst,
+		start:     time.Now(),
+		shown:     opts.Config,
 	}
+	if s.shown == nil {
+		s.shown = &s.cfg
+	}
+	s.sampler = newSampler(s.takeSample)
 	s.http = &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: cfg.HandshakeTimeout,
@@ -173,27 +181,7 @@ func (s *Server) Ready() bool { return s.ready.Load() }
 func (s *Server) Sessions() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.sessions)
-}
-
-// AdminHandler serves /healthz, /readyz and /metrics (SPEC §6).
-func (s *Server) AdminHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if !s.ready.Load() {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = w.Write([]byte("draining\n"))
-			return
-		}
-		_, _ = w.Write([]byte("ready\n"))
-	})
-	mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
-	return mux
+	return s.sessions.n
 }
 
 // register reserves a session slot; it fails when draining or full.
@@ -207,13 +195,15 @@ func (s *Server) register() (*entry, func(), int) {
 		return nil, nil, http.StatusServiceUnavailable
 	}
 	e := &entry{}
-	s.sessions[e] = struct{}{}
+	s.sessions.n++
 	s.slots++
 	s.wg.Add(1)
 	return e, func() {
 		s.releaseSlot(e)
 		s.mu.Lock()
-		delete(s.sessions, e)
+		e.removed = true
+		s.sessions.unlink(e)
+		s.sessions.n--
 		s.mu.Unlock()
 		s.wg.Done()
 	}, 0
@@ -369,7 +359,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.burst.Note()
 	})
 	s.mu.Lock()
-	e.sess = sess
+	if !e.removed { // else it has ended already
+		e.sess = sess
+		s.sessions.link(e, time.Now())
+	}
 	draining := s.draining
 	s.mu.Unlock()
 	if draining {
@@ -508,13 +501,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.ready.Store(false)
 	s.mu.Lock()
 	s.draining = true
-	var entries []*session.Session
-	for e := range s.sessions {
-		if e.sess != nil {
-			entries = append(entries, e.sess)
-		}
-	}
+	entries := s.sessions.all()
 	s.mu.Unlock()
+	s.sampler.stop()
 
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- s.http.Shutdown(ctx) }()
@@ -548,10 +537,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 		s.mu.Lock()
-		for e := range s.sessions {
-			if e.sess != nil {
-				e.sess.Close()
-			}
+		for e := s.sessions.head; e != nil; e = e.next {
+			e.sess.Close()
 		}
 		s.mu.Unlock()
 		<-done

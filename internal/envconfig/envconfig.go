@@ -70,6 +70,28 @@ func ParseURLList(s string) (URLList, error) {
 	return us, nil
 }
 
+// Secretless returns the URLs with their userinfo and the values of
+// their query parameters replaced by "redacted", where a password or a
+// token would be (url.URL.Redacted keeps the user name and the query).
+func (us URLList) Secretless() string {
+	s := make([]string, len(us))
+	for i, u := range us {
+		c := *u
+		if c.User != nil {
+			c.User = url.User("redacted")
+		}
+		if c.RawQuery != "" {
+			q := c.Query()
+			for k := range q {
+				q[k] = []string{"redacted"}
+			}
+			c.RawQuery = q.Encode()
+		}
+		s[i] = c.String()
+	}
+	return strings.Join(s, ",")
+}
+
 func (us URLList) String() string {
 	s := make([]string, len(us))
 	for i, u := range us {
@@ -202,11 +224,21 @@ type Var struct {
 // variable shows "(required)".
 func Vars(cfg any) []Var {
 	var out []Var
-	walk(reflect.ValueOf(cfg).Elem(), Prefix, &out)
+	walk(reflect.ValueOf(cfg).Elem(), Prefix, false, &out)
 	return out
 }
 
-func walk(v reflect.Value, prefix string, out *[]Var) {
+// InForce lists the variables of the struct pointed to by cfg, in field
+// order, with the value each field holds now in Default (an empty list
+// or string as ""), for showing the configuration in force: URLs are
+// shown Secretless.
+func InForce(cfg any) []Var {
+	var out []Var
+	walk(reflect.ValueOf(cfg).Elem(), Prefix, true, &out)
+	return out
+}
+
+func walk(v reflect.Value, prefix string, current bool, out *[]Var) {
 	t := v.Type()
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
@@ -214,11 +246,16 @@ func walk(v reflect.Value, prefix string, out *[]Var) {
 		key, hasKey := f.Tag.Lookup("env")
 		if !hasKey {
 			if f.Type.Kind() == reflect.Struct {
-				walk(fv, prefix+f.Tag.Get("envPrefix"), out)
+				walk(fv, prefix+f.Tag.Get("envPrefix"), current, out)
 			}
 			continue
 		}
 		name := strings.Split(key, ",")[0]
+		help := f.Tag.Get("help")
+		if current {
+			*out = append(*out, Var{Key: prefix + name, Default: inForceString(fv), Help: help})
+			continue
+		}
 		def, ok := f.Tag.Lookup("envDefault")
 		if !ok {
 			def = valueString(fv)
@@ -228,9 +265,18 @@ func walk(v reflect.Value, prefix string, out *[]Var) {
 		} else if strings.Contains(key, ",required") {
 			def = "(required)"
 		}
-		help := f.Tag.Get("help")
 		*out = append(*out, Var{Key: prefix + name, Default: def, Help: help})
 	}
+}
+
+func inForceString(v reflect.Value) string {
+	if us, ok := v.Interface().(URLList); ok {
+		return us.Secretless()
+	}
+	if v.Kind() == reflect.Slice {
+		return valueString(v)
+	}
+	return fmt.Sprint(v.Interface())
 }
 
 func valueString(v reflect.Value) string {

@@ -207,3 +207,39 @@ func TestCoreVarsAndHelp(t *testing.T) {
 		}
 	}
 }
+
+// InForce shows the values held now, with URLs' userinfo and query
+// values redacted (a user name can be a token too).
+func TestCoreInForce(t *testing.T) {
+	t.Parallel()
+	c, err := coreParse(t, map[string]string{
+		"TETHER_URL":  "wss://alice:s3cret@b.example:9000/socket?token=t0ken&room=1,ws://tok@c/",
+		"TETHER_N":    "9",
+		"TETHER_LIST": "x,y",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, v := range InForce(&c) {
+		got[v.Key] = v.Default
+	}
+	want := map[string]string{
+		"TETHER_URL":  "wss://redacted@b.example:9000/socket?room=redacted&token=redacted,ws://redacted@c/",
+		"TETHER_ADDR": ":8080", "TETHER_N": "9", "TETHER_ON": "false", "TETHER_RATE": "500", "TETHER_WAIT": "10s",
+		"TETHER_CODES": "1001,1006", "TETHER_LIST": "x,y", "TETHER_CLIENT_MODE": "both", "TETHER_UP_MODE": "off",
+		"TETHER_CLIENT_TIMEOUT": "0s",
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %q, want %q", k, got[k], v)
+		}
+	}
+	for k, v := range got {
+		for _, secret := range []string{"alice", "s3cret", "t0ken", "tok@"} {
+			if strings.Contains(v, secret) {
+				t.Errorf("%s = %q shows %q", k, v, secret)
+			}
+		}
+	}
+}
