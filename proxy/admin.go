@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -94,11 +95,26 @@ func jsonError(w http.ResponseWriter, status int, msg string) {
 	writeJSON(w, status, errorJSON{Error: msg})
 }
 
+// query parses r's query strictly (url.URL.Query drops what it cannot
+// parse), answering 400 when it cannot.
+func query(w http.ResponseWriter, r *http.Request) (url.Values, bool) {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		jsonError(w, http.StatusBadRequest, "malformed query: "+err.Error())
+		return nil, false
+	}
+	return q, true
+}
+
 // serveStatus is GET /status.json[?since=<unix ms>]: the numbers now and
 // the history held, after since.
 func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) {
+	q, ok := query(w, r)
+	if !ok {
+		return
+	}
 	var since int64
-	if v := r.URL.Query().Get("since"); v != "" {
+	if v := q.Get("since"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n < 0 {
 			jsonError(w, http.StatusBadRequest, "since: want a time in unix milliseconds")
@@ -178,7 +194,10 @@ func decodeCursor(c string) (uint64, bool) {
 // serveSessions is GET /sessions[?limit=N][&cursor=C]: running sessions,
 // newest first.
 func (s *Server) serveSessions(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
+	q, ok := query(w, r)
+	if !ok {
+		return
+	}
 	limit := sessionsDefaultLimit
 	if v := q.Get("limit"); v != "" || q.Has("limit") {
 		n, err := strconv.Atoi(v)
@@ -257,7 +276,10 @@ type closedJSON struct {
 // gets Close(C, R), 1008 "closed by operator" by default, and the
 // upstream Close 1001.
 func (s *Server) deleteSession(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
+	q, ok := query(w, r)
+	if !ok {
+		return
+	}
 	code := int(session.ClosePolicyViolation)
 	if q.Has("code") {
 		n, err := strconv.Atoi(q.Get("code"))

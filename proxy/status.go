@@ -66,8 +66,11 @@ func (h hist) quantile(q float64) float64 {
 	}
 	rank := q * float64(n)
 	i := sort.Search(len(h.cum), func(i int) bool { return float64(h.cum[i]) >= rank })
-	if i >= len(h.bounds) { // +Inf
-		return h.bounds[len(h.bounds)-1]
+	if i >= len(h.bounds)-1 { // the +Inf bucket: its lower bound
+		if i == 0 {
+			return math.NaN()
+		}
+		return h.bounds[i-1]
 	}
 	lo, below := 0.0, uint64(0)
 	if i > 0 {
