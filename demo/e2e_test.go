@@ -3,8 +3,6 @@ package demo
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -117,20 +115,7 @@ func (b *browser) screenshot(name string) {
 		b.t.Errorf("screenshot: %v", err)
 		return
 	}
-	dir := os.Getenv("TETHER_ARTIFACTS")
-	if dir == "" {
-		dir = b.t.TempDir()
-	} else if err := os.MkdirAll(dir, 0o755); err != nil {
-		b.t.Errorf("screenshot: %v", err)
-		return
-	}
-	path := filepath.Join(dir, name+".png")
-	if err := os.WriteFile(path, png, 0o644); err != nil {
-		b.t.Errorf("screenshot: %v", err)
-		return
-	}
-	abs, _ := filepath.Abs(path)
-	b.t.Logf("screenshot: %s", abs)
+	testkit.SaveArtifact(b.t, name+".png", png)
 }
 
 // containsInOrder reports whether want appears in got as a subsequence.

@@ -177,6 +177,27 @@ func Browser(t testing.TB, execPath string, extra ...chromedp.ExecAllocatorOptio
 	return ctx
 }
 
+// SaveArtifact writes data as name into $TETHER_ARTIFACTS (CI keeps that
+// directory; .ci/run sets it), or into a temporary directory when it is
+// unset, and logs the path.
+func SaveArtifact(t testing.TB, name string, data []byte) {
+	t.Helper()
+	dir := os.Getenv("TETHER_ARTIFACTS")
+	if dir == "" {
+		dir = t.TempDir()
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Errorf("artifact %s: %v", name, err)
+		return
+	}
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Errorf("artifact %s: %v", name, err)
+		return
+	}
+	abs, _ := filepath.Abs(path)
+	t.Logf("artifact: %s", abs)
+}
+
 // LockedBuffer is a log sink tests can read while tether writes to it.
 type LockedBuffer struct {
 	mu sync.Mutex

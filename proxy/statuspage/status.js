@@ -83,22 +83,25 @@
     const w = Math.max(svg.clientWidth, 100), h = svg.clientHeight || 56;
     const top = 12, bottom = h - 1;
     const t = hist.t || [];
-    const t0 = lastT - keepMS;
+    // The plot spans what is held, up to the history window: a page just
+    // opened fills its width with the seconds it has.
+    const span = Math.max(Math.min(keepMS, lastT - (t[0] ?? lastT)), 10000);
+    const t0 = lastT - span;
     let max = opts.min || 1;
     for (const s of series) for (const v of s.values || []) if (v != null && v > max) max = v;
     max *= 1.1;
-    const x = (ti) => ((ti - t0) / keepMS) * w;
+    const x = (ti) => ((ti - t0) / span) * w;
     const y = (v) => bottom - (v / max) * (bottom - top);
     const parts = [];
     parts.push(`<line class="grid" x1="0" x2="${w}" y1="${bottom}" y2="${bottom}"/>`);
     parts.push(`<line class="grid" x1="0" x2="${w}" y1="${top}" y2="${top}" stroke-dasharray="2 3"/>`);
     parts.push(`<text class="axis" x="${w}" y="${top - 3}" text-anchor="end">${opts.fmt ? opts.fmt(max / 1.1) : fmtRate(max / 1.1)}</text>`);
-    parts.push(`<text class="axis" x="0" y="${top - 3}">${Math.round(keepMS / 60000)} min</text>`);
+    parts.push(`<text class="axis" x="0" y="${top - 3}">${span >= 60000 ? Math.round(span / 60000) + " min" : Math.round(span / 1000) + " s"}</text>`);
     let points = 0;
     series.forEach((s, si) => {
       const vals = s.values || [];
       if (opts.bars) {
-        const bw = Math.max(2, w / (keepMS / 1000) - 0.5);
+        const bw = Math.max(2, w / (span / 1000) - 1);
         vals.forEach((v, i) => {
           if (v == null || v <= 0 || t[i] < t0) return;
           points++;
@@ -154,15 +157,16 @@
     const up = st.traffic.client_to_upstream, down = st.traffic.upstream_to_client;
     set("msgs-up", fmtRate(up.messages_per_second));
     set("msgs-down", fmtRate(down.messages_per_second));
-    set("msgs-total", fmtInt(up.messages_total) + " / " + fmtInt(down.messages_total));
+    set("msgs-total", fmtInt(up.messages_total) + " ↑ · " + fmtInt(down.messages_total) + " ↓");
     set("bytes-up", fmtBytes(up.bytes_per_second, true));
     set("bytes-down", fmtBytes(down.bytes_per_second, true));
-    set("bytes-total", fmtBytes(up.bytes_total) + " / " + fmtBytes(down.bytes_total));
+    set("bytes-total", fmtBytes(up.bytes_total) + " ↑ · " + fmtBytes(down.bytes_total) + " ↓");
 
     const rc = st.reconnects;
     set("reconnects-success", fmtInt(rc.success_total));
     set("reconnects-failure", fmtInt(rc.failure_total));
-    set("reconnects-recent", fmtInt(rc.recent_success) + " ok · " + fmtInt(rc.recent_failure) + " failed");
+    set("history-span", hist.t && hist.t.length ? fmtAge((lastT - hist.t[0]) / 1000) : "–");
+    set("reconnects-recent", fmtInt(rc.recent_success) + " succeeded · " + fmtInt(rc.recent_failure) + " failed");
 
     for (const leg of ["client", "upstream"]) {
       const hb = st.heartbeats[leg];
@@ -170,19 +174,20 @@
       set(`rtt-${leg}-p50`, fmtMS(r.p50_ms));
       set(`rtt-${leg}-p90`, fmtMS(r.p90_ms));
       set(`rtt-${leg}-p99`, fmtMS(r.p99_ms));
-      set(`rtt-${leg}-all`, fmtMS(hb.rtt.p50_ms) + " / " + fmtMS(hb.rtt.p99_ms));
+      set(`rtt-${leg}-all`, hb.rtt.p50_ms == null ? "–" : "p50 " + fmtMS(hb.rtt.p50_ms) + " · p99 " + fmtMS(hb.rtt.p99_ms));
       set(`rtt-${leg}-note`, hb.mode === "off"
         ? "heartbeats off on this leg: no round trips"
         : `${fmtInt(r.count)} pongs in the last ${Math.round(r.window_seconds || 0)} s · ping every ${fmtMS(hb.interval_ms)}`);
       set(`timeouts-${leg}`, fmtInt(hb.timeouts_total));
+      set(`pings-${leg}`, fmtInt(hb.pings_sent_total));
     }
-    set("pings", fmtInt(st.heartbeats.client.pings_sent_total) + " / " + fmtInt(st.heartbeats.upstream.pings_sent_total));
 
     const b = st.buffer;
     set("held-retained", fmtInt(b.retained));
     set("held-buffered", fmtInt(b.buffered));
-    set("held-bytes", fmtBytes(b.bytes) + " / " + fmtBytes(b.total_max_bytes));
-    set("held-other", fmtInt(b.overflows_total) + " · " + fmtInt(b.resent_total));
+    set("held-bytes", fmtBytes(b.bytes) + " held, of " + fmtBytes(b.total_max_bytes) + " for all sessions");
+    set("held-overflows", fmtInt(b.overflows_total));
+    set("held-resent", fmtInt(b.resent_total));
 
     const p = st.process;
     set("proc-goroutines", fmtInt(p.goroutines));
