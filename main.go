@@ -95,7 +95,7 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 	defer stop()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
-	log.Info("tether listening", "addr", ln.Addr().String(), "admin", cfg.Proxy.AdminAddr, "upstream", cfg.Proxy.UpstreamURLs.String())
+	log.Info("tether listening", "addr", ln.Addr().String(), "admin", cfg.Proxy.AdminAddr, "upstream", cfg.Proxy.UpstreamURLs.Secretless())
 
 	select {
 	case <-ctx.Done():
