@@ -2,7 +2,6 @@ package proxy_test
 
 import (
 	"encoding/json"
-	"io"
 	"net/http"
 	"regexp"
 	"strings"
@@ -54,19 +53,11 @@ type statusDoc struct {
 	} `json:"history"`
 }
 
-// get returns the status and body of GET path on the admin server.
+// get returns the response and body of GET path on the admin server.
 func get(t *testing.T, base, path string) (*http.Response, string) {
 	t.Helper()
-	resp, err := http.Get(base + path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp, string(b)
+	resp, body := request(t, "GET", base+path)
+	return resp, string(body)
 }
 
 // secretURL is the backend's URL with credentials that must never show.
