@@ -15,7 +15,7 @@ type entry struct {
 	// seq orders running sessions by start (1, 2, …; 0 while
 	// handshaking) and is the position a /sessions cursor names.
 	seq        uint64
-	started    time.Time
+	started    int64  // unix nano (8 bytes where a time.Time takes 24)
 	prev, next *entry // the registry's list, oldest first
 }
 
@@ -34,7 +34,7 @@ type registry struct {
 // link appends e, which has just started, as the newest session.
 func (r *registry) link(e *entry, now time.Time) {
 	r.seq++
-	e.seq, e.started = r.seq, now
+	e.seq, e.started = r.seq, now.UnixNano()
 	e.prev = r.tail
 	if r.tail != nil {
 		r.tail.next = e
@@ -86,7 +86,7 @@ func (r *registry) page(before uint64, limit int) (out []running, more bool) {
 		if len(out) == limit {
 			return out, true
 		}
-		out = append(out, running{e.sess, e.seq, e.started})
+		out = append(out, running{e.sess, e.seq, time.Unix(0, e.started)})
 	}
 	return out, false
 }
@@ -95,7 +95,7 @@ func (r *registry) page(before uint64, limit int) (out []running, more bool) {
 func (r *registry) find(id string) (running, bool) {
 	for e := r.tail; e != nil; e = e.prev {
 		if e.sess.ID() == id {
-			return running{e.sess, e.seq, e.started}, true
+			return running{e.sess, e.seq, time.Unix(0, e.started)}, true
 		}
 	}
 	return running{}, false
