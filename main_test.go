@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -507,5 +508,54 @@ func TestCoreMemoryReleaseAfterBurst(t *testing.T) {
 			t.Fatalf("no %q line %v after %d sessions opened and closed", released, burstQuiet+10*time.Second, n)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// The status page shows the whole configuration in force (the log
+// variables too, which main owns), and neither it nor the start log
+// shows the upstream URL's credentials or query values.
+func TestCoreStatusShowsConfigWithoutSecrets(t *testing.T) {
+	t.Parallel()
+	up, _ := coreBackend(t)
+	secret := strings.Replace(up, "ws://", "ws://alice:s3cret@", 1) + "/?token=t0ken"
+	admin := coreFreeAddr(t)
+	p := coreStart(t, "TETHER_UPSTREAM_URL="+secret, "TETHER_ADMIN_ADDR="+admin, "TETHER_LOG_LEVEL=debug")
+	resp, err := http.Get("http://" + admin + "/status.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Config []struct{ Name, Value string } `json:"config"`
+	}
+	if err := json.Unmarshal(body, &st); err != nil {
+		t.Fatalf("%v in %s", err, body)
+	}
+	cfg := map[string]string{}
+	for _, v := range st.Config {
+		cfg[v.Name] = v.Value
+	}
+	host := strings.TrimPrefix(up, "ws://")
+	want := map[string]string{
+		"TETHER_LOG_LEVEL": "debug", "TETHER_LOG_FORMAT": "json", "TETHER_ADMIN_ADDR": admin,
+		"TETHER_UPSTREAM_URL": "ws://redacted@" + host + "/?token=redacted",
+	}
+	for k, v := range want {
+		if cfg[k] != v {
+			t.Errorf("%s shown as %q, want %q", k, cfg[k], v)
+		}
+	}
+	logs := strings.Join(p.stderr(), "\n")
+	for _, s := range []string{"alice", "s3cret", "t0ken"} {
+		if strings.Contains(string(body), s) || strings.Contains(logs, s) {
+			t.Errorf("%q shown in /status.json or the logs", s)
+		}
+	}
+	if !strings.Contains(logs, "redacted@"+host) {
+		t.Errorf("the start log does not name the upstream:\n%s", logs)
 	}
 }
