@@ -280,7 +280,7 @@ func TestAdminDeleteSession(t *testing.T) {
 	}
 
 	// Every code a server may send is accepted.
-	for _, code := range []int{1000, 1001, 1011, 1012, 1013, 3000, 4999} {
+	for _, code := range []int{1000, 1001, 1011, 1012, 1013, 1014, 3000, 4999} {
 		c, id := dialSession(t, tt)
 		waitListed(t, admin, id)
 		if st := adminDo(t, admin, "DELETE", fmt.Sprintf("/sessions/%s?code=%d", id, code), nil); st != http.StatusOK {
