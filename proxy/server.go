@@ -536,11 +536,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	select {
 	case <-done:
 	case <-ctx.Done():
+		// Closed outside mu: a session that ends frees its slot
+		// (releaseSlot takes mu).
 		s.mu.Lock()
-		for e := s.sessions.head; e != nil; e = e.next {
-			e.sess.Close()
-		}
+		left := s.sessions.all()
 		s.mu.Unlock()
+		for _, sess := range left {
+			sess.Close()
+		}
 		<-done
 	}
 	return <-httpDone
