@@ -91,6 +91,8 @@ type sample struct {
 	detached      float64
 	resume        bool // the process counts detached sessions at all
 	total         float64
+	max           float64 // TETHER_MAX_SESSIONS, 0 = unlimited
+	build         buildJSON
 	connected     int
 	reconnecting  int
 	closing       int
@@ -168,6 +170,10 @@ func (s *Server) readMetric(sm *sample, name string, m *dto.Metric) {
 		sm.detached, sm.resume = g, true
 	case "tether_sessions_total":
 		sm.total = c
+	case "tether_sessions_max":
+		sm.max = g
+	case "tether_build_info":
+		sm.build = buildJSON{Version: label(m, "version"), GoVersion: label(m, "go_version"), Revision: label(m, "revision")}
 	case "tether_messages_total":
 		sm.msgs[dirIndex(m)] = c
 	case "tether_bytes_total":
@@ -282,6 +288,7 @@ type statusJSON struct {
 	Time          time.Time          `json:"time"`
 	UptimeSeconds float64            `json:"uptime_seconds"`
 	Ready         bool               `json:"ready"`
+	Build         buildJSON          `json:"build"`
 	Sessions      sessionsStatus     `json:"sessions"`
 	Traffic       map[string]traffic `json:"traffic"`
 	Reconnects    reconnectStatus    `json:"reconnects"`
@@ -292,8 +299,16 @@ type statusJSON struct {
 	History       historyJSON        `json:"history"`
 }
 
+// buildJSON is tether_build_info's labels (README "Version").
+type buildJSON struct {
+	Version   string `json:"version"`
+	GoVersion string `json:"go_version"`
+	Revision  string `json:"revision"`
+}
+
 type sessionsStatus struct {
 	Active       float64 `json:"active"`
+	Max          float64 `json:"max"` // TETHER_MAX_SESSIONS, 0 = unlimited
 	Connected    int     `json:"connected"`
 	Reconnecting int     `json:"reconnecting"`
 	Closing      int     `json:"closing"`
@@ -422,8 +437,9 @@ func (s *Server) status(ring []sample, since int64) statusJSON {
 		Time:          cur.at,
 		UptimeSeconds: cur.at.Sub(s.start).Seconds(),
 		Ready:         s.Ready(),
+		Build:         cur.build,
 		Sessions: sessionsStatus{
-			Active: cur.active, Connected: cur.connected, Reconnecting: cur.reconnecting,
+			Active: cur.active, Max: cur.max, Connected: cur.connected, Reconnecting: cur.reconnecting,
 			Closing: cur.closing, Detached: cur.detached, Resume: cur.resume, Total: cur.total,
 		},
 		Traffic: map[string]traffic{},

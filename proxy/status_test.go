@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -14,8 +15,13 @@ import (
 
 // statusDoc is the part of /status.json the tests read.
 type statusDoc struct {
-	Ready    bool `json:"ready"`
+	Ready bool `json:"ready"`
+	Build struct {
+		Version   string `json:"version"`
+		GoVersion string `json:"go_version"`
+	} `json:"build"`
 	Sessions struct {
+		Max          float64 `json:"max"`
 		Active       float64 `json:"active"`
 		Connected    int     `json:"connected"`
 		Reconnecting int     `json:"reconnecting"`
@@ -122,6 +128,9 @@ func TestAdminStatusJSON(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	ss := st.Sessions
+	if ss.Max != 77 || st.Build.GoVersion != runtime.Version() || st.Build.Version == "" {
+		t.Errorf("max sessions %v, build %+v; want 77 and this binary's build", ss.Max, st.Build)
+	}
 	if !st.Ready || ss.Active != 1 || ss.Connected != 1 || ss.Reconnecting != 0 || ss.Detached != 0 || ss.Resume || ss.Total != 1 {
 		t.Errorf("sessions %+v ready %v, want 1 active and connected, resume off", ss, st.Ready)
 	}

@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -34,7 +35,7 @@ const pageViewJS = `(() => {
 	for (const id of ["sessions-active", "sessions-connected", "sessions-reconnecting", "sessions-detached", "resume-note",
 		"msgs-up", "msgs-down", "msgs-total", "bytes-up", "reconnects-success", "reconnects-failure",
 		"rtt-client-p50", "rtt-client-p99", "rtt-upstream-p50", "timeouts-client", "timeouts-upstream",
-		"held-retained", "held-buffered", "ready", "live", "proc-goroutines"]) {
+		"held-retained", "held-buffered", "ready", "live", "proc-goroutines", "sessions-max", "version"]) {
 		text[id] = document.getElementById(id).textContent;
 	}
 	const points = {};
@@ -151,7 +152,7 @@ func TestAdminStatusPageBrowser(t *testing.T) {
 	for id, want := range map[string]string{
 		"sessions-active": "3", "sessions-connected": "3", "sessions-reconnecting": "0", "sessions-detached": "0",
 		"resume-note": "(resume off)", "reconnects-success": "1", "reconnects-failure": "0",
-		"timeouts-client": "0", "timeouts-upstream": "0", "held-buffered": "0", "ready": "ready",
+		"timeouts-client": "0", "timeouts-upstream": "0", "held-buffered": "0", "ready": "ready", "sessions-max": "none",
 	} {
 		if v.Text[id] != want {
 			t.Errorf("#%s shows %q, want %q", id, v.Text[id], want)
@@ -166,6 +167,9 @@ func TestAdminStatusPageBrowser(t *testing.T) {
 	var rate float64
 	if _, err := fmt.Sscanf(strings.ReplaceAll(v.Text["msgs-up"], ",", ""), "%f", &rate); err != nil || rate <= 0 {
 		t.Errorf("#msgs-up shows %q, want a rate", v.Text["msgs-up"])
+	}
+	if !strings.Contains(v.Text["version"], runtime.Version()) {
+		t.Errorf("#version shows %q, want the build (%s)", v.Text["version"], runtime.Version())
 	}
 	if !strings.HasPrefix(v.Text["live"], "live") {
 		t.Errorf("#live shows %q", v.Text["live"])

@@ -153,6 +153,9 @@
     set("sessions-detached", fmtInt(ss.detached));
     set("resume-note", ss.resume ? "" : "(resume off)");
     set("sessions-total", fmtInt(ss.total));
+    set("sessions-max", ss.max > 0 ? fmtInt(ss.max) : "none");
+    const bd = st.build;
+    set("version", bd.version ? `${bd.version} · ${bd.go_version} · ${bd.revision.slice(0, 12)}` : "");
 
     const up = st.traffic.client_to_upstream, down = st.traffic.upstream_to_client;
     set("msgs-up", fmtRate(up.messages_per_second));
