@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -22,6 +21,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/tether-proxy/tether/internal/testkit"
 )
 
 // coreBin is the tether binary, built once by TestMain.
@@ -520,15 +521,7 @@ func TestCoreStatusShowsConfigWithoutSecrets(t *testing.T) {
 	secret := strings.Replace(up, "ws://", "ws://alice:s3cret@", 1) + "/?token=t0ken"
 	admin := coreFreeAddr(t)
 	p := coreStart(t, "TETHER_UPSTREAM_URL="+secret, "TETHER_ADMIN_ADDR="+admin, "TETHER_LOG_LEVEL=debug")
-	resp, err := http.Get("http://" + admin + "/status.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, body := testkit.Request(t, "GET", "http://"+admin+"/status.json")
 	var st struct {
 		Config []struct{ Name, Value string } `json:"config"`
 	}

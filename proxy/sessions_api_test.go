@@ -3,7 +3,6 @@ package proxy_test
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -16,6 +15,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/tether-proxy/tether/heartbeat"
+	"github.com/tether-proxy/tether/internal/testkit"
 	"github.com/tether-proxy/tether/proxy"
 )
 
@@ -48,7 +48,7 @@ type apiPage struct {
 // into out (when not nil); it returns the status.
 func adminDo(t *testing.T, admin *httptest.Server, method, path string, out any) int {
 	t.Helper()
-	resp, body := request(t, method, admin.URL+path)
+	resp, body := testkit.Request(t, method, admin.URL+path)
 	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
 		t.Fatalf("%s %s: Content-Type %q, want application/json; body %s", method, path, ct, body)
 	}
@@ -67,25 +67,6 @@ func adminDo(t *testing.T, admin *httptest.Server, method, path string, out any)
 		}
 	}
 	return resp.StatusCode
-}
-
-// request sends method url and returns the response with its body read.
-func request(t *testing.T, method, url string) (*http.Response, []byte) {
-	t.Helper()
-	req, err := http.NewRequest(method, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp, body
 }
 
 func startAdmin(t *testing.T, tt *tether) *httptest.Server {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tether-proxy/tether/heartbeat"
+	"github.com/tether-proxy/tether/internal/testkit"
 	"github.com/tether-proxy/tether/proxy"
 )
 
@@ -62,7 +63,7 @@ type statusDoc struct {
 // get returns the response and body of GET path on the admin server.
 func get(t *testing.T, base, path string) (*http.Response, string) {
 	t.Helper()
-	resp, body := request(t, "GET", base+path)
+	resp, body := testkit.Request(t, "GET", base+path)
 	return resp, string(body)
 }
 

@@ -12,8 +12,10 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"io"
 	"math/big"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -196,6 +198,26 @@ func SaveArtifact(t testing.TB, name string, data []byte) {
 	}
 	abs, _ := filepath.Abs(path)
 	t.Logf("artifact: %s", abs)
+}
+
+// Request sends method url (no body) and returns the response with its
+// body read and closed.
+func Request(t testing.TB, method, url string) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, body
 }
 
 // LockedBuffer is a log sink tests can read while tether writes to it.
