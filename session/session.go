@@ -173,16 +173,6 @@ const (
 	stateClosed
 )
 
-// qmsg is a client message held by the session: buffered while
-// reconnecting or retained until acknowledged. The queue owns p.
-type qmsg struct {
-	seq  uint64
-	op   ws.OpCode
-	p    []byte
-	box  *[]byte // p's pool box (see getBuf)
-	sent bool    // written to some upstream connection at least once
-}
-
 // Session relays one client leg to a replaceable upstream leg.
 //
 // Goroutines: one read loop for the client leg and one per upstream
@@ -200,30 +190,25 @@ type Session struct {
 
 	client *leg
 
-	mu          sync.Mutex
-	cond        sync.Cond
-	state       state
-	up          *leg
-	gen         uint64
-	protocol    string
-	q           []qmsg // in order; q[:unsent] were written to the current connection
-	unsent      int
-	qBytes      int64
-	replay      []qmsg // first ReplayFirst messages, kept for the session's life
-	nextSeq     uint64
-	earlyPinged bool
-	stallWarned bool // "not answering heartbeats" logged
+	mu       sync.Mutex
+	cond     sync.Cond
+	state    state
+	up       *leg
+	gen      uint64
+	protocol string
+	// upLog holds the client messages on their way to the upstream:
+	// retained until acknowledged, buffered while reconnecting.
+	upLog       deliveryLog
+	replay      replayOpening
 	lostInFlush bool
 	lostAt      time.Time
 	closeInfo   closeInfo
 
 	// Lock-free mirrors for the per-message paths of the read loops,
 	// written under mu together with what they mirror: curGen = gen,
-	// closed = (state == stateClosed). dropReplies counts down the
-	// TETHER_REPLAY_DROP_REPLIES of the current connection.
-	curGen      atomic.Uint64
-	closed      atomic.Bool
-	dropReplies atomic.Int64
+	// closed = (state == stateClosed).
+	curGen atomic.Uint64
+	closed atomic.Bool
 
 	// OnEnd, if set before Run, is called once when the session ends (its
 	// Close frames may still be in flight).
@@ -270,6 +255,10 @@ func New(env *Env, id string, client net.Conn, clientBuffered []byte, up Upstrea
 		upHost:   up.Host,
 	}
 	s.cond.L = &s.mu
+	b := &s.cfg.Buffer
+	s.upLog = newDeliveryLog(b.MaxMessages, b.MaxBytes, &env.total, b.TotalMaxBytes)
+	s.replay.keep = uint64(s.cfg.ReplayFirst)
+	s.replay.dropN = int64(s.cfg.ReplayDropReplies)
 	s.client = newLeg(s, LegClient, client, clientBuffered, true, s.cfg.ClientHeartbeat)
 	s.installLocked(up)
 	return s
@@ -589,7 +578,7 @@ func (s *Session) upstreamRead(u *leg) error {
 				}
 			}
 			u.quiet = false
-			if s.dropReplies.Load() > 0 && s.dropReplies.Add(-1) >= 0 {
+			if s.replay.dropReply() {
 				continue
 			}
 			more := u.moreInput()
@@ -751,12 +740,9 @@ func (s *Session) apply(l *leg, a act) {
 	}
 }
 
-// releaseLocked drops every held message. Buffers are left to the garbage
-// collector: a re-send may still be writing one.
+// releaseLocked drops every held message.
 func (s *Session) releaseLocked() {
-	if n := len(s.q); n > 0 {
+	if n := s.upLog.release(); n > 0 {
 		s.env.Metrics.Buffered(-n)
 	}
-	s.env.total.Add(-s.qBytes)
-	s.q, s.unsent, s.qBytes = nil, 0, 0
 }
