@@ -339,7 +339,6 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	sess := session.New(s.env, id, conn, buffered, up, func(ctx context.Context) (session.Upstream, error) {
 		return d.dial(ctx, false)
 	})
-	sess.OnEnd = func() { s.releaseSlot(e) }
 	if deflate != nil {
 		if _, ok := deflate.Accepted(); ok {
 			sess.EnableClientCompression()
@@ -355,7 +354,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// anyway).
 	running = true
 	s.burst.Note()
-	sess.Start(context.Background(), func() {
+	sess.Start(context.Background(), func(st session.Stage, _ session.Outcome) {
+		if st == session.Ending {
+			s.releaseSlot(e) // before the goodbye handshakes finish
+			return
+		}
 		s.metrics.sessionsActive.Dec()
 		unregister()
 		s.burst.Note()

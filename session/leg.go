@@ -829,3 +829,7 @@ func (l *leg) beginClose(wait time.Duration) {
 	_ = l.conn.SetReadDeadline(dl)
 	l.wake() // a parked leg reads the Close reply under that deadline
 }
+
+// upstream reports whether l is an upstream connection (the direction of
+// its messages: to the client); the client leg has generation 0.
+func (l *leg) upstream() bool { return l.gen != 0 }

@@ -93,7 +93,7 @@ func newParkRigWith(t *testing.T, cfg Config, setup func(*Env)) *parkRig {
 		return Upstream{Conn: tt}, nil
 	}
 	r.s = New(env, "park", ct, nil, Upstream{Conn: ut}, dial)
-	r.s.Start(context.Background(), func() { close(r.done) })
+	r.s.Start(context.Background(), finished(func() { close(r.done) }))
 	t.Cleanup(func() {
 		r.s.Close()
 		select {
@@ -103,6 +103,15 @@ func newParkRigWith(t *testing.T, cfg Config, setup func(*Env)) *parkRig {
 		}
 	})
 	return r
+}
+
+// finished is an EndFunc that calls f once the session has finished.
+func finished(f func()) EndFunc {
+	return func(st Stage, _ Outcome) {
+		if st == Finished {
+			f()
+		}
+	}
 }
 
 // waitParked waits until the given legs are parked.
@@ -448,7 +457,7 @@ func BenchmarkIdleParked(b *testing.B) {
 		ss := make([]*Session, sessions)
 		for k := range ss {
 			ss[k] = New(env, "bench", tconns[k][0], nil, Upstream{Conn: tconns[k][1]}, dial)
-			ss[k].Start(context.Background(), func() { done <- struct{}{} })
+			ss[k].Start(context.Background(), finished(func() { done <- struct{}{} }))
 		}
 		for env.ParkedLegs() < int64(2*sessions) {
 			time.Sleep(10 * time.Millisecond)

@@ -13,7 +13,7 @@ import (
 // is stale or the session is ending. It is the single place where a
 // reconnect begins; the generation check makes every other report of the
 // same loss a no-op.
-func (s *Session) upstreamLost(u *leg, why string) {
+func (s *Session) upstreamLost(u *leg, why Outcome) {
 	u.stopHeartbeat()
 	u.closeConn()
 	s.mu.Lock()
@@ -37,7 +37,7 @@ func (s *Session) upstreamLost(u *leg, why string) {
 	}
 	s.parts.Add(1)
 	s.mu.Unlock()
-	s.log.Info("upstream lost", "session", s.id, "upstream", s.upHost, "err", why)
+	s.log.Info("upstream lost", "session", s.id, "upstream", s.upHost, "err", why.Why())
 	go s.reconnectLoop()
 }
 
@@ -73,7 +73,7 @@ func (s *Session) reconnect() {
 	rc := s.cfg.Reconnect
 	for attempt := 0; ; attempt++ {
 		if rc.MaxAttempts > 0 && attempt >= rc.MaxAttempts {
-			s.giveUp(ErrAttemptsExhausted.Error(), attempt)
+			s.giveUp(CauseAttemptsExhausted, attempt)
 			return
 		}
 		s.notify(statusReconnecting(attempt + 1))
@@ -98,7 +98,7 @@ func (s *Session) reconnect() {
 			s.env.Metrics.Reconnect(false)
 			if errors.Is(err, ErrUpstreamRejected) {
 				s.log.Error("upstream reconnect rejected", "session", s.id, "attempt", attempt+1, "err", err)
-				s.giveUp("upstream rejected the reconnect", attempt+1)
+				s.giveUp(CauseRejected, attempt+1)
 				return
 			}
 			s.log.Info("upstream reconnect failed", "session", s.id, "attempt", attempt+1, "err", err)
@@ -108,7 +108,7 @@ func (s *Session) reconnect() {
 			_ = up.Conn.Close()
 			s.env.Metrics.Reconnect(false)
 			s.log.Error("upstream reconnect chose another subprotocol", "session", s.id, "attempt", attempt+1, "protocol", up.Protocol, "want", s.protocol)
-			s.giveUp("upstream subprotocol changed", attempt+1)
+			s.giveUp(CauseSubprotocolChanged, attempt+1)
 			return
 		}
 		s.env.Metrics.Reconnect(true)
@@ -127,11 +127,12 @@ func (s *Session) reconnect() {
 	}
 }
 
-func (s *Session) giveUp(why string, attempts int) {
-	s.log.Error("upstream gave up", "session", s.id, "attempt", attempts, "err", why)
+func (s *Session) giveUp(c Cause, attempts int) {
+	o := Outcome{Cause: c}
+	s.log.Error("upstream gave up", "session", s.id, "attempt", attempts, "err", o.Why())
 	s.notify(statusUnavailable)
 	s.end(act{kind: actSend, ce: CloseError{Code: CloseBadGateway, Reason: "upstream unavailable"}},
-		act{kind: actDrop}, why)
+		act{kind: actDrop}, o)
 }
 
 type resumeResult uint8

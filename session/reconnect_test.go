@@ -604,7 +604,7 @@ func TestRcSingleLoop(t *testing.T) {
 		storm := func(l *leg, closeConn net.Conn) {
 			var wg sync.WaitGroup
 			for range 20 {
-				wg.Go(func() { h.s.upstreamLost(l, "test storm") })
+				wg.Go(func() { h.s.upstreamLost(l, Outcome{Cause: CauseConnectionLost, Leg: LegUpstream}) })
 			}
 			wg.Go(func() { _ = closeConn.Close() })
 			wg.Go(func() { send(3) })
@@ -656,7 +656,7 @@ func TestRcSingleLoop(t *testing.T) {
 			noDial()
 			// Stale reports about the older connection change nothing.
 			for range 10 {
-				h.s.upstreamLost(l, "stale")
+				h.s.upstreamLost(l, Outcome{Cause: CauseConnectionLost, Leg: LegUpstream})
 			}
 			r.proceed <- true
 			up = h.nextUp()
@@ -665,8 +665,8 @@ func TestRcSingleLoop(t *testing.T) {
 			noDial()
 			// Stale reports after the reconnect completed start nothing.
 			for range 10 {
-				h.s.upstreamLost(l, "stale")
-				h.s.upstreamLost(newLeg, "stale")
+				h.s.upstreamLost(l, Outcome{Cause: CauseConnectionLost, Leg: LegUpstream})
+				h.s.upstreamLost(newLeg, Outcome{Cause: CauseConnectionLost, Leg: LegUpstream})
 			}
 			noDial()
 		}

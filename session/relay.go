@@ -4,6 +4,8 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+
+	"github.com/tether-proxy/tether/heartbeat"
 )
 
 // toUpstream relays one client message (README "Upstream loss, reconnect
@@ -165,7 +167,7 @@ func (s *Session) overflow() {
 	s.env.Metrics.Overflow()
 	s.log.Warn("buffer overflow", "session", s.id, "leg", LegClient)
 	s.end(act{kind: actSend, ce: CloseError{Code: CloseTryAgainLater, Reason: "tether buffer full"}},
-		act{kind: actSend, ce: CloseError{Code: CloseGoingAway, Reason: "client buffer overflow"}}, "buffer overflow")
+		act{kind: actSend, ce: CloseError{Code: CloseGoingAway, Reason: "client buffer overflow"}}, Outcome{Cause: CauseBufferOverflow})
 }
 
 // ack drops the retained messages that the upstream of generation gen has
@@ -179,5 +181,148 @@ func (s *Session) ack(gen, ackSeq uint64) {
 	if n := s.upLog.ack(ackSeq); n > 0 {
 		s.env.Metrics.Buffered(-n)
 		s.cond.Broadcast()
+	}
+}
+
+// run runs l's read loop (either leg's: the direction is l.upstream())
+// until the leg parks or ends. When it ends, run classifies why, lets end
+// finish the leg's Close, closes the connection and finishes its part.
+func (s *Session) run(l *leg) {
+	err := s.guard(func() error { return s.readLoop(l) })
+	if err == errParked {
+		return // the leg is another goroutine's now: touch nothing
+	}
+	l.flushDeferred()
+	l.readDone()
+	s.legEnded(l, err)
+	s.waitActed(l.actedBit())
+	l.closeConn()
+	s.partDone()
+}
+
+// readLoop reads l until it ends or parks (errParked): it answers pings,
+// hands pongs and JSON heartbeats to the tracker, handles the peer's Close
+// and relays each data message to the other leg.
+func (s *Session) readLoop(l *leg) error {
+	l.acquireReader()
+	answerJSON := l.hb.Mode.AnswersJSON()
+	for {
+		if l.grow {
+			l.growReader()
+		}
+		ev, op, p, frag, ce, err := l.fr.next()
+		if err != nil {
+			if err == errIdle {
+				if l.park() {
+					return errParked
+				}
+				continue
+			}
+			return err
+		}
+		switch ev {
+		case evPing:
+			l.queuePong(p)
+		case evPong:
+			s.pong(l, p, false)
+		case evClose:
+			if !l.closing.Load() { // else the reply to our Close
+				s.peerClosed(l, ce)
+			}
+			return nil
+		case evData:
+			// Nothing is relayed once the session ends, nor from an
+			// upstream connection that is no longer current.
+			if s.closed.Load() || (l.upstream() && s.curGen.Load() != l.gen) {
+				continue
+			}
+			if answerJSON && op == ws.OpText && !frag {
+				switch s.env.Messages.Classify(p) {
+				case heartbeat.KindPing:
+					l.queueJSONPong(p)
+					continue
+				case heartbeat.KindPong:
+					s.pong(l, nil, true)
+					continue
+				}
+			}
+			l.quiet = false
+			if !l.upstream() {
+				s.toUpstream(op, p, l.moreInput())
+			} else if !s.toClient(l, op, p) {
+				continue
+			}
+			l.fr.release()
+		}
+	}
+}
+
+// toClient relays one message from the upstream connection u to the
+// client. It reports false for a message not written: dropped (TETHER_
+// REPLAY_DROP_REPLIES) or the client leg failing (its loop ends the
+// session).
+func (s *Session) toClient(u *leg, op ws.OpCode, p []byte) bool {
+	if s.replay.dropReply() {
+		return false
+	}
+	more := u.moreInput()
+	if err := s.client.writeData(op, p, 0, more); err != nil {
+		return false
+	}
+	if more {
+		u.deferFlush(s.client)
+	}
+	s.env.Metrics.Message(false, len(p))
+	return true
+}
+
+// peerClosed handles a Close from l's peer: the session ends, the other
+// leg getting the same Close, unless an upstream closed with a code of
+// TETHER_RECONNECT_ON_CODES, which is answered and reconnected.
+func (s *Session) peerClosed(l *leg, ce *CloseError) {
+	o := Outcome{Cause: CauseClosed, Leg: l.name}
+	if !l.upstream() {
+		s.end(act{kind: actReply, ce: *ce}, act{kind: actSend, ce: *ce}, o)
+		return
+	}
+	if s.cfg.Reconnect.OnCodes.Has(ce.code()) {
+		l.writeClose(*ce, s.goodbye())
+		o.Err = ce
+		s.upstreamLost(l, o)
+		return
+	}
+	s.end(act{kind: actSend, ce: *ce}, act{kind: actReply, ce: *ce}, o)
+}
+
+// legEnded handles the end of l's read loop with err (nil after a Close
+// exchange: nothing left to do). A client leg's end ends the session; an
+// upstream connection's end reconnects or ends it (README "Close codes").
+// Reports about a session that is ending, or about an upstream connection
+// that is no longer current, are ignored.
+func (s *Session) legEnded(l *leg, err error) {
+	if err == nil || s.closed.Load() || (l.upstream() && s.curGen.Load() != l.gen) {
+		return
+	}
+	e := classify(l, err)
+	o := Outcome{Cause: e.cause, Leg: l.name, Err: e.err}
+	if e.cause == CauseHeartbeatTimeout {
+		s.env.Metrics.HeartbeatTimeout(l.name)
+		s.log.Warn("heartbeat timeout", "session", s.id, "leg", l.name, "timeout", l.hb.Timeout)
+	}
+	if !l.upstream() {
+		s.end(e.own, act{kind: actSend, ce: CloseError{Code: CloseGoingAway, Reason: "client gone"}}, o)
+		return
+	}
+	switch e.cause {
+	case CauseWriteFailed, CauseHeartbeatTimeout:
+		s.upstreamLost(l, o)
+	case CauseProtocolError:
+		s.end(act{kind: actSend, ce: CloseError{Code: CloseBadGateway, Reason: "upstream protocol error"}}, e.own, o)
+	default:
+		if s.cfg.Reconnect.OnCodes.Has(CloseAbnormal) {
+			s.upstreamLost(l, o)
+			return
+		}
+		s.end(act{kind: actSend, ce: CloseError{Code: CloseBadGateway, Reason: "upstream connection lost"}}, e.own, o)
 	}
 }
