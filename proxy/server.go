@@ -18,6 +18,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tether-proxy/tether/internal/ctxtime"
+
 	"github.com/gobwas/httphead"
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsflate"
@@ -528,7 +530,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for i, e := range entries {
 		if len(entries) > 1 && spread > 0 {
 			at := start.Add(spread * time.Duration(i) / time.Duration(len(entries)))
-			if !sleepUntil(ctx, at) {
+			if d := time.Until(at); d > 0 && !ctxtime.Sleep(ctx, d) {
 				break
 			}
 		}
@@ -552,19 +554,4 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		<-done
 	}
 	return <-httpDone
-}
-
-func sleepUntil(ctx context.Context, t time.Time) bool {
-	d := time.Until(t)
-	if d <= 0 {
-		return true
-	}
-	tm := time.NewTimer(d)
-	defer tm.Stop()
-	select {
-	case <-tm.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/tether-proxy/tether/internal/ctxtime"
+
 	"github.com/gobwas/ws"
 )
 
@@ -35,7 +37,7 @@ func (s *Session) upstreamLost(u *leg, why Outcome) {
 	if s.ctx == nil {
 		s.ctx, s.cancel = context.WithCancel(context.Background())
 	}
-	s.parts.Add(1)
+	s.addPart()
 	s.mu.Unlock()
 	s.log.Info("upstream lost", "session", s.id, "upstream", s.upHost, "err", why.Why())
 	go s.reconnectLoop()
@@ -78,7 +80,7 @@ func (s *Session) reconnect() {
 		}
 		s.notify(statusReconnecting(attempt + 1))
 		delay := s.backoff(attempt)
-		if !sleep(ctx, delay) {
+		if !ctxtime.Sleep(ctx, delay) {
 			return
 		}
 		if l := s.env.Limiter; l != nil {
@@ -160,7 +162,7 @@ func (s *Session) resume(up Upstream) resumeResult {
 	// The replay covers the opening messages received so far; one that
 	// arrives later is in the log and sent from there.
 	replay, covered := s.replay.start()
-	s.parts.Add(1)
+	s.addPart()
 	s.mu.Unlock()
 	// Tell the client first: anything the new upstream sends comes after.
 	s.notify(statusConnected)
@@ -241,21 +243,6 @@ func (s *Session) resumeFailed(u *leg) resumeResult {
 	s.lostInFlush = false
 	s.upLog.rewind()
 	return resumeLost
-}
-
-// sleep waits d or until ctx ends; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
 
 // Upstream status messages (SPEC §4).

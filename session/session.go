@@ -167,62 +167,65 @@ const (
 	stateClosed
 )
 
-// Session relays one client leg to a replaceable upstream leg.
+// Session relays one client leg to a replaceable upstream leg. It is the
+// state machine (connected → reconnecting → connected, or closed) and
+// wires the parts that do the work: the legs (leg.go), the delivery log of
+// client messages (log.go), the replay opening (log.go) and the reconnect
+// loop (reconnect.go).
 //
 // Goroutines: one read loop for the client leg and one per upstream
 // connection, each only while its leg is not parked (see leg); a
 // reconnect loop only while reconnecting; heartbeat timers run callbacks
-// briefly when they fire. The session finishes when all of them have. All
-// session state is under mu; legs' writes are under their own locks, never
-// taken while holding mu.
+// briefly when they fire. The session finishes when all of them have.
+// Legs' writes are under their own locks, never taken while holding mu.
 type Session struct {
-	id   string
-	cfg  *Config
-	env  *Env
-	log  *slog.Logger
-	dial DialFunc
+	// Fixed by New.
+	id       string
+	cfg      *Config
+	env      *Env
+	log      *slog.Logger
+	dial     DialFunc
+	protocol string // the subprotocol every upstream connection must choose
+	client   *leg
 
-	client *leg
+	// Set by Start before its goroutines start; read only after.
+	stopDrain func() bool
 
-	mu       sync.Mutex
-	cond     sync.Cond
-	state    state
-	up       *leg
-	gen      uint64
-	protocol string
-	// upLog holds the client messages on their way to the upstream:
-	// retained until acknowledged, buffered while reconnecting.
-	upLog       deliveryLog
-	replay      replayOpening
-	lostInFlush bool
+	// Guarded by mu; cond (on mu) is broadcast when state, up, upLog's
+	// room or acted change.
+	mu          sync.Mutex
+	cond        sync.Cond
+	state       state
+	up          *leg // the current upstream connection; nil while reconnecting
+	gen         uint64
+	upHost      string // for logs; written only with up installed
+	lostInFlush bool   // the connection being re-sent on was lost
 	lostAt      time.Time
+	upLog       deliveryLog // client messages: retained until acknowledged, buffered while reconnecting
+	replay      replayOpening
 	outcome     Outcome // set by end
+	onEnd       EndFunc
+	force       *time.Timer // end's backstop
+	// ctx is cancelled when the session ends; made when the first
+	// reconnect loop starts, since only that loop needs it.
+	ctx    context.Context
+	cancel context.CancelFunc
+	// acted has a bit per leg (actedClient, actedUpstream), set by end
+	// once it has written (or given up on) that leg's Close: a read loop
+	// that sees the peer's Close while ours is being written must not
+	// close the connection under it.
+	acted uint8
 
-	// Lock-free mirrors for the per-message paths of the read loops,
+	// Atomic. Mirrors for the per-message paths of the read loops,
 	// written under mu together with what they mirror: curGen = gen,
 	// closed = (state == stateClosed).
 	curGen atomic.Uint64
 	closed atomic.Bool
-
-	// ctx is cancelled when the session ends; made (under mu) when the
-	// first reconnect loop starts, since only that loop needs it.
-	ctx    context.Context
-	cancel context.CancelFunc
 	// parts counts the read loops (client, each upstream connection) and
 	// the reconnect loop that have not finished; a parked loop has not.
-	// The one that brings it to zero finishes the session. A part is
-	// added only by a holder of another part.
-	parts     atomic.Int32
-	stopDrain func() bool
-	onEnd     EndFunc // under mu
-	force     *time.Timer
-	upHost    string
-
-	// acted has a bit per leg (actedClient, actedUpstream), set under mu
-	// by end once it has written (or given up on) that leg's Close and
-	// broadcast on cond: a read loop that sees the peer's Close while ours
-	// is being written must not close the connection under it.
-	acted uint8
+	// The one that brings it to zero finishes the session (partDone). Only
+	// a holder of a part adds one (addPart).
+	parts atomic.Int32
 }
 
 // Stage is the moment of a session's end an EndFunc hears about.
@@ -318,7 +321,7 @@ func (s *Session) Start(ctx context.Context, onEnd EndFunc) {
 	}
 	up, c := s.up, s.client
 	c.resume = func() { s.run(c) }
-	s.parts.Add(2)
+	s.parts.Store(2) // the client's read loop and the upstream's
 	go c.resume()
 	go up.resume()
 	s.client.startHeartbeat()
@@ -335,6 +338,14 @@ func (s *Session) Drain() {
 
 // errParked is returned by a read loop whose leg parked.
 var errParked = errors.New("leg parked")
+
+// addPart adds a part (a read loop or the reconnect loop). The caller
+// holds one, so the session cannot have finished.
+func (s *Session) addPart() {
+	if s.parts.Add(1) <= 1 {
+		panic("session: a part added by a goroutine that holds none")
+	}
+}
 
 // partDone finishes one part; the last finishes the session.
 func (s *Session) partDone() {
