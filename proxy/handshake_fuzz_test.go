@@ -30,7 +30,7 @@ var fuzzRequestSeeds = []string{
 	"GET /a%2Fb/../c?q=%zz HTTP/1.1\nHost: h\nUpgrade: websocket\nConnection: upgrade\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\nSec-WebSocket-Version: 13\n\n",
 }
 
-// foldRef is foldConn's job done on the whole input: does a line of the
+// foldRef is clientConn's job done on the whole input: does a line of the
 // header (before its blank line) start with a space or a tab?
 func foldRef(raw []byte) bool {
 	lines := bytes.Split(raw, []byte("\n"))
@@ -57,7 +57,7 @@ func foldRef(raw []byte) bool {
 // forwarded headers carry no CR, LF or NUL, none of the hop-by-hop or
 // handshake headers, and X-Forwarded-* as SPEC §2 says; offered
 // subprotocols are trimmed non-empty tokens; the upstream URL keeps the
-// base's scheme and host; foldConn flags obs-fold whatever the read sizes.
+// base's scheme and host; clientConn flags obs-fold whatever the read sizes.
 func FuzzCheckUpgrade(f *testing.F) {
 	for _, s := range fuzzRequestSeeds {
 		f.Add([]byte(s), uint8(0))
@@ -68,14 +68,14 @@ func FuzzCheckUpgrade(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, raw []byte, chunk uint8) {
-		var fc foldConn
+		var fc clientConn
 		for p, n := raw, int(chunk)+1; len(p) > 0 && !fc.done; {
 			n = min(n, len(p))
 			fc.scan(p[:n])
 			p = p[n:]
 		}
 		if got, want := fc.folded.Load(), foldRef(raw); got != want {
-			t.Fatalf("foldConn.scan(%q) in reads of %d = %v, want %v", raw, int(chunk)+1, got, want)
+			t.Fatalf("clientConn.scan(%q) in reads of %d = %v, want %v", raw, int(chunk)+1, got, want)
 		}
 
 		r, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(raw)))
@@ -102,7 +102,7 @@ func FuzzCheckUpgrade(f *testing.F) {
 			t.Fatalf("checkUpgrade(%q) = %d, not a SPEC §2 status", raw, status)
 		}
 
-		h := upstreamHeader(r)
+		h := upstreamHeader(r, r.TLS != nil)
 		for k, vs := range h {
 			if strings.ContainsAny(k, "\r\n\x00: ") {
 				t.Fatalf("forwarded header name %q", k)
@@ -164,7 +164,7 @@ func isToken(s string) bool {
 var fuzzStatuses = []int{400, 403, 409, 426, 431, 501, 505}
 
 // FuzzHandshakeWire writes raw bytes to a real tether listener (net/http,
-// foldConn, ServeHTTP) whose upstream answers every dial with 409. Per
+// clientConn, ServeHTTP) whose upstream answers every dial with 409. Per
 // input: one response or none (input too short to be a request), with a
 // status of fuzzStatuses; 426 names version 13; 409 (an upstream dial)
 // only for a request checkUpgrade accepts from an allowed origin; a
