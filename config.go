@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -101,6 +100,3 @@ Environment:
 `)
 	_ = envconfig.WriteHelp(w, &c)
 }
-
-// errUsage marks a command-line mistake (exit 2).
-var errUsage = errors.New("usage")

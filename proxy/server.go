@@ -35,7 +35,9 @@ import (
 type Options struct {
 	Logger   *slog.Logger
 	Registry *prometheus.Registry
-	// Jitter replaces the reconnect backoff's random source (tests).
+	// Jitter replaces the reconnect backoff's random source: it returns
+	// a number in [0, n). nil is math/rand/v2; the demo's tuning and tests
+	// set it to make backoff delays predictable.
 	Jitter func(n int64) int64
 	// CloseWait bounds waits for Close replies; 0 means 3 s.
 	CloseWait time.Duration

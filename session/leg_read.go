@@ -65,8 +65,8 @@ func (l *leg) acquireReader() {
 		l.br = l.rb.br
 		l.br.Reset(&l.lr)
 		l.fr.br, l.fr.ctl = l.br, &l.rb.ctl
-		if h := l.s.env.readBufHook; h != nil {
-			h(l, l.br.Size())
+		if t := l.s.env.test; t != nil && t.readBuf != nil {
+			t.readBuf(l, l.br.Size())
 		}
 	}
 }
@@ -146,8 +146,8 @@ func (r *legReader) Read(p []byte) (int, error) {
 			// level-triggered, so bytes that arrive meanwhile wake the
 			// leg at once.
 			l.quiet = false // once: a park that fails goes on reading
-			if h := l.s.env.quickParkHook; h != nil {
-				h(l)
+			if t := l.s.env.test; t != nil && t.quickPark != nil {
+				t.quickPark(l)
 			}
 			return 0, errIdle
 		}

@@ -77,7 +77,7 @@ func newParkRigWith(t *testing.T, cfg Config, setup func(*Env)) *parkRig {
 		t.Fatal(err)
 	}
 	env.IdleAfter = 10 * time.Millisecond
-	env.parkMin = time.Millisecond // the tests' heartbeats are fast
+	env.test = &testHooks{parkMin: time.Millisecond} // the tests' heartbeats are fast
 	env.CloseWait = 200 * time.Millisecond
 	env.Jitter = func(int64) int64 { return 0 }
 	if setup != nil {
@@ -495,7 +495,7 @@ func TestParkReadBufferGrowsWhenBusy(t *testing.T) {
 		// Long enough that a stalled machine does not park the leg in
 		// the middle of the burst.
 		env.IdleAfter = 300 * time.Millisecond
-		env.readBufHook = func(l *leg, size int) {
+		env.test.readBuf = func(l *leg, size int) {
 			if l.name == LegClient {
 				sizes <- size
 			}
@@ -630,7 +630,7 @@ func TestParkedLegReparksAfterControlOnlyWake(t *testing.T) {
 	quick := make(chan string, 16)
 	r := newParkRigWith(t, hbCfg(hbOff, hbOff), func(env *Env) {
 		env.IdleAfter = 200 * time.Millisecond
-		env.quickParkHook = func(l *leg) { quick <- l.name }
+		env.test.quickPark = func(l *leg) { quick <- l.name }
 	})
 	c, u := r.s.client, r.up()
 	r.waitParked(c, u)

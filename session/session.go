@@ -85,19 +85,21 @@ type Env struct {
 	total  atomic.Int64 // buffered + retained bytes of all sessions
 	poller *netpoll.Poller
 	parked atomic.Int64
-	// parkMin overrides parkMinInterval (tests).
-	parkMin time.Duration
-	// readBufHook, if set, is told the size of each read buffer a leg's
-	// read loop takes (tests).
-	readBufHook func(l *leg, size int)
-	// quickParkHook, if set, is told of each leg that parks right after
-	// a wake that brought only control frames (tests).
-	quickParkHook func(l *leg)
+	// test is the seam for tests; nil in production.
+	test *testHooks
+}
+
+// testHooks let tests see and tune what a session does inside; only
+// tests set them (Env.test).
+type testHooks struct {
+	parkMin   time.Duration          // overrides parkMinInterval
+	readBuf   func(l *leg, size int) // told the size of each read buffer a read loop takes
+	quickPark func(l *leg)           // told of each leg that parks right after a control-only wake
 }
 
 func (e *Env) parkMinInterval() time.Duration {
-	if e.parkMin > 0 {
-		return e.parkMin
+	if e.test != nil && e.test.parkMin > 0 {
+		return e.test.parkMin
 	}
 	return parkMinInterval
 }
