@@ -10,7 +10,7 @@ import (
 	"github.com/tether-proxy/tether/session"
 )
 
-// FuzzLoadConfig sets up to two SPEC §1 variables (chosen by index) to
+// FuzzLoadConfig sets up to two README "Configuration" variables (chosen by index) to
 // arbitrary values on top of a valid environment. Invariants: no panic;
 // either a config that builds a session environment, a logger and (file
 // variables aside) a proxy server, or a one-line error that begins with

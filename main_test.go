@@ -239,7 +239,7 @@ func coreCloseCode(err error) int {
 	return -1
 }
 
-// SPEC §0, §1: --help and -h list every variable with its default, need
+// README "Two commands" and "Configuration": --help and -h list every variable with its default, need
 // no variable, and exit 0.
 func TestCoreHelp(t *testing.T) {
 	t.Parallel()
@@ -273,7 +273,7 @@ func TestCoreHelp(t *testing.T) {
 	}
 }
 
-// SPEC §1: a missing or bad variable: one stderr line naming it, exit 2,
+// README "Configuration": a missing or bad variable: one stderr line naming it, exit 2,
 // before listening.
 func TestCoreConfigErrorsExit2(t *testing.T) {
 	t.Parallel()
@@ -304,7 +304,7 @@ func TestCoreConfigErrorsExit2(t *testing.T) {
 	}
 }
 
-// SPEC §0: tether healthcheck exits 0 against a running tether and non-zero
+// README "Two commands": tether healthcheck exits 0 against a running tether and non-zero
 // when nothing listens.
 func TestCoreHealthcheck(t *testing.T) {
 	t.Parallel()
@@ -354,7 +354,7 @@ func coreListeningSockets(t *testing.T, pid int) int {
 	return n
 }
 
-// SPEC §1: TETHER_ADMIN_ADDR set but empty disables the admin listener.
+// README "Configuration": TETHER_ADMIN_ADDR set but empty disables the admin listener.
 func TestCoreAdminDisabled(t *testing.T) {
 	t.Parallel()
 	if runtime.GOOS != "linux" {
@@ -371,7 +371,7 @@ func TestCoreAdminDisabled(t *testing.T) {
 	}
 }
 
-// SPEC §7: TETHER_LOG_FORMAT=json gives JSON lines; session lines carry
+// README "Metrics and logs": TETHER_LOG_FORMAT=json gives JSON lines; session lines carry
 // the session id. Text logs carry session= and no colour off a terminal.
 func TestCoreLogs(t *testing.T) {
 	t.Parallel()
@@ -436,7 +436,7 @@ func TestCoreLogs(t *testing.T) {
 	}
 }
 
-// SPEC §5: SIGTERM or SIGINT drains: clients get 1012, upstreams 1001,
+// README "Shutdown": SIGTERM or SIGINT drains: clients get 1012, upstreams 1001,
 // and the process exits 0.
 func TestCoreSignalDrain(t *testing.T) {
 	t.Parallel()

@@ -14,7 +14,7 @@ import (
 	"github.com/tether-proxy/tether/session"
 )
 
-// Config is the listener-level configuration of SPEC §1 plus the
+// Config is the listener-level configuration of README "Configuration" plus the
 // per-session part (Session). Env tags are relative to TETHER_.
 type Config struct {
 	// UpstreamURLs are tried in order, rotating on failure. Required.
@@ -60,7 +60,7 @@ func (c *Config) Prefill() {
 	c.Session.UpstreamHeartbeat.Mode = heartbeat.ModeWS
 }
 
-// DefaultConfig returns SPEC §1's defaults with upstreamURL as the backend.
+// DefaultConfig returns README "Configuration"'s defaults with upstreamURL as the backend.
 func DefaultConfig(upstreamURL string) (Config, error) {
 	var c Config
 	c.Prefill()

@@ -17,7 +17,7 @@ import (
 
 // hopHeaders are removed before a request is forwarded (RFC 9110 §7.6.1,
 // as in net/http/httputil), together with the WebSocket handshake headers
-// that tether sets itself on the upstream request (SPEC §2).
+// that tether sets itself on the upstream request (README "Running in front of a real backend").
 var hopHeaders = []string{
 	"Connection",
 	"Proxy-Connection",
@@ -51,7 +51,7 @@ func headerHasToken(h http.Header, name, token string) bool {
 }
 
 // checkUpgrade validates a client handshake before anything is dialed
-// (SPEC §2). It returns 0 when the request is a valid WebSocket upgrade, or
+// (README "Running in front of a real backend"). It returns 0 when the request is a valid WebSocket upgrade, or
 // the status to answer with.
 func checkUpgrade(r *http.Request) (status int, why string) {
 	if !headerHasToken(r.Header, "Connection", "upgrade") || !strings.EqualFold(strings.TrimSpace(r.Header.Get("Upgrade")), "websocket") {
@@ -182,7 +182,7 @@ func singleJoiningSlash(a, b string) string {
 	return a + b
 }
 
-// joinURLPath is net/http/httputil's, which SPEC §2 follows.
+// joinURLPath is net/http/httputil's, which README "Running in front of a real backend" follows.
 func joinURLPath(a, b *url.URL) (path, rawpath string) {
 	if a.RawPath == "" && b.RawPath == "" {
 		return singleJoiningSlash(a.Path, b.Path), ""

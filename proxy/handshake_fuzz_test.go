@@ -15,7 +15,7 @@ import (
 	"time"
 )
 
-// fuzzRequestSeeds are raw client handshakes: valid ones and the SPEC §2
+// fuzzRequestSeeds are raw client handshakes: valid ones and the README "Running in front of a real backend"
 // rejections.
 var fuzzRequestSeeds = []string{
 	"GET /chat?x=1 HTTP/1.1\r\nHost: front.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
@@ -53,9 +53,9 @@ func foldRef(raw []byte) bool {
 
 // FuzzCheckUpgrade: raw request bytes as net/http reads them, then
 // everything tether derives from a request before it dials. Invariants:
-// no panic; checkUpgrade answers 0 or a SPEC §2 status with a reason;
+// no panic; checkUpgrade answers 0 or a README "Running in front of a real backend" status with a reason;
 // forwarded headers carry no CR, LF or NUL, none of the hop-by-hop or
-// handshake headers, and X-Forwarded-* as SPEC §2 says; offered
+// handshake headers, and X-Forwarded-* as README "Running in front of a real backend" says; offered
 // subprotocols are trimmed non-empty tokens; the upstream URL keeps the
 // base's scheme and host; clientConn flags obs-fold whatever the read sizes.
 func FuzzCheckUpgrade(f *testing.F) {
@@ -99,7 +99,7 @@ func FuzzCheckUpgrade(f *testing.F) {
 				t.Fatalf("status %d without a reason", status)
 			}
 		default:
-			t.Fatalf("checkUpgrade(%q) = %d, not a SPEC §2 status", raw, status)
+			t.Fatalf("checkUpgrade(%q) = %d, not a README handshake status", raw, status)
 		}
 
 		h := upstreamHeader(r, r.TLS != nil)
@@ -156,7 +156,7 @@ func isToken(s string) bool {
 	return true
 }
 
-// fuzzStatuses are the statuses a client handshake may get (SPEC §2),
+// fuzzStatuses are the statuses a client handshake may get (README "Running in front of a real backend"),
 // with 409, which the test's upstream answers every dial with (the client
 // gets that same status), and the statuses net/http answers before tether
 // sees the request: 505 for an HTTP version other than 1.x and 501 for a

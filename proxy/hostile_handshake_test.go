@@ -66,7 +66,7 @@ func hxWaitGoroutines(t *testing.T, max int, d time.Duration) int {
 	}
 }
 
-// SPEC §1 TETHER_HANDSHAKE_TIMEOUT against slowloris: a client that
+// README "Configuration" TETHER_HANDSHAKE_TIMEOUT against slowloris: a client that
 // sends nothing, one that stops in the middle of the request line or of
 // the headers, and one that trickles a valid upgrade a byte at a time are
 // all cut by tether at the timeout, counted from accept (not extended by
@@ -169,7 +169,7 @@ func TestHostileSlowHandshakes(t *testing.T) {
 	coreEcho(t, c, "still there")
 }
 
-// Thousands of half-open connections (SPEC §1 TETHER_HANDSHAKE_TIMEOUT):
+// Thousands of half-open connections (README "Configuration" TETHER_HANDSHAKE_TIMEOUT):
 // while they are open a normal session works and, with
 // TETHER_MAX_SESSIONS=1, they hold no session slot; every one of them is
 // cut at the timeout; and tether's goroutines go back to the baseline.
@@ -289,7 +289,7 @@ func TestHostileHalfOpenFlood(t *testing.T) {
 	}
 }
 
-// SPEC §2: request headers over 32 KiB in all get 431 and the connection
+// README "Running in front of a real backend": request headers over 32 KiB in all get 431 and the connection
 // is closed, whether the excess comes from one header, many small ones,
 // the request line, or a header that never ends. A very large number of
 // small headers under the limit is forwarded intact.
@@ -469,7 +469,7 @@ func hxCheckHead(raw []byte, banned ...string) error {
 	return nil
 }
 
-// SPEC §2: CR/LF in a header gets 400; encoded attempts are forwarded
+// README "Running in front of a real backend": CR/LF in a header gets 400; encoded attempts are forwarded
 // as the opaque bytes they are. Either way the upstream never receives an
 // injected header or a bare CR or LF.
 func TestHostileHeaderInjection(t *testing.T) {
@@ -533,7 +533,7 @@ func TestHostileHeaderInjection(t *testing.T) {
 	}
 }
 
-// SPEC §1 TETHER_MAX_SESSIONS under concurrency: of a burst of 3×limit
+// README "Configuration" TETHER_MAX_SESSIONS under concurrency: of a burst of 3×limit
 // simultaneous handshakes exactly limit succeed and the others get 503
 // (with Retry-After) without an upstream dial; when k sessions end, a
 // second burst gets exactly k sessions.
@@ -657,7 +657,7 @@ func TestHostileCheckHead(t *testing.T) {
 	}
 }
 
-// SPEC §1 TETHER_HANDSHAKE_TIMEOUT is one deadline from TCP accept, also
+// README "Configuration" TETHER_HANDSHAKE_TIMEOUT is one deadline from TCP accept, also
 // on a TLS listener: a client that waits almost the whole timeout before
 // its TLS handshake and then sends part of its request is cut at the
 // timeout counted from accept, not a second timeout after the TLS
@@ -698,7 +698,7 @@ func TestHostileSlowTLSHandshake(t *testing.T) {
 	t.Logf("cut %v after accept (%v)", took.Round(time.Millisecond), err)
 }
 
-// SPEC §2: a malformed upgrade gets 400 without an upstream dial, and a
+// README "Running in front of a real backend": a malformed upgrade gets 400 without an upstream dial, and a
 // valid one is not refused after the dial. tether dials the upstream before
 // it upgrades the client, so every check of the client's upgrade (its own
 // and gobwas's) has to happen before the dial: Connection split over two

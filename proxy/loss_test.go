@@ -9,7 +9,7 @@ import (
 	"github.com/tether-proxy/tether/proxy"
 )
 
-// The delivery property of SPEC §4, under fire: a client streams 3000
+// The delivery property of README "Upstream loss, reconnect and the delivery guarantee", under fire: a client streams 3000
 // numbered messages while the upstream connection is reset at random
 // moments, 15 times. Each fault first stalls the relay for a few
 // milliseconds, so that the reset destroys bytes tether had already

@@ -9,13 +9,13 @@ import (
 	"github.com/tether-proxy/tether/session"
 )
 
-// Label values, spelled as in SPEC §6.
+// Label values, spelled as in README "Metrics and logs".
 const (
 	dirClientToUpstream = "client_to_upstream"
 	dirUpstreamToClient = "upstream_to_client"
 )
 
-// metrics holds SPEC §6's collectors, registered in the server's own
+// metrics holds README "Metrics and logs"'s collectors, registered in the server's own
 // registry. Label children are resolved once, so the per-message path is a
 // pair of atomic adds.
 type metrics struct {

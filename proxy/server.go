@@ -46,8 +46,8 @@ type Options struct {
 	Burst *memrelease.Releaser
 }
 
-// Server is tether's client-facing handler (SPEC §2) with its session
-// registry, metrics and drain (SPEC §5). Safe for concurrent use.
+// Server is tether's client-facing handler (README "Running in front of a real backend") with its session
+// registry, metrics and drain (README "Shutdown"). Safe for concurrent use.
 type Server struct {
 	cfg       Config
 	log       *slog.Logger
@@ -117,7 +117,7 @@ func New(cfg Config, opts Options) (*Server, error) {
 		Handler:           s,
 		ReadHeaderTimeout: cfg.HandshakeTimeout,
 		IdleTimeout:       cfg.HandshakeTimeout,
-		// net/http allows 4 KiB over MaxHeaderBytes: 32 KiB in all (SPEC §2).
+		// net/http allows 4 KiB over MaxHeaderBytes: 32 KiB in all (README "Running in front of a real backend").
 		MaxHeaderBytes: 28 << 10,
 		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 		ConnContext:    withClientConn,
@@ -162,7 +162,7 @@ func (s *Server) Sessions() int {
 	return len(s.sessions)
 }
 
-// AdminHandler serves /healthz, /readyz and /metrics (SPEC §6).
+// AdminHandler serves /healthz, /readyz and /metrics (README "Metrics and logs").
 func (s *Server) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -413,7 +413,7 @@ func drain(br *bufio.Reader) []byte {
 }
 
 // upstreamDialer dials the upstream for one session, replaying the
-// client's request (SPEC §2, §4).
+// client's request (README "Running in front of a real backend" and "Upstream loss, reconnect and the delivery guarantee").
 type upstreamDialer struct {
 	s         *Server
 	reqURL    *url.URL                // path and query of the client request
@@ -510,7 +510,7 @@ func (d *upstreamDialer) dialOne(ctx context.Context, idx int, first bool) (sess
 	return session.Upstream{Conn: conn, Buffered: buffered, Protocol: hs.Protocol, Host: base.Host}, cookies, nil
 }
 
-// Shutdown drains (SPEC §5): /readyz turns 503, the listener closes, new
+// Shutdown drains (README "Shutdown"): /readyz turns 503, the listener closes, new
 // handshakes get 503, and sessions are closed (client 1012, upstream 1001)
 // spread over TETHER_SHUTDOWN_SPREAD. It returns when every session has
 // ended or ctx is done, after which the remaining sessions are closed at

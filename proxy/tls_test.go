@@ -24,7 +24,7 @@ func coreSelfSigned(t *testing.T) (certFile, keyFile string, pool *x509.CertPool
 	return testkit.SelfSigned(t)
 }
 
-// SPEC §1 TETHER_TLS_CERT_FILE/KEY_FILE: the listener serves wss, and the
+// README "Configuration" TETHER_TLS_CERT_FILE/KEY_FILE: the listener serves wss, and the
 // upstream sees X-Forwarded-Proto: https.
 func TestCoreTLSListener(t *testing.T) {
 	t.Parallel()
@@ -50,7 +50,7 @@ func TestCoreTLSListener(t *testing.T) {
 	}
 }
 
-// SPEC §1 TETHER_UPSTREAM_CA_FILE and TETHER_UPSTREAM_TLS_INSECURE: a
+// README "Configuration" TETHER_UPSTREAM_CA_FILE and TETHER_UPSTREAM_TLS_INSECURE: a
 // wss:// upstream is verified against the system pool plus the CA file;
 // failing verification is a 502.
 func TestCoreTLSUpstream(t *testing.T) {
@@ -102,7 +102,7 @@ func TestCoreTLSUpstream(t *testing.T) {
 	}
 }
 
-// SPEC §1: a CA file that cannot be read or holds no certificate is a
+// README "Configuration": a CA file that cannot be read or holds no certificate is a
 // configuration error naming the variable.
 func TestCoreTLSConfigErrors(t *testing.T) {
 	t.Parallel()

@@ -380,7 +380,7 @@ func newHBTCPRelay(t *testing.T, cfg Config) (client, up *hbWirePeer) {
 // heartbeat recognition on the upstream leg; client → upstream allocates
 // nothing when the upstream heartbeat is off (no retention); answering
 // the upstream's RFC or JSON pings allocates nothing (the JSON pong is
-// built in a pooled buffer). With retention (SPEC §4), each client message
+// built in a pooled buffer). With retention (README "Upstream loss, reconnect and the delivery guarantee"), each client message
 // is copied until acknowledged, and here nothing acknowledges it: that
 // count is logged, not pinned.
 func TestRelaySteadyStateAllocs(t *testing.T) {

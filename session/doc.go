@@ -1,7 +1,7 @@
 // Package session relays one client WebSocket leg to a replaceable
-// upstream leg (SPEC §2–§5): it frames and validates messages, answers
+// upstream leg (README "Running in front of a real backend" and "Close codes"): it frames and validates messages, answers
 // and sends heartbeats on both legs, classifies how a leg ended into the
-// close codes of SPEC §5, and, when the upstream leg is lost, reconnects
+// close codes of README "Close codes", and, when the upstream leg is lost, reconnects
 // with full-jitter backoff while the client leg stays open and the client's
 // messages wait in a bounded queue.
 //

@@ -14,7 +14,7 @@ import (
 	"github.com/tether-proxy/tether/internal/netpoll"
 )
 
-// Leg names, as used in logs and metric labels (SPEC §6).
+// Leg names, as used in logs and metric labels (README "Metrics and logs").
 const (
 	LegClient   = "client"
 	LegUpstream = "upstream"

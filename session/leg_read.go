@@ -110,7 +110,7 @@ func (l *leg) moreInput() bool { return l.br != nil && l.br.Buffered() > 0 }
 
 // legReader refreshes the liveness deadline before every socket read, so
 // that any byte received, including bytes of a frame still arriving, keeps
-// the leg alive (SPEC §3). It needs no goroutine and no timer of its own.
+// the leg alive (README "Heartbeats"). It needs no goroutine and no timer of its own.
 type legReader struct {
 	l   *leg
 	pre []byte // bytes read past the handshake, served first

@@ -331,7 +331,7 @@ func TestParkedUpstreamReconnect(t *testing.T) {
 	r := newParkRig(t, hbCfg(hbOff, hbOff))
 	old := r.up()
 	r.waitParked(r.s.client, old)
-	r.upstream.Close() // abnormal closure: reconnect (SPEC §4)
+	r.upstream.Close() // abnormal closure: reconnect (README "Upstream loss, reconnect and the delivery guarantee")
 	var up net.Conn
 	select {
 	case up = <-r.dials:

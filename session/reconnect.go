@@ -44,7 +44,7 @@ func (s *Session) upstreamLost(u *leg, why Outcome) {
 }
 
 // backoff returns the delay before attempt n (n = 0, 1, …): a random value
-// in [0, d] with d = min(MaxDelay, InitialDelay × 2ⁿ) (SPEC §4).
+// in [0, d] with d = min(MaxDelay, InitialDelay × 2ⁿ) (README "Upstream loss, reconnect and the delivery guarantee").
 func (s *Session) backoff(n int) time.Duration {
 	return Backoff(s.cfg.Reconnect.InitialDelay, s.cfg.Reconnect.MaxDelay, n, s.env.jitter)
 }
@@ -63,7 +63,7 @@ func Backoff(initial, max time.Duration, n int, jitter func(k int64) int64) time
 	return time.Duration(jitter(k))
 }
 
-// reconnectLoop is the session's only reconnect loop (SPEC §4). It owns
+// reconnectLoop is the session's only reconnect loop (README "Upstream loss, reconnect and the delivery guarantee"). It owns
 // the upstream leg until it is connected again or the session ends.
 func (s *Session) reconnectLoop() {
 	defer s.partDone()
@@ -147,7 +147,7 @@ const (
 
 // resume installs a new upstream connection and sends, in order, the
 // replayed opening, every message not provably received, then the buffer
-// (SPEC §4). The session stays "reconnecting" (client messages keep going
+// (README "Upstream loss, reconnect and the delivery guarantee"). The session stays "reconnecting" (client messages keep going
 // to the queue) until the queue is drained.
 func (s *Session) resume(up Upstream) resumeResult {
 	s.mu.Lock()
@@ -245,7 +245,7 @@ func (s *Session) resumeFailed(u *leg) resumeResult {
 	return resumeLost
 }
 
-// Upstream status messages (SPEC §4).
+// Upstream status messages (README "Upstream loss, reconnect and the delivery guarantee").
 var (
 	statusConnected   = []byte(`{"type":"upstream","status":"connected"}`)
 	statusUnavailable = []byte(`{"type":"upstream","status":"unavailable"}`)

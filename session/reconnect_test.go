@@ -59,7 +59,7 @@ func (m *rcMetrics) Overflow()      { m.overflows.Add(1) }
 func (m *rcMetrics) Resent(n int)   { m.resent.Add(int64(n)) }
 
 // rcConfig is a valid config with both heartbeats off, a 100ms..1s
-// backoff, no dial rate limit and SPEC's default buffer limits.
+// backoff, no dial rate limit and the default buffer limits (README "Configuration").
 func rcConfig() Config {
 	return Config{
 		MaxMessageBytes:   1 << 20,
@@ -684,7 +684,7 @@ func TestRcSingleLoop(t *testing.T) {
 	})
 }
 
-// "Provably received" (SPEC §4): a message is acknowledged only by a
+// "Provably received" (README "Upstream loss, reconnect and the delivery guarantee"): a message is acknowledged only by a
 // heartbeat round trip that started after it was sent; acknowledged
 // messages are never sent again, the others are re-sent in order.
 func TestRcAcknowledgement(t *testing.T) {
@@ -872,8 +872,8 @@ func TestRcOverflow(t *testing.T) {
 	})
 }
 
-// With TETHER_NOTIFY_CLIENT the client sees the status messages of SPEC
-// §4, byte for byte.
+// With TETHER_NOTIFY_CLIENT the client sees the status messages of README
+// "Upstream loss, reconnect and the delivery guarantee", byte for byte.
 func TestRcNotify(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {

@@ -18,7 +18,7 @@ import (
 	"github.com/tether-proxy/tether/internal/netpoll"
 )
 
-// Metrics receives what sessions count (SPEC §6). Implementations must be
+// Metrics receives what sessions count (README "Metrics and logs"). Implementations must be
 // safe for concurrent use and cheap: they are called per message.
 type Metrics interface {
 	Message(toUpstream bool, bytes int)

@@ -170,7 +170,7 @@ func (r *Report) Print(w io.Writer) {
 	}
 }
 
-// Metric series read from tether (SPEC §6).
+// Metric series read from tether (README "Metrics and logs").
 const (
 	mSessionsTotal  = "tether_sessions_total"
 	mSessionsActive = "tether_sessions_active"
