@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tether-proxy/tether/internal/ctxtime"
+
 	"github.com/tether-proxy/tether/internal/faultnet"
 )
 
@@ -52,7 +54,7 @@ func (ch *chaos) run(ctx context.Context) {
 	}()
 	for {
 		gap := ch.every/2 + time.Duration(ch.rnd.Int64N(int64(ch.every)+1))
-		if !sleepCtx(ctx, gap) {
+		if !ctxtime.Sleep(ctx, gap) {
 			return
 		}
 		n := 0
@@ -90,20 +92,20 @@ func (ch *chaos) inject(ctx context.Context, kind string) {
 		r.CloseAll()
 	case faultStall:
 		r.Stall()
-		sleepCtx(ctx, ch.span(200*time.Millisecond, 4*time.Second))
+		ctxtime.Sleep(ctx, ch.span(200*time.Millisecond, 4*time.Second))
 		r.Resume()
 	case faultDelay:
 		r.SetDelay(ch.span(10*time.Millisecond, 250*time.Millisecond))
-		sleepCtx(ctx, ch.span(time.Second, 5*time.Second))
+		ctxtime.Sleep(ctx, ch.span(time.Second, 5*time.Second))
 		r.SetDelay(0)
 	case faultRefuse:
 		hit = r.ResetSome(max(1, r.Conns()/10), ch.rnd.IntN)
 		r.Refuse(true)
-		sleepCtx(ctx, ch.span(200*time.Millisecond, 2*time.Second))
+		ctxtime.Sleep(ctx, ch.span(200*time.Millisecond, 2*time.Second))
 		r.Refuse(false)
 	case faultStallReset:
 		r.Stall()
-		sleepCtx(ctx, ch.span(500*time.Millisecond, 2*time.Second))
+		ctxtime.Sleep(ctx, ch.span(500*time.Millisecond, 2*time.Second))
 		hit = r.Conns()
 		r.ResetAll()
 		r.Resume()
@@ -129,16 +131,4 @@ func (ch *chaos) summary() (string, int, int) {
 	}
 	sort.Strings(parts)
 	return strings.Join(parts, " "), total, ch.hit
-}
-
-// sleepCtx sleeps for d; it reports false if ctx ended first.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
