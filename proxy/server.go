@@ -18,14 +18,13 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/tether-proxy/tether/internal/ctxtime"
-
 	"github.com/gobwas/httphead"
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsflate"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/tether-proxy/tether/internal/ctxtime"
 	"github.com/tether-proxy/tether/internal/memrelease"
 	"github.com/tether-proxy/tether/session"
 )

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+
 	"github.com/tether-proxy/tether/heartbeat"
 	"github.com/tether-proxy/tether/internal/netpoll"
 )

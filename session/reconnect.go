@@ -6,9 +6,9 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/tether-proxy/tether/internal/ctxtime"
-
 	"github.com/gobwas/ws"
+
+	"github.com/tether-proxy/tether/internal/ctxtime"
 )
 
 // upstreamLost starts the reconnect loop for the upstream leg u, unless u

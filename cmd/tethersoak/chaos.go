@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/tether-proxy/tether/internal/ctxtime"
-
 	"github.com/tether-proxy/tether/internal/faultnet"
 )
 
