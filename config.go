@@ -14,8 +14,8 @@ import (
 	"github.com/tether-proxy/tether/proxy"
 )
 
-// config is the whole of README "Configuration": each package owns its part, composed
-// here under the TETHER_ prefix.
+// config is the whole of README "Configuration": each package owns its part,
+// composed here under the TETHER_ prefix.
 type config struct {
 	Proxy proxy.Config
 	Log   logConfig `envPrefix:"LOG_"`
@@ -45,7 +45,8 @@ func loadConfig(environ []string) (config, error) {
 	if err := envconfig.Parse(&c, m); err != nil {
 		return c, err
 	}
-	// README "Configuration": an empty TETHER_ADMIN_ADDR disables the admin listener.
+	// README "Configuration": an empty TETHER_ADMIN_ADDR disables the admin
+	// listener.
 	if v, ok := m["TETHER_ADMIN_ADDR"]; ok && v == "" {
 		c.Proxy.AdminAddr = ""
 	}

@@ -7,8 +7,8 @@ import (
 	"github.com/tether-proxy/tether/internal/envconfig"
 )
 
-// coreSpecDefaults is README "Configuration"'s table: every variable and its default as
-// help prints it ("" = empty).
+// coreSpecDefaults is README "Configuration"'s table: every variable and its
+// default as help prints it ("" = empty).
 var coreSpecDefaults = map[string]string{
 	"TETHER_UPSTREAM_URL":                "(required)",
 	"TETHER_LISTEN_ADDR":                 ":8080",
@@ -80,8 +80,8 @@ func TestCoreConfigVars(t *testing.T) {
 	}
 }
 
-// README "Configuration": parsing and validation up front; errors name the variable;
-// empty counts as unset except TETHER_ADMIN_ADDR.
+// README "Configuration": parsing and validation up front; errors name the
+// variable; empty counts as unset except TETHER_ADMIN_ADDR.
 func TestCoreLoadConfig(t *testing.T) {
 	t.Parallel()
 	base := []string{"TETHER_UPSTREAM_URL=ws://127.0.0.1:1"}

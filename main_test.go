@@ -239,8 +239,8 @@ func coreCloseCode(err error) int {
 	return -1
 }
 
-// README "Two commands" and "Configuration": --help and -h list every variable with its default, need
-// no variable, and exit 0.
+// README "Two commands" and "Configuration": --help and -h list every variable
+// with its default, need no variable, and exit 0.
 func TestCoreHelp(t *testing.T) {
 	t.Parallel()
 	for _, arg := range []string{"--help", "-h"} {
@@ -273,8 +273,8 @@ func TestCoreHelp(t *testing.T) {
 	}
 }
 
-// README "Configuration": a missing or bad variable: one stderr line naming it, exit 2,
-// before listening.
+// README "Configuration": a missing or bad variable: one stderr line naming
+// it, exit 2, before listening.
 func TestCoreConfigErrorsExit2(t *testing.T) {
 	t.Parallel()
 	cases := append([]struct {
@@ -304,8 +304,8 @@ func TestCoreConfigErrorsExit2(t *testing.T) {
 	}
 }
 
-// README "Two commands": tether healthcheck exits 0 against a running tether and non-zero
-// when nothing listens.
+// README "Two commands": tether healthcheck exits 0 against a running tether
+// and non-zero when nothing listens.
 func TestCoreHealthcheck(t *testing.T) {
 	t.Parallel()
 	up, _ := coreBackend(t)
@@ -354,7 +354,8 @@ func coreListeningSockets(t *testing.T, pid int) int {
 	return n
 }
 
-// README "Configuration": TETHER_ADMIN_ADDR set but empty disables the admin listener.
+// README "Configuration": TETHER_ADMIN_ADDR set but empty disables the admin
+// listener.
 func TestCoreAdminDisabled(t *testing.T) {
 	t.Parallel()
 	if runtime.GOOS != "linux" {
@@ -371,8 +372,9 @@ func TestCoreAdminDisabled(t *testing.T) {
 	}
 }
 
-// README "Metrics and logs": TETHER_LOG_FORMAT=json gives JSON lines; session lines carry
-// the session id. Text logs carry session= and no colour off a terminal.
+// README "Metrics and logs": TETHER_LOG_FORMAT=json gives JSON lines; session
+// lines carry the session id. Text logs carry session= and no colour off a
+// terminal.
 func TestCoreLogs(t *testing.T) {
 	t.Parallel()
 	for _, format := range []string{"json", "text"} {
@@ -436,8 +438,8 @@ func TestCoreLogs(t *testing.T) {
 	}
 }
 
-// README "Shutdown": SIGTERM or SIGINT drains: clients get 1012, upstreams 1001,
-// and the process exits 0.
+// README "Shutdown": SIGTERM or SIGINT drains: clients get 1012, upstreams
+// 1001, and the process exits 0.
 func TestCoreSignalDrain(t *testing.T) {
 	t.Parallel()
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {

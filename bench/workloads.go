@@ -207,9 +207,9 @@ func throughput(ctx context.Context, o common, conns, size, inflight int) (*Resu
 			defer readers.Done()
 			rtts := readEchoes(c, echoOpts{epoch: epoch, size: size, end: end, inWindow: &inWindow, stopping: &stopping, errc: errc}, 4096, func() {
 				echoed.Add(1)
-				// A proxy that reconnects its upstream may send a message
-				// twice (tether resends unacknowledged ones, README "Upstream loss, reconnect and the delivery guarantee"):
-				// never hold more than inflight credits.
+				// A proxy that reconnects its upstream may send a message twice (tether
+				// resends unacknowledged ones, README "Upstream loss, reconnect and the
+				// delivery guarantee"): never hold more than inflight credits.
 				select {
 				case credits <- struct{}{}:
 				default:

@@ -1,7 +1,7 @@
-// Package demo implements `tether demo` (README "Two commands"): in one process and with
-// no configuration, a built-in echo backend on 127.0.0.1 (random port),
-// tether in front of it, and a page server (default :8081) that serves the
-// browser client and demo page embedded in package client.
+// Package demo implements `tether demo` (README "Two commands"): in one
+// process and with no configuration, a built-in echo backend on 127.0.0.1
+// (random port), tether in front of it, and a page server (default :8081) that
+// serves the browser client and demo page embedded in package client.
 //
 // The demo's tether uses the README defaults except: TETHER_NOTIFY_CLIENT=true,
 // client heartbeats in `both` mode every 5 s (timeout 15 s) so pings are
@@ -257,10 +257,10 @@ func (d *Demo) AdminAddr() net.Addr { return d.adminAddr }
 // Sessions reports tether's registered sessions.
 func (d *Demo) Sessions() int { return d.proxy.Sessions() }
 
-// Close shuts everything down: the page server, then tether, which drains
-// its sessions as README "Shutdown" says (client 1012, upstream 1001) within ctx, then the
-// admin listener and the backend. It waits for every goroutine it started
-// and is safe to call more than once.
+// Close shuts everything down: the page server, then tether, which drains its
+// sessions as README "Shutdown" says (client 1012, upstream 1001) within ctx,
+// then the admin listener and the backend. It waits for every goroutine it
+// started and is safe to call more than once.
 func (d *Demo) Close(ctx context.Context) error {
 	d.closeOnce.Do(func() {
 		var errs []error

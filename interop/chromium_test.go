@@ -211,9 +211,10 @@ type closeResult struct {
 
 // TestChromium runs headless Chromium's WebSocket, which offers
 // permessage-deflate, through tether with TETHER_CLIENT_COMPRESSION on and
-// off: the answered extension, compressed frames on the wire when on,
-// messages intact either way, RFC heartbeats answered by the browser, and
-// close codes both ways (README "Configuration" and "Running in front of a real backend" and "Heartbeats" and "Close codes").
+// off: the answered extension, compressed frames on the wire when on, messages
+// intact either way, RFC heartbeats answered by the browser, and close codes
+// both ways (README "Configuration" and "Running in front of a real backend"
+// and "Heartbeats" and "Close codes").
 func TestChromium(t *testing.T) {
 	t.Parallel()
 	ctx := newBrowser(t, testkit.FindChromium(t))

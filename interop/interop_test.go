@@ -52,11 +52,11 @@ var messages = []message{
 	{"text", mib, 5, false},
 }
 
-// TestPeers runs Node's ws and Python's websockets through tether, as
-// client and as backend: subprotocol choice, extension negotiation, text
-// and binary messages up to TETHER_MAX_MESSAGE_BYTES, fragmented ones,
-// heartbeats in json and ws mode on each leg, and close codes both ways
-// (README "Running in front of a real backend" and "Heartbeats" and "Close codes").
+// TestPeers runs Node's ws and Python's websockets through tether, as client
+// and as backend: subprotocol choice, extension negotiation, text and binary
+// messages up to TETHER_MAX_MESSAGE_BYTES, fragmented ones, heartbeats in json
+// and ws mode on each leg, and close codes both ways (README "Running in front
+// of a real backend" and "Heartbeats" and "Close codes").
 func TestPeers(t *testing.T) {
 	t.Parallel()
 	for _, c := range combos {
@@ -290,9 +290,9 @@ func runCombo(t *testing.T, c combo) {
 		}
 	})
 
-	// README "Close codes": a Close without a code is passed on without one (1005 is
-	// what the libraries report for it). Only ws sends one: websockets'
-	// close() always has a code.
+	// README "Close codes": a Close without a code is passed on without one (1005
+	// is what the libraries report for it). Only ws sends one: websockets' close()
+	// always has a code.
 	if c.client == "node" {
 		t.Run("client closes without a code", func(t *testing.T) {
 			client := session(t, "/nocode")

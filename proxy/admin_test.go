@@ -54,8 +54,8 @@ func coreScrape(t *testing.T, url string) (samples map[string]float64, types map
 	return samples, types
 }
 
-// README "Metrics and logs": /healthz and /readyz answer 200; /metrics has every metric of
-// the table with its type and labels.
+// README "Metrics and logs": /healthz and /readyz answer 200; /metrics has
+// every metric of the table with its type and labels.
 func TestCoreAdminEndpoints(t *testing.T) {
 	t.Parallel()
 	b := newBackend(t, nil, nil)

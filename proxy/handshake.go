@@ -15,9 +15,10 @@ import (
 	"github.com/gobwas/httphead"
 )
 
-// hopHeaders are removed before a request is forwarded (RFC 9110 §7.6.1,
-// as in net/http/httputil), together with the WebSocket handshake headers
-// that tether sets itself on the upstream request (README "Running in front of a real backend").
+// hopHeaders are removed before a request is forwarded (RFC 9110 §7.6.1, as in
+// net/http/httputil), together with the WebSocket handshake headers that
+// tether sets itself on the upstream request (README "Running in front of a
+// real backend").
 var hopHeaders = []string{
 	"Connection",
 	"Proxy-Connection",
@@ -50,9 +51,9 @@ func headerHasToken(h http.Header, name, token string) bool {
 	return false
 }
 
-// checkUpgrade validates a client handshake before anything is dialed
-// (README "Running in front of a real backend"). It returns 0 when the request is a valid WebSocket upgrade, or
-// the status to answer with.
+// checkUpgrade validates a client handshake before anything is dialed (README
+// "Running in front of a real backend"). It returns 0 when the request is a
+// valid WebSocket upgrade, or the status to answer with.
 func checkUpgrade(r *http.Request) (status int, why string) {
 	if !headerHasToken(r.Header, "Connection", "upgrade") || !strings.EqualFold(strings.TrimSpace(r.Header.Get("Upgrade")), "websocket") {
 		return http.StatusUpgradeRequired, "a WebSocket upgrade is required"
@@ -182,7 +183,8 @@ func singleJoiningSlash(a, b string) string {
 	return a + b
 }
 
-// joinURLPath is net/http/httputil's, which README "Running in front of a real backend" follows.
+// joinURLPath is net/http/httputil's, which README "Running in front of a real
+// backend" follows.
 func joinURLPath(a, b *url.URL) (path, rawpath string) {
 	if a.RawPath == "" && b.RawPath == "" {
 		return singleJoiningSlash(a.Path, b.Path), ""

@@ -15,8 +15,8 @@ import (
 	"time"
 )
 
-// fuzzRequestSeeds are raw client handshakes: valid ones and the README "Running in front of a real backend"
-// rejections.
+// fuzzRequestSeeds are raw client handshakes: valid ones and the README
+// "Running in front of a real backend" rejections.
 var fuzzRequestSeeds = []string{
 	"GET /chat?x=1 HTTP/1.1\r\nHost: front.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
 	"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade, X-Drop\r\nX-Drop: 1\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: a, b,,c\r\nX-Forwarded-For: 203.0.113.1\r\nOrigin: https://ok.example\r\n\r\n",
@@ -51,13 +51,14 @@ func foldRef(raw []byte) bool {
 	return false
 }
 
-// FuzzCheckUpgrade: raw request bytes as net/http reads them, then
-// everything tether derives from a request before it dials. Invariants:
-// no panic; checkUpgrade answers 0 or a README "Running in front of a real backend" status with a reason;
-// forwarded headers carry no CR, LF or NUL, none of the hop-by-hop or
-// handshake headers, and X-Forwarded-* as README "Running in front of a real backend" says; offered
-// subprotocols are trimmed non-empty tokens; the upstream URL keeps the
-// base's scheme and host; clientConn flags obs-fold whatever the read sizes.
+// FuzzCheckUpgrade: raw request bytes as net/http reads them, then everything
+// tether derives from a request before it dials. Invariants: no panic;
+// checkUpgrade answers 0 or a README "Running in front of a real backend"
+// status with a reason; forwarded headers carry no CR, LF or NUL, none of the
+// hop-by-hop or handshake headers, and X-Forwarded-* as README "Running in
+// front of a real backend" says; offered subprotocols are trimmed non-empty
+// tokens; the upstream URL keeps the base's scheme and host; clientConn flags
+// obs-fold whatever the read sizes.
 func FuzzCheckUpgrade(f *testing.F) {
 	for _, s := range fuzzRequestSeeds {
 		f.Add([]byte(s), uint8(0))
@@ -156,11 +157,11 @@ func isToken(s string) bool {
 	return true
 }
 
-// fuzzStatuses are the statuses a client handshake may get (README "Running in front of a real backend"),
-// with 409, which the test's upstream answers every dial with (the client
-// gets that same status), and the statuses net/http answers before tether
-// sees the request: 505 for an HTTP version other than 1.x and 501 for a
-// Transfer-Encoding it does not implement.
+// fuzzStatuses are the statuses a client handshake may get (README "Running in
+// front of a real backend"), with 409, which the test's upstream answers every
+// dial with (the client gets that same status), and the statuses net/http
+// answers before tether sees the request: 505 for an HTTP version other than
+// 1.x and 501 for a Transfer-Encoding it does not implement.
 var fuzzStatuses = []int{400, 403, 409, 426, 431, 501, 505}
 
 // FuzzHandshakeWire writes raw bytes to a real tether listener (net/http,

@@ -115,7 +115,8 @@ func TestCoreUpstreamHeader(t *testing.T) {
 	}
 }
 
-// coreTargetCases are the URL joins of README "Running in front of a real backend", also the fuzz seeds.
+// coreTargetCases are the URL joins of README "Running in front of a real
+// backend", also the fuzz seeds.
 var coreTargetCases = []struct{ base, req, want string }{
 	{"ws://up:1", "/chat?x=1", "ws://up:1/chat?x=1"},
 	{"ws://up:1/", "/", "ws://up:1/"},

@@ -15,9 +15,9 @@ const (
 	dirUpstreamToClient = "upstream_to_client"
 )
 
-// metrics holds README "Metrics and logs"'s collectors, registered in the server's own
-// registry. Label children are resolved once, so the per-message path is a
-// pair of atomic adds.
+// metrics holds README "Metrics and logs"'s collectors, registered in the
+// server's own registry. Label children are resolved once, so the per-message
+// path is a pair of atomic adds.
 type metrics struct {
 	sessionsActive prometheus.Gauge
 	sessionsTotal  prometheus.Counter

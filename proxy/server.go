@@ -45,8 +45,9 @@ type Options struct {
 	Burst *memrelease.Releaser
 }
 
-// Server is tether's client-facing handler (README "Running in front of a real backend") with its session
-// registry, metrics and drain (README "Shutdown"). Safe for concurrent use.
+// Server is tether's client-facing handler (README "Running in front of a real
+// backend") with its session registry, metrics and drain (README "Shutdown").
+// Safe for concurrent use.
 type Server struct {
 	cfg       Config
 	log       *slog.Logger
@@ -116,7 +117,8 @@ func New(cfg Config, opts Options) (*Server, error) {
 		Handler:           s,
 		ReadHeaderTimeout: cfg.HandshakeTimeout,
 		IdleTimeout:       cfg.HandshakeTimeout,
-		// net/http allows 4 KiB over MaxHeaderBytes: 32 KiB in all (README "Running in front of a real backend").
+		// net/http allows 4 KiB over MaxHeaderBytes: 32 KiB in all (README "Running in
+		// front of a real backend").
 		MaxHeaderBytes: 28 << 10,
 		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 		ConnContext:    withClientConn,
@@ -161,7 +163,8 @@ func (s *Server) Sessions() int {
 	return len(s.sessions)
 }
 
-// AdminHandler serves /healthz, /readyz and /metrics (README "Metrics and logs").
+// AdminHandler serves /healthz, /readyz and /metrics (README "Metrics and
+// logs").
 func (s *Server) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -411,8 +414,9 @@ func drain(br *bufio.Reader) []byte {
 	return append([]byte(nil), p...)
 }
 
-// upstreamDialer dials the upstream for one session, replaying the
-// client's request (README "Running in front of a real backend" and "Upstream loss, reconnect and the delivery guarantee").
+// upstreamDialer dials the upstream for one session, replaying the client's
+// request (README "Running in front of a real backend" and "Upstream loss,
+// reconnect and the delivery guarantee").
 type upstreamDialer struct {
 	s         *Server
 	reqURL    *url.URL                // path and query of the client request
@@ -509,11 +513,10 @@ func (d *upstreamDialer) dialOne(ctx context.Context, idx int, first bool) (sess
 	return session.Upstream{Conn: conn, Buffered: buffered, Protocol: hs.Protocol, Host: base.Host}, cookies, nil
 }
 
-// Shutdown drains (README "Shutdown"): /readyz turns 503, the listener closes, new
-// handshakes get 503, and sessions are closed (client 1012, upstream 1001)
-// spread over TETHER_SHUTDOWN_SPREAD. It returns when every session has
-// ended or ctx is done, after which the remaining sessions are closed at
-// once.
+// Shutdown drains (README "Shutdown"): /readyz turns 503, the listener closes,
+// new handshakes get 503, and sessions are closed (client 1012, upstream 1001)
+// spread over TETHER_SHUTDOWN_SPREAD. It returns when every session has ended
+// or ctx is done, after which the remaining sessions are closed at once.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.ready.Store(false)
 	s.mu.Lock()

@@ -13,8 +13,8 @@ import (
 // CloseCode is a WebSocket close status code (RFC 6455 §7.4).
 type CloseCode uint16
 
-// Close codes used by README "Close codes". gobwas/ws does not know 1012–1014, so tether
-// keeps its own list.
+// Close codes used by README "Close codes". gobwas/ws does not know 1012–1014,
+// so tether keeps its own list.
 const (
 	CloseNormal          CloseCode = 1000
 	CloseGoingAway       CloseCode = 1001

@@ -22,7 +22,8 @@ import (
 	"github.com/tether-proxy/tether/heartbeat"
 )
 
-// hbCfg returns README "Configuration"'s defaults with the given heartbeat settings.
+// hbCfg returns README "Configuration"'s defaults with the given heartbeat
+// settings.
 func hbCfg(client, upstream heartbeat.Config) Config {
 	return Config{
 		MaxMessageBytes:   1 << 20,

@@ -139,7 +139,8 @@ func (l *leg) scheduleTimeoutCheck() {
 	l.ctl.Unlock()
 }
 
-// earlyPing sends a ping now (README "Upstream loss, reconnect and the delivery guarantee": retained bytes past half the limit).
+// earlyPing sends a ping now (README "Upstream loss, reconnect and the
+// delivery guarantee": retained bytes past half the limit).
 func (l *leg) earlyPing() {
 	var f uint32
 	if l.hb.Mode.SendsWS() {

@@ -108,9 +108,9 @@ func (l *leg) readDone() {
 // buffered already (so that a write may wait for the next message).
 func (l *leg) moreInput() bool { return l.br != nil && l.br.Buffered() > 0 }
 
-// legReader refreshes the liveness deadline before every socket read, so
-// that any byte received, including bytes of a frame still arriving, keeps
-// the leg alive (README "Heartbeats"). It needs no goroutine and no timer of its own.
+// legReader refreshes the liveness deadline before every socket read, so that
+// any byte received, including bytes of a frame still arriving, keeps the leg
+// alive (README "Heartbeats"). It needs no goroutine and no timer of its own.
 type legReader struct {
 	l   *leg
 	pre []byte // bytes read past the handshake, served first

@@ -43,8 +43,9 @@ func (s *Session) upstreamLost(u *leg, why Outcome) {
 	go s.reconnectLoop()
 }
 
-// backoff returns the delay before attempt n (n = 0, 1, …): a random value
-// in [0, d] with d = min(MaxDelay, InitialDelay × 2ⁿ) (README "Upstream loss, reconnect and the delivery guarantee").
+// backoff returns the delay before attempt n (n = 0, 1, …): a random value in
+// [0, d] with d = min(MaxDelay, InitialDelay × 2ⁿ) (README "Upstream loss,
+// reconnect and the delivery guarantee").
 func (s *Session) backoff(n int) time.Duration {
 	return Backoff(s.cfg.Reconnect.InitialDelay, s.cfg.Reconnect.MaxDelay, n, s.env.jitter)
 }
@@ -63,8 +64,9 @@ func Backoff(initial, max time.Duration, n int, jitter func(k int64) int64) time
 	return time.Duration(jitter(k))
 }
 
-// reconnectLoop is the session's only reconnect loop (README "Upstream loss, reconnect and the delivery guarantee"). It owns
-// the upstream leg until it is connected again or the session ends.
+// reconnectLoop is the session's only reconnect loop (README "Upstream loss,
+// reconnect and the delivery guarantee"). It owns the upstream leg until it is
+// connected again or the session ends.
 func (s *Session) reconnectLoop() {
 	defer s.partDone()
 	_ = s.guard(func() error { s.reconnect(); return nil })
@@ -146,9 +148,11 @@ const (
 )
 
 // resume installs a new upstream connection and sends, in order, the
-// replayed opening, every message not provably received, then the buffer
-// (README "Upstream loss, reconnect and the delivery guarantee"). The session stays "reconnecting" (client messages keep going
-// to the queue) until the queue is drained.
+// replayed opening, then every message of the delivery log: those not
+// provably received and those buffered during the outage (README
+// "Upstream loss, reconnect and the delivery guarantee"). The session
+// stays "reconnecting" (client messages keep going to the log) until the
+// log's re-send cursor reaches its end.
 func (s *Session) resume(up Upstream) resumeResult {
 	s.mu.Lock()
 	if s.state == stateClosed {
@@ -245,7 +249,8 @@ func (s *Session) resumeFailed(u *leg) resumeResult {
 	return resumeLost
 }
 
-// Upstream status messages (README "Upstream loss, reconnect and the delivery guarantee").
+// Upstream status messages (README "Upstream loss, reconnect and the delivery
+// guarantee").
 var (
 	statusConnected   = []byte(`{"type":"upstream","status":"connected"}`)
 	statusUnavailable = []byte(`{"type":"upstream","status":"unavailable"}`)

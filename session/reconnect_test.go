@@ -58,8 +58,8 @@ func (m *rcMetrics) Buffered(d int) { m.buffered.Add(int64(d)) }
 func (m *rcMetrics) Overflow()      { m.overflows.Add(1) }
 func (m *rcMetrics) Resent(n int)   { m.resent.Add(int64(n)) }
 
-// rcConfig is a valid config with both heartbeats off, a 100ms..1s
-// backoff, no dial rate limit and the default buffer limits (README "Configuration").
+// rcConfig is a valid config with both heartbeats off, a 100ms..1s backoff, no
+// dial rate limit and the default buffer limits (README "Configuration").
 func rcConfig() Config {
 	return Config{
 		MaxMessageBytes:   1 << 20,
@@ -684,9 +684,10 @@ func TestRcSingleLoop(t *testing.T) {
 	})
 }
 
-// "Provably received" (README "Upstream loss, reconnect and the delivery guarantee"): a message is acknowledged only by a
-// heartbeat round trip that started after it was sent; acknowledged
-// messages are never sent again, the others are re-sent in order.
+// "Provably received" (README "Upstream loss, reconnect and the delivery
+// guarantee"): a message is acknowledged only by a heartbeat round trip that
+// started after it was sent; acknowledged messages are never sent again, the
+// others are re-sent in order.
 func TestRcAcknowledgement(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {

@@ -18,8 +18,9 @@ import (
 	"github.com/tether-proxy/tether/internal/netpoll"
 )
 
-// Metrics receives what sessions count (README "Metrics and logs"). Implementations must be
-// safe for concurrent use and cheap: they are called per message.
+// Metrics receives what sessions count (README "Metrics and logs").
+// Implementations must be safe for concurrent use and cheap: they are called
+// per message.
 type Metrics interface {
 	Message(toUpstream bool, bytes int)
 	PingSent(leg string)
@@ -331,8 +332,8 @@ func (s *Session) Start(ctx context.Context, onEnd EndFunc) {
 }
 
 // Drain ends the session for a shutdown: the client gets Close 1012, the
-// upstream Close 1001 (README "Shutdown"). Safe from any goroutine, at any time after
-// Start; it does nothing once the session is ending.
+// upstream Close 1001 (README "Shutdown"). Safe from any goroutine, at any
+// time after Start; it does nothing once the session is ending.
 func (s *Session) Drain() {
 	s.end(act{kind: actSend, ce: CloseError{Code: CloseServiceRestart, Reason: "tether shutting down"}},
 		act{kind: actSend, ce: CloseError{Code: CloseGoingAway, Reason: "tether shutting down"}}, Outcome{Cause: CauseShutdown})

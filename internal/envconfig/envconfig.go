@@ -1,9 +1,9 @@
 // Package envconfig parses tether's configuration structs from an
 // environment map with github.com/caarlos0/env/v10 and prints their help.
 //
-// It exists so that a parse error names the variable (README "Configuration": "one line
-// naming the variable and the problem"): v10's ParseError names the Go
-// field, so every leaf type is parsed through a FuncMap entry that wraps
+// It exists so that a parse error names the variable (README "Configuration":
+// "one line naming the variable and the problem"): v10's ParseError names the
+// Go field, so every leaf type is parsed through a FuncMap entry that wraps
 // its error with the key recorded by the OnSet hook, which v10 calls just
 // before it parses each field.
 package envconfig
