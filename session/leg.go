@@ -125,7 +125,7 @@ type legWriteState struct {
 // read loop, the poller, the timer and the writers (see leg).
 type legParkState struct {
 	// Atomic.
-	state     atomic.Uint32 // legRunning, legParked or legDone
+	state     atomic.Uint32 // legRunning, legParked, legDone, or legParking and its wakes
 	expired   atomic.Bool   // woken because the heartbeat timeout passed
 	lastRead  atomic.Int64  // unix nano of the last bytes read (parking legs)
 	closing   atomic.Bool   // a Close was sent or the leg is being torn down

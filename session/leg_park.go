@@ -7,6 +7,12 @@ const (
 	legRunning uint32 = iota // a goroutine runs the leg's read loop
 	legParked                // no goroutine: waiting in the poller
 	legDone                  // the read loop has ended for good
+	// The read loop is arming the poller: it still owns the leg, and a
+	// wake meanwhile is left as legWoken or legWokenExpired for it, so
+	// that no other goroutine takes the leg while Arm writes its Handle.
+	legParking
+	legWoken        // woken while parking: the read loop goes on
+	legWokenExpired // the same, by the heartbeat timeout
 )
 
 // parkMinInterval is the shortest heartbeat interval at which a leg parks.
@@ -27,36 +33,56 @@ func (l *leg) park() bool {
 	l.quiet, l.short = true, false
 	l.fr.idle()
 	l.s.env.parked.Add(1)
-	l.state.Store(legParked)
-	if err := l.s.env.poller.Arm(&l.ph, l.rc.Control, l.wakeFn); err != nil {
-		if l.state.CompareAndSwap(legParked, legRunning) {
-			l.s.env.parked.Add(-1)
-			l.quiet = false
-			l.acquireReader()
-			return false
-		}
-		return true // woken meanwhile: the new goroutine owns the loop
+	l.state.Store(legParking)
+	err := l.s.env.poller.Arm(&l.ph, l.rc.Control, l.wakeFn)
+	if err == nil && l.state.CompareAndSwap(legParking, legParked) {
+		// Parked: from here on a wake hands the leg to a new goroutine.
+		l.scheduleTimeoutCheck()
+		return true
 	}
-	l.scheduleTimeoutCheck()
-	return true
+	// Arm failed, or a wake came while arming: this loop goes on.
+	if l.state.Swap(legRunning) == legWokenExpired {
+		l.expired.Store(true)
+	}
+	l.s.env.parked.Add(-1)
+	l.quiet = false
+	l.acquireReader()
+	return false
 }
 
 // wake starts the read loop of a parked leg again. Safe from any goroutine;
-// it does nothing unless the leg is parked.
-func (l *leg) wake() {
-	if l.state.CompareAndSwap(legParked, legRunning) {
-		l.s.env.parked.Add(-1)
-		go l.resume()
-	}
-}
+// it does nothing unless the leg is parked or parking.
+func (l *leg) wake() { l.wakeAs(legWoken) }
 
 // wakeExpired wakes a parked leg whose heartbeat timeout has passed: its
 // read loop gets a deadline error at once.
-func (l *leg) wakeExpired() {
-	if l.state.CompareAndSwap(legParked, legRunning) {
-		l.s.env.parked.Add(-1)
-		l.expired.Store(true)
-		go l.resume()
+func (l *leg) wakeExpired() { l.wakeAs(legWokenExpired) }
+
+// wakeAs wakes the leg: a parked one on a new goroutine, a parking one by
+// leaving woken (legWoken or legWokenExpired) for its read loop.
+func (l *leg) wakeAs(woken uint32) {
+	for {
+		switch st := l.state.Load(); st {
+		case legParked:
+			if l.state.CompareAndSwap(legParked, legRunning) {
+				l.s.env.parked.Add(-1)
+				if woken == legWokenExpired {
+					l.expired.Store(true)
+				}
+				go l.resume()
+				return
+			}
+		case legParking:
+			if l.state.CompareAndSwap(legParking, woken) {
+				return
+			}
+		case legWoken:
+			if woken == legWoken || l.state.CompareAndSwap(legWoken, woken) {
+				return
+			}
+		default:
+			return // running, done, or already woken by the timeout
+		}
 	}
 }
 
