@@ -95,6 +95,7 @@ Usage:
   tether               run the proxy (configured by the variables below)
   tether demo          run an echo backend, tether and a demo page on :8081, no configuration
   tether healthcheck   GET /healthz on TETHER_ADMIN_ADDR; exit 0 if 200
+  tether version       print the version, Go version and VCS revision
   tether -h, --help    this help
 
 Environment:

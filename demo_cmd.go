@@ -45,6 +45,7 @@ func runDemo(environ []string, stdout, stderr io.Writer) int {
 		ListenAddr: listen,
 		AdminAddr:  admin,
 		Out:        stdout,
+		Build:      build(),
 	})
 	if err != nil {
 		fmt.Fprintln(stderr, "tether demo:", err)

@@ -46,6 +46,8 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 		return 0
 	case "healthcheck":
 		return healthcheck(environ, stderr)
+	case "version", "--version", "-version":
+		return printVersion(stdout)
 	case "demo":
 		return runDemo(environ, stdout, stderr)
 	case "":
@@ -65,7 +67,7 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 		log.Debug("returned memory to the OS after a burst of sessions", "took", time.Since(start))
 	})
 	defer burst.Stop()
-	srv, err := proxy.New(cfg.Proxy, proxy.Options{Logger: log, Registry: prometheus.NewRegistry(), Burst: burst})
+	srv, err := proxy.New(cfg.Proxy, proxy.Options{Logger: log, Registry: prometheus.NewRegistry(), Burst: burst, Build: build()})
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 2

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/flate"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -120,6 +121,8 @@ type client struct {
 	pings     atomic.Int64 // RFC and JSON pings answered
 	closeOnce sync.Once
 	msg       []byte // message being assembled (reader only)
+	scratch   []byte // a frame larger than br's buffer (reader only)
+	pumping   bool   // a throughput pump is the only reader and writer, holding wmu
 }
 
 // dial opens connection i, binding it to source address
@@ -150,7 +153,7 @@ func dial(ctx context.Context, o dialOpts, i int, cnt *counters) (*client, error
 		return nil, fmt.Errorf("dial %s: %w", u.Host, err)
 	}
 	size := max(o.readBuf, 512)
-	c := &client{conn: conn, bw: bufio.NewWriterSize(conn, 4096)}
+	c := &client{conn: conn, bw: bufio.NewWriterSize(conn, 64<<10)}
 	if br != nil {
 		// Frames the server sent right after its 101 are already in br.
 		c.br = br
@@ -173,6 +176,12 @@ var zeroMask [4]byte
 // writeFrame sends one unfragmented frame; flush says whether to flush
 // the buffered writer afterwards.
 func (c *client) writeFrame(op ws.OpCode, p []byte, flush bool) error {
+	if c.pumping {
+		// The pump holds wmu and flushes before it next reads; a pong
+		// written from inside read must not wait for a read that may
+		// block.
+		return c.writeFrameLocked(op, p, flush && c.br.Buffered() == 0)
+	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	return c.writeFrameLocked(op, p, flush)
@@ -210,19 +219,85 @@ func (c *client) flush() error {
 // errClosed is a Close frame from the server.
 var errClosed = errors.New("server sent close")
 
+// readHeader parses one frame header from br without allocating (gobwas's
+// ws.ReadHeader allocates a scratch slice per frame, which at hundreds of
+// thousands of frames a second makes the tool, not the proxy, the cost).
+func readHeader(br *bufio.Reader) (ws.Header, error) {
+	var h ws.Header
+	b, err := br.Peek(2)
+	if err != nil {
+		return h, err
+	}
+	h.Fin = b[0]&0x80 != 0
+	h.Rsv = (b[0] >> 4) & 0x07
+	h.OpCode = ws.OpCode(b[0] & 0x0f)
+	h.Masked = b[1]&0x80 != 0
+	n, ext := 2, 0
+	switch b[1] & 0x7f {
+	case 126:
+		ext = 2
+	case 127:
+		ext = 8
+	default:
+		h.Length = int64(b[1] & 0x7f)
+	}
+	n += ext
+	if h.Masked {
+		n += 4
+	}
+	if n > 2 {
+		if b, err = br.Peek(n); err != nil {
+			return h, err
+		}
+		switch ext {
+		case 2:
+			h.Length = int64(binary.BigEndian.Uint16(b[2:4]))
+		case 8:
+			h.Length = int64(binary.BigEndian.Uint64(b[2:10]) & (1<<63 - 1))
+		}
+		if h.Masked {
+			copy(h.Mask[:], b[2+ext:n])
+		}
+	}
+	_, err = br.Discard(n)
+	return h, err
+}
+
+// readPayload returns the next length bytes of br: a slice of br's own
+// buffer (valid until br is read again) or a copy in *scratch.
+func readPayload(br *bufio.Reader, length int64, scratch *[]byte) ([]byte, error) {
+	// In place when the bytes are buffered already or the frame is small;
+	// a large frame is read straight into scratch (bufio then reads the
+	// socket into it directly instead of through its own buffer).
+	if length <= int64(br.Buffered()) || length <= 16<<10 && length <= int64(br.Size()) {
+		p, err := br.Peek(int(length))
+		if err != nil {
+			return nil, err
+		}
+		_, _ = br.Discard(len(p))
+		return p, nil
+	}
+	if int64(cap(*scratch)) < length {
+		*scratch = make([]byte, length)
+	}
+	p := (*scratch)[:length]
+	_, err := io.ReadFull(br, p)
+	return p, err
+}
+
 // read returns the next data message, answering RFC pings and JSON pings
 // on the way. The returned slice is valid until the next call.
 func (c *client) read() ([]byte, error) {
 	c.msg = c.msg[:0]
 	compressed := false
 	for {
-		h, err := ws.ReadHeader(c.br)
+		h, err := readHeader(c.br)
 		if err != nil {
 			return nil, err
 		}
 		if h.OpCode.IsControl() {
-			p := make([]byte, h.Length)
-			if _, err := io.ReadFull(c.br, p); err != nil {
+			p, err := readPayload(c.br, h.Length, &c.scratch)
+			if err != nil {
 				return nil, err
 			}
 			if h.Masked {
@@ -243,21 +318,32 @@ func (c *client) read() ([]byte, error) {
 		if h.OpCode != ws.OpContinuation {
 			compressed = h.Rsv1()
 		}
-		n := len(c.msg)
-		if need := n + int(h.Length); need > cap(c.msg) {
-			c.msg = append(c.msg[:cap(c.msg)], make([]byte, need-cap(c.msg))...)
+		var msg []byte
+		if h.Fin && len(c.msg) == 0 {
+			// One frame: no joining, no copy.
+			if msg, err = readPayload(c.br, h.Length, &c.scratch); err != nil {
+				return nil, err
+			}
+			if h.Masked {
+				ws.Cipher(msg, h.Mask, 0)
+			}
+		} else {
+			n := len(c.msg)
+			if need := n + int(h.Length); need > cap(c.msg) {
+				c.msg = append(c.msg[:cap(c.msg)], make([]byte, need-cap(c.msg))...)
+			}
+			c.msg = c.msg[:n+int(h.Length)]
+			if _, err := io.ReadFull(c.br, c.msg[n:]); err != nil {
+				return nil, err
+			}
+			if h.Masked {
+				ws.Cipher(c.msg[n:], h.Mask, 0)
+			}
+			if !h.Fin {
+				continue
+			}
+			msg = c.msg
 		}
-		c.msg = c.msg[:n+int(h.Length)]
-		if _, err := io.ReadFull(c.br, c.msg[n:]); err != nil {
-			return nil, err
-		}
-		if h.Masked {
-			ws.Cipher(c.msg[n:], h.Mask, 0)
-		}
-		if !h.Fin {
-			continue
-		}
-		msg := c.msg
 		if compressed {
 			if msg, err = decompress(&c.ubuf, msg); err != nil {
 				return nil, fmt.Errorf("inflate: %w", err)

@@ -3,7 +3,7 @@
 # backend directly, on the same workloads, in one run, and prints a
 # markdown report (machine, versions, tables with ratios) on stdout.
 #
-#   bench/compare.sh            # default mode, 6.5-8.5 minutes on 2 shared cores
+#   bench/compare.sh            # default mode, about 15 minutes on 2 shared cores
 #   bench/compare.sh -quick     # smoke test, under a minute
 #   bench/compare.sh -out FILE  # also write the report to FILE
 #
@@ -32,9 +32,9 @@ while [ $# -gt 0 ]; do
 done
 
 if [ "$quick" = 1 ]; then
-  dur=2s; hold=3s; sessions=500; lat_conns=200; lat_rate=1000; hb_default=1s; settle=1s
+  dur=2s; hold=3s; sessions=500; lat_conns=200; lat_rate=1000; hb_default=1s; settle=1s; reps=1; lat_reps=1
 else
-  dur=7s; hold=16s; sessions=9000; lat_conns=1000; lat_rate=5000; hb_default=15s; settle=2s
+  dur=7s; hold=16s; sessions=9000; lat_conns=1000; lat_rate=5000; hb_default=15s; settle=2s; reps=3; lat_reps=6
 fi
 hb_fast=500ms
 
@@ -224,14 +224,24 @@ measure() {
 targets=(direct relay "${peers[@]}" tether)
 proxies=(relay "${peers[@]}" tether)
 t0=$(date +%s)
-for t in "${targets[@]}"; do
-  measure tput-1k "$t" throughput -conns 64 -size 1024 -inflight 16 -duration "$dur"
+# Each throughput workload runs $reps times and latency $lat_reps times,
+# the targets alternating within each round, so that a slow minute of this
+# shared machine hits every target alike; the table shows each target's
+# median run and the spread.
+for _ in $(seq "$reps"); do
+  for t in "${targets[@]}"; do
+    measure tput-1k "$t" throughput -conns 64 -size 1024 -inflight 16 -duration "$dur"
+  done
 done
-for t in "${targets[@]}"; do
-  measure tput-64k "$t" throughput -conns 16 -size 65536 -inflight 4 -duration "$dur"
+for _ in $(seq "$reps"); do
+  for t in "${targets[@]}"; do
+    measure tput-64k "$t" throughput -conns 16 -size 65536 -inflight 4 -duration "$dur"
+  done
 done
-for t in "${targets[@]}"; do
-  measure latency "$t" latency -conns "$lat_conns" -rate "$lat_rate" -size 128 -duration "$dur"
+for _ in $(seq "$lat_reps"); do
+  for t in "${targets[@]}"; do
+    measure latency "$t" latency -conns "$lat_conns" -rate "$lat_rate" -size 128 -duration "$dur"
+  done
 done
 for t in "${proxies[@]}"; do
   measure idle "$t" idle -sessions "$sessions" -duration "$hold" -settle "$settle" -connect-rate 3000 \

@@ -190,6 +190,9 @@ func (r *Result) String() string {
 			fmt.Fprintf(&b, "; goroutines %.2f and heap in use %.0f B per session", r.GoroutinesPerSession, r.HeapPerSession)
 		}
 	}
+	if r.Saturated != "" {
+		fmt.Fprintf(&b, "; saturated: %s", r.Saturated)
+	}
 	fmt.Fprintf(&b, "; cpu s:")
 	for _, k := range []string{"proxy", "backend", "load"} {
 		if v, ok := r.CPU[k]; ok {

@@ -250,3 +250,59 @@ func TestBackendAnswersJSONPing(t *testing.T) {
 		}
 	}
 }
+
+// TestJudgeSaturation: a row says which side limited it, from the CPU
+// seconds of its window (proxy alone on one core; load tool and backend
+// sharing the other).
+func TestJudgeSaturation(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cpu  map[string]float64
+		want string
+	}{
+		{"proxy busy", map[string]float64{"proxy": 9.6, "load": 5, "backend": 4}, "proxy"},
+		{"harness busy", map[string]float64{"proxy": 7, "load": 5.5, "backend": 4.1}, "harness"},
+		{"direct, harness busy", map[string]float64{"load": 6, "backend": 3.6}, "harness"},
+		{"neither", map[string]float64{"proxy": 9.4, "load": 4, "backend": 4}, "neither"},
+		{"proxy wins a tie", map[string]float64{"proxy": 9.5, "load": 6, "backend": 4}, "proxy"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &Result{Seconds: 10, CPU: tc.cpu}
+			r.judge()
+			if r.Saturated != tc.want {
+				t.Errorf("saturated = %q, want %q", r.Saturated, tc.want)
+			}
+		})
+	}
+}
+
+// TestTableMedianOfRuns: repeated runs of a target make one row, its
+// median run, with the spread and the saturation count; ratios use the
+// medians.
+func TestTableMedianOfRuns(t *testing.T) {
+	run := func(target string, msgs, proxyCPU float64, sat string) *Result {
+		return &Result{Label: "tput-1k", Target: target, Mode: "throughput", Conns: 64, Size: 1024, InFlight: 16,
+			Seconds: 10, MsgsPerSec: msgs, CPU: map[string]float64{"proxy": proxyCPU}, Saturated: sat}
+	}
+	results := []*Result{
+		run("haproxy", 300e3, 10, "proxy"), run("tether", 200e3, 10, "proxy"),
+		run("haproxy", 310e3, 10, "proxy"), run("tether", 260e3, 10, "harness"),
+		run("haproxy", 290e3, 10, "proxy"), run("tether", 230e3, 10, "proxy"),
+		{Label: "tput-1k", Target: "tether", Mode: "throughput", Error: "boom"},
+	}
+	var b strings.Builder
+	if err := writeTable(&b, results, "tether"); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{
+		"| tether | 3 | harness 1/3, proxy 2/3, 1 failed | 230000 |", // median of 200k, 230k, 260k
+		"| 230000.0 | 200000.0–260000.0 |",
+		"| haproxy | 3 | proxy 3/3 | 300000 |",
+		"| 0.77 | 0.77 |", // 230k / 300k
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+}

@@ -2,9 +2,11 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 )
 
@@ -28,6 +30,10 @@ func readResults(r io.Reader) ([]*Result, error) {
 
 // writeTable prints one markdown table per workload label, in the order
 // the labels first appear, with ratios of ref against every other target.
+// A target measured several times for a label (compare.sh repeats each
+// throughput and latency workload, alternating targets) gets one row: its
+// median run by the table's key figure, with the spread of that figure
+// over the runs and how many runs saturated which side.
 func writeTable(w io.Writer, results []*Result, ref string) error {
 	var labels []string
 	groups := map[string][]*Result{}
@@ -39,13 +45,9 @@ func writeTable(w io.Writer, results []*Result, ref string) error {
 	}
 	for _, l := range labels {
 		g := groups[l]
-		var rr *Result
 		for _, r := range g {
 			if r.Error != "" {
 				r.Target += " (failed: " + r.Error + ")"
-			}
-			if r.Target == ref {
-				rr = r
 			}
 		}
 		first := g[0]
@@ -57,41 +59,148 @@ func writeTable(w io.Writer, results []*Result, ref string) error {
 				unit, key = "MB", func(r *Result) float64 { return r.MBPerSec }
 			}
 			perCPU := func(r *Result) float64 { return r.perProxyCPU(key(r) * r.Seconds) }
-			fmt.Fprintf(w, "| target | msg/s | MB/s | rtt p50 ms | p99 ms | max ms | proxy CPU s | backend CPU s | load CPU s | %s per proxy CPU s | wire B per round trip | %s ÷ target, per CPU s | %s ÷ target, per s |\n", unit, ref, ref)
-			fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-			for _, r := range g {
+			rows := medians(g, func(r *Result) float64 {
+				if v := perCPU(r); v > 0 {
+					return v
+				}
+				return key(r)
+			})
+			rr := refRow(rows, ref)
+			fmt.Fprintf(w, "| target | runs | saturated | msg/s | MB/s | rtt p50 ms | p99 ms | max ms | proxy CPU s | backend CPU s | load CPU s | %s per proxy CPU s | spread (min–max) | wire B per round trip | %s ÷ target, per CPU s | %s ÷ target, per s |\n", unit, ref, ref)
+			fmt.Fprintln(w, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
+			for _, m := range rows {
+				r := m.r
 				name := r.Target
 				if r.Deflate {
 					name += " (deflate)"
 				}
-				fmt.Fprintf(w, "| %s | %.0f | %.1f | %.2f | %.2f | %.1f | %s | %s | %s | %s | %s | %s | %s |\n",
-					name, r.MsgsPerSec, r.MBPerSec, r.P50ms, r.P99ms, r.MaxMs,
-					cpu(r, "proxy"), cpu(r, "backend"), cpu(r, "load"), num(perCPU(r), 1),
-					wire(r), ratio(rr, r, perCPU), ratio(rr, r, key))
+				fmt.Fprintf(w, "| %s | %d | %s | %.0f | %.1f | %.2f | %.2f | %.1f | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+					name, m.n, m.saturated, r.MsgsPerSec, r.MBPerSec, r.P50ms, r.P99ms, r.MaxMs,
+					cpu(r, "proxy"), cpu(r, "backend"), cpu(r, "load"), num(perCPU(r), 1), m.spread(1),
+					wire(r), ratio(rr, m, perCPU), ratio(rr, m, key))
 			}
 		case "latency":
 			fmt.Fprintf(w, "### %s: latency, %d msg/s over %d conns × %d B, %.0f s\n\n", l, first.Rate, first.Conns, first.Size, first.Seconds)
-			fmt.Fprintf(w, "| target | achieved msg/s | rtt p50 ms | p99 ms | max ms | proxy CPU s | load CPU s | %s ÷ target, p50 | %s ÷ target, p99 |\n", ref, ref)
-			fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-			for _, r := range g {
-				fmt.Fprintf(w, "| %s | %.0f | %.3f | %.3f | %.1f | %s | %s | %s | %s |\n",
-					r.Target, r.MsgsPerSec, r.P50ms, r.P99ms, r.MaxMs, cpu(r, "proxy"), cpu(r, "load"),
-					ratio(rr, r, func(r *Result) float64 { return r.P50ms }),
-					ratio(rr, r, func(r *Result) float64 { return r.P99ms }))
+			rows := medians(g, func(r *Result) float64 { return r.P99ms })
+			rr := refRow(rows, ref)
+			fmt.Fprintf(w, "| target | runs | achieved msg/s | rtt p50 ms | p99 ms | p99 spread (min–max) | max ms | proxy CPU s | load CPU s | %s ÷ target, p50 | %s ÷ target, p99 | %s ÷ target, proxy CPU |\n", ref, ref, ref)
+			fmt.Fprintln(w, "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+			for _, m := range rows {
+				r := m.r
+				fmt.Fprintf(w, "| %s | %d | %.0f | %.3f | %.3f | %s | %.1f | %s | %s | %s | %s | %s |\n",
+					r.Target, m.n, r.MsgsPerSec, r.P50ms, r.P99ms, m.spread(3), r.MaxMs, cpu(r, "proxy"), cpu(r, "load"),
+					ratio(rr, m, func(r *Result) float64 { return r.P50ms }),
+					ratio(rr, m, func(r *Result) float64 { return r.P99ms }),
+					ratio(rr, m, func(r *Result) float64 { return r.CPU["proxy"] }))
 			}
 		case "idle":
 			fmt.Fprintf(w, "### %s: idle, %d sessions held %.0f s\n\n", l, first.Conns, first.Seconds)
+			rows := medians(g, func(r *Result) float64 { return r.RSSPerSession })
+			rr := refRow(rows, ref)
 			fmt.Fprintf(w, "| target | proxy RSS before MiB | after MiB | RSS per session KiB | proxy CPU %% idle | pings answered by the tool | %s ÷ target, RSS per session | %s ÷ target, CPU %% |\n", ref, ref)
 			fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|")
-			for _, r := range g {
+			for _, m := range rows {
+				r := m.r
 				fmt.Fprintf(w, "| %s | %.1f | %.1f | %.2f | %.2f | %d | %s | %s |\n",
 					r.Target, float64(r.RSSBase)/(1<<20), float64(r.RSSAfter)/(1<<20), r.RSSPerSession/1024,
 					r.ProxyCPUPercent, r.PingsAnswered,
-					ratio(rr, r, func(r *Result) float64 { return r.RSSPerSession }),
-					ratio(rr, r, func(r *Result) float64 { return r.ProxyCPUPercent }))
+					ratio(rr, m, func(r *Result) float64 { return r.RSSPerSession }),
+					ratio(rr, m, func(r *Result) float64 { return r.ProxyCPUPercent }))
 			}
 		}
 		fmt.Fprintln(w)
+	}
+	return nil
+}
+
+// row is one target's runs of one workload, shown as its median run.
+type row struct {
+	r         *Result // the median run by the table's key figure
+	n         int     // runs that did not fail
+	lo, hi    float64 // the key figure's range over those runs
+	saturated string  // e.g. "proxy 3/3", "harness 1/3, proxy 2/3, 1 failed"
+}
+
+func (m *row) spread(prec int) string {
+	if m.n < 2 {
+		return "–"
+	}
+	return fmt.Sprintf("%.*f–%.*f", prec, m.lo, prec, m.hi)
+}
+
+// medians groups g by target, in the order targets first appear, and
+// picks each target's median run by f (the lower middle for an even
+// count). Failed runs are shown only when a target has no other.
+func medians(g []*Result, f func(*Result) float64) []*row {
+	var order []string
+	by := map[string][]*Result{}
+	for _, r := range g {
+		t := r.Target
+		if r.Error != "" {
+			t = strings.SplitN(t, " (failed: ", 2)[0]
+		}
+		if _, ok := by[t]; !ok {
+			order = append(order, t)
+		}
+		by[t] = append(by[t], r)
+	}
+	var rows []*row
+	for _, t := range order {
+		var ok, failed []*Result
+		for _, r := range by[t] {
+			if r.Error != "" {
+				failed = append(failed, r)
+			} else {
+				ok = append(ok, r)
+			}
+		}
+		if len(ok) == 0 {
+			for _, r := range failed {
+				rows = append(rows, &row{r: r, n: 1, saturated: satOf(r)})
+			}
+			continue
+		}
+		slices.SortStableFunc(ok, func(a, b *Result) int { return cmp.Compare(f(a), f(b)) })
+		m := &row{r: ok[(len(ok)-1)/2], n: len(ok), lo: f(ok[0]), hi: f(ok[len(ok)-1])}
+		counts := map[string]int{}
+		var kinds []string
+		for _, r := range ok {
+			k := satOf(r)
+			if counts[k] == 0 {
+				kinds = append(kinds, k)
+			}
+			counts[k]++
+		}
+		slices.Sort(kinds)
+		var parts []string
+		for _, k := range kinds {
+			if len(ok) == 1 {
+				parts = append(parts, k)
+			} else {
+				parts = append(parts, fmt.Sprintf("%s %d/%d", k, counts[k], len(ok)))
+			}
+		}
+		if len(failed) > 0 {
+			parts = append(parts, fmt.Sprintf("%d failed", len(failed)))
+		}
+		m.saturated = strings.Join(parts, ", ")
+		rows = append(rows, m)
+	}
+	return rows
+}
+
+func satOf(r *Result) string {
+	if r.Saturated == "" {
+		return "–"
+	}
+	return r.Saturated
+}
+
+func refRow(rows []*row, ref string) *row {
+	for _, m := range rows {
+		if m.r.Target == ref {
+			return m
+		}
 	}
 	return nil
 }
@@ -119,11 +228,11 @@ func wire(r *Result) string {
 }
 
 // ratio is f(ref) / f(r), or a dash where either is missing or r is ref.
-func ratio(ref, r *Result, f func(*Result) float64) string {
-	if ref == nil || ref == r {
+func ratio(ref, m *row, f func(*Result) float64) string {
+	if ref == nil || ref == m {
 		return "–"
 	}
-	a, b := f(ref), f(r)
+	a, b := f(ref.r), f(m.r)
 	if a == 0 || b == 0 {
 		return "–"
 	}

@@ -41,6 +41,12 @@ type Result struct {
 
 	// CPU seconds in the window: "proxy", "backend", "load".
 	CPU map[string]float64 `json:"cpu"`
+	// Saturated says which side was the bottleneck (throughput): "proxy"
+	// when the proxy's core was at least 95 % busy, "harness" when the
+	// load tool and the backend together were (they share one core),
+	// "neither" otherwise. Only a "proxy" row measures a proxy's cost at
+	// saturation; a "harness" row's per-CPU figures are taken at part load.
+	Saturated string `json:"saturated,omitempty"`
 
 	RSSBase          int64   `json:"rss_base,omitempty"`  // proxy RSS before the sessions opened
 	RSSAfter         int64   `json:"rss_after,omitempty"` // proxy RSS at the end of the hold
@@ -51,6 +57,27 @@ type Result struct {
 	// From tether's /metrics when -admin is given (idle).
 	GoroutinesPerSession float64 `json:"goroutines_per_session,omitempty"`
 	HeapPerSession       float64 `json:"heap_per_session,omitempty"`
+}
+
+// saturation is the share of one core a side must use to count as the
+// bottleneck.
+const saturation = 0.95
+
+// judge fills Saturated from the CPU seconds of the window.
+func (r *Result) judge() {
+	if r.Seconds <= 0 {
+		return
+	}
+	proxy, pok := r.CPU["proxy"]
+	harness := r.CPU["load"] + r.CPU["backend"]
+	switch {
+	case pok && proxy/r.Seconds >= saturation:
+		r.Saturated = "proxy"
+	case harness/r.Seconds >= saturation:
+		r.Saturated = "harness"
+	default:
+		r.Saturated = "neither"
+	}
 }
 
 // perProxyCPU returns v per second of proxy CPU, or 0 without a proxy.
@@ -151,96 +178,55 @@ func percentiles(r *Result, rtts []time.Duration) {
 
 // throughput: every connection keeps inflight messages of size bytes in
 // flight for the duration (a new one goes out as each echo returns).
+//
+// One goroutine per connection does both halves: it reads every echo
+// that has arrived, queues a new message for each in its write buffer,
+// and writes them all in one write before it next waits for the socket.
+// No channel, lock or goroutine hand-off per message, and frames parsed
+// in place: the harness must not be what limits a run (the -json result
+// says which side was saturated).
 func throughput(ctx context.Context, o common, conns, size, inflight int) (*Result, error) {
 	var cnt counters
+	if o.dial.readBuf == 0 {
+		o.dial.readBuf = max(64<<10, 2*size+64)
+	}
 	cs, err := dialAll(ctx, o.dial, conns, o.connRate, &cnt)
 	if err != nil {
 		return nil, err
 	}
 	defer closeAll(cs)
-	op := o.opcode()
-	epoch := time.Now()
+	errc := make(chan error, len(cs))
+	p := pumpOpts{op: o.opcode(), size: size, inflight: inflight,
+		echo: echoOpts{epoch: time.Now(), size: size, errc: errc}}
 	var stopping atomic.Bool
 	var inWindow, echoed atomic.Int64
+	p.echo.inWindow, p.echo.stopping, p.echoed = &inWindow, &stopping, &echoed
 	var mu sync.Mutex
 	var all []time.Duration
-	errc := make(chan error, 2*len(cs))
 	r0, w0 := cnt.read.Load(), cnt.written.Load()
 	before := o.procs.sample()
 	start := time.Now()
-	end := start.Add(o.duration)
-	var writers, readers sync.WaitGroup
-	stopc := make(chan struct{}) // closed when the window ends
-	allCredits := make([]chan struct{}, len(cs))
+	p.echo.end = start.Add(o.duration)
+	var wg sync.WaitGroup
 	for i, c := range cs {
-		credits := make(chan struct{}, inflight)
-		for range inflight {
-			credits <- struct{}{}
-		}
-		allCredits[i] = credits
-		writers.Add(1)
-		go func() { // writer
-			defer writers.Done()
-			msg := filler(size, uint64(i))
-			for {
-				select {
-				case <-credits:
-				case <-stopc:
-					return
-				case <-ctx.Done():
-					return
-				}
-				if stopping.Load() {
-					credits <- struct{}{}
-					return
-				}
-				payload(msg, epoch)
-				more := len(credits) > 0
-				if err := c.writeFrame(op, msg, !more); err != nil {
-					errc <- err
-					return
-				}
-			}
-		}()
-		readers.Add(1)
+		wg.Add(1)
 		go func() {
-			defer readers.Done()
-			rtts := readEchoes(c, echoOpts{epoch: epoch, size: size, end: end, inWindow: &inWindow, stopping: &stopping, errc: errc}, 4096, func() {
-				echoed.Add(1)
-				// A proxy that reconnects its upstream may send a message twice (tether
-				// resends unacknowledged ones, README "Upstream loss, reconnect and the
-				// delivery guarantee"): never hold more than inflight credits.
-				select {
-				case credits <- struct{}{}:
-				default:
-				}
-			})
+			defer wg.Done()
+			rtts := pump(c, p, filler(size, uint64(i)))
 			mu.Lock()
 			all = append(all, rtts...)
 			mu.Unlock()
 		}()
 	}
-	wait(ctx, end)
+	wait(ctx, p.echo.end)
 	after := o.procs.sample()
 	r1, w1 := cnt.read.Load(), cnt.written.Load()
 	elapsed := time.Since(start)
+	// No new messages from here; each pump reads the echoes still in
+	// flight (at most 2 s) and returns.
 	stopping.Store(true)
-	close(stopc)
-	writers.Wait()
-	// Let the echoes still in flight come back (at most 2 s), then close:
-	// the readers end.
-	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		full := true
-		for _, cr := range allCredits {
-			full = full && len(cr) == inflight
-		}
-		if full {
-			break
-		}
-	}
+	wg.Wait()
 	wirePerMsg := float64(cnt.read.Load()+cnt.written.Load()-r0-w0) / float64(max(echoed.Load(), 1))
-	closeAll(cs)
-	readers.Wait()
 	close(errc)
 	res := &Result{WirePerMsg: wirePerMsg, Label: o.label, Target: o.target, Mode: "throughput", Conns: conns, Size: size, InFlight: inflight,
 		Seconds: elapsed.Seconds(), Msgs: inWindow.Load(), CPU: after.since(before), WireBytes: (r1 - r0) + (w1 - w0)}
@@ -248,10 +234,81 @@ func throughput(ctx context.Context, o common, conns, size, inflight int) (*Resu
 	res.MsgsPerSec = float64(res.Msgs) / res.Seconds
 	res.MBPerSec = res.MsgsPerSec * float64(size) / 1e6
 	percentiles(res, all)
+	res.judge()
 	for err := range errc {
 		return res, err
 	}
 	return res, nil
+}
+
+// pumpOpts is what every connection's pump shares in a throughput run.
+type pumpOpts struct {
+	op       ws.OpCode
+	size     int
+	inflight int
+	echo     echoOpts
+	echoed   *atomic.Int64 // every echo, in the window or not
+}
+
+// pump keeps p.inflight messages in flight on c until p.echo.stopping is
+// set, then reads the echoes still owed (at most 2 s), and returns the
+// round trips. It is c's only reader and writer.
+func pump(c *client, p pumpOpts, msg []byte) []time.Duration {
+	rtts := make([]time.Duration, 0, 1<<14)
+	fail := func(err error) []time.Duration {
+		p.echo.errc <- err
+		return rtts
+	}
+	send := func() error {
+		payload(msg, p.echo.epoch)
+		return c.writeFrameLocked(p.op, msg, false)
+	}
+	c.wmu.Lock() // held throughout: read answers pings through writeFrame, which must not take it
+	c.pumping = true
+	defer func() { c.pumping = false; c.wmu.Unlock() }()
+	for range p.inflight {
+		if err := send(); err != nil {
+			return fail(err)
+		}
+	}
+	owed := p.inflight
+	stopped := false
+	for owed > 0 {
+		// Everything queued goes out before the pump waits for input.
+		if c.br.Buffered() == 0 && c.bw.Buffered() > 0 {
+			if err := c.bw.Flush(); err != nil {
+				return fail(err)
+			}
+		}
+		if !stopped && p.echo.stopping.Load() {
+			stopped = true
+			_ = c.conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+		}
+		m, err := c.read()
+		if err != nil {
+			if stopped {
+				return rtts // echoes lost at the end are not an error
+			}
+			return fail(err)
+		}
+		d, ok := parseStamp(m, p.echo.epoch)
+		if !ok || len(m) != p.size {
+			return fail(fmt.Errorf("echo of %d bytes, sent %d", len(m), p.size))
+		}
+		owed--
+		rtts = append(rtts, d)
+		p.echoed.Add(1)
+		if time.Now().Before(p.echo.end) {
+			p.echo.inWindow.Add(1)
+		}
+		if !stopped {
+			if err := send(); err != nil {
+				return fail(err)
+			}
+			owed++
+		}
+	}
+	return rtts
 }
 
 // latency: conns connections together send rate messages per second,

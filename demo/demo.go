@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tether-proxy/tether/heartbeat"
+	"github.com/tether-proxy/tether/internal/buildinfo"
 	"github.com/tether-proxy/tether/proxy"
 )
 
@@ -43,6 +44,8 @@ type Options struct {
 	PageAddr string
 	// Out receives the "open http://..." lines; nil discards them.
 	Out io.Writer
+	// Build labels tether's tether_build_info (see proxy.Options.Build).
+	Build buildinfo.Info
 }
 
 // Defaults of Options.
@@ -165,7 +168,7 @@ func Start(ctx context.Context, opts Options, tune ...func(*Tuning)) (_ *Demo, e
 	}
 	cfg = tuning.Tether
 	d.Config = cfg
-	d.proxy, err = proxy.New(cfg, proxy.Options{Logger: opts.Logger, Registry: d.Registry, Jitter: tuning.Jitter})
+	d.proxy, err = proxy.New(cfg, proxy.Options{Logger: opts.Logger, Registry: d.Registry, Jitter: tuning.Jitter, Build: opts.Build})
 	if err != nil {
 		return nil, fmt.Errorf("demo tether: %w", err)
 	}

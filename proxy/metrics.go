@@ -6,6 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/tether-proxy/tether/internal/buildinfo"
 	"github.com/tether-proxy/tether/session"
 )
 
@@ -34,8 +35,21 @@ type metrics struct {
 	resent         prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+// newMetrics registers the metrics of README "Metrics and logs", among
+// them tether_build_info (1, labelled with the build) and
+// tether_sessions_max (TETHER_MAX_SESSIONS, 0 = unlimited), which are set
+// once here.
+func newMetrics(reg prometheus.Registerer, build buildinfo.Info, maxSessions int) *metrics {
 	f := func(c prometheus.Collector) prometheus.Collector { reg.MustRegister(c); return c }
+	f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name:        "tether_build_info",
+		Help:        "Always 1; the labels describe the running binary (tether version).",
+		ConstLabels: prometheus.Labels{"version": build.Version, "go_version": build.GoVersion, "revision": build.Revision},
+	}, func() float64 { return 1 }))
+	f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tether_sessions_max",
+		Help: "TETHER_MAX_SESSIONS: sessions allowed at once; 0 = unlimited.",
+	}, func() float64 { return float64(maxSessions) }))
 	messages := f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_messages_total", Help: "Messages relayed, by direction."}, []string{"direction"})).(*prometheus.CounterVec)
 	bytes := f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_bytes_total", Help: "Message payload bytes relayed, by direction."}, []string{"direction"})).(*prometheus.CounterVec)
 	pings := f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_heartbeat_pings_sent_total", Help: "Heartbeat pings tether sent, by leg."}, []string{"leg"})).(*prometheus.CounterVec)

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/tether-proxy/tether/internal/buildinfo"
 	"github.com/tether-proxy/tether/internal/ctxtime"
 	"github.com/tether-proxy/tether/internal/memrelease"
 	"github.com/tether-proxy/tether/session"
@@ -43,6 +44,9 @@ type Options struct {
 	// Burst, if set, is told of every session that starts or ends, to
 	// give a burst's memory back once it is over (see memrelease).
 	Burst *memrelease.Releaser
+	// Build labels tether_build_info; the zero value means
+	// buildinfo.Read("") (the running binary, no release fallback).
+	Build buildinfo.Info
 }
 
 // Server is tether's client-facing handler (README "Running in front of a real
@@ -95,7 +99,11 @@ func New(cfg Config, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := newMetrics(reg)
+	build := opts.Build
+	if build == (buildinfo.Info{}) {
+		build = buildinfo.Read("")
+	}
+	m := newMetrics(reg, build, cfg.MaxSessions)
 	env, err := session.NewEnv(cfg.Session, log, m)
 	if err != nil {
 		return nil, err

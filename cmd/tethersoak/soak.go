@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tether-proxy/tether/internal/faultnet"
+	"github.com/tether-proxy/tether/internal/tetherproc"
 )
 
 // Config is one soak run. Zero fields take the defaults in setDefaults.
@@ -170,24 +171,6 @@ func (r *Report) Print(w io.Writer) {
 	}
 }
 
-// Metric series read from tether (README "Metrics and logs").
-const (
-	mSessionsTotal  = "tether_sessions_total"
-	mSessionsActive = "tether_sessions_active"
-	mC2U            = `tether_messages_total{direction="client_to_upstream"}`
-	mU2C            = `tether_messages_total{direction="upstream_to_client"}`
-	mResent         = "tether_resent_messages_total"
-	mReconnectOK    = `tether_upstream_reconnects_total{result="success"}`
-	mReconnectFail  = `tether_upstream_reconnects_total{result="failure"}`
-	mBuffered       = "tether_buffered_messages"
-	mOverflows      = "tether_buffer_overflows_total"
-	mTimeoutClient  = `tether_heartbeat_timeouts_total{leg="client"}`
-	mTimeoutUp      = `tether_heartbeat_timeouts_total{leg="upstream"}`
-	mGoroutines     = "go_goroutines"
-	mNextGC         = "go_memstats_next_gc_bytes"
-	mLastGC         = "go_memstats_last_gc_time_seconds"
-)
-
 // soak is one run's state.
 type soak struct {
 	cfg      Config
@@ -196,7 +179,7 @@ type soak struct {
 	viol     *violations
 	be       *backend
 	relay    *faultnet.Relay
-	tp       *tetherProc
+	tp       *tetherproc.Proc
 	cl       *clients
 	ch       *chaos
 
@@ -220,7 +203,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	bin := cfg.Tether
 	if bin == "" {
 		fmt.Fprintln(progress, "building tether")
-		if bin, err = buildTether(ctx, dir, cfg.Race); err != nil {
+		if bin, err = tetherproc.Build(ctx, dir, cfg.Race); err != nil {
 			return nil, err
 		}
 	}
@@ -237,22 +220,22 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	if logPath == "" {
 		logPath = filepath.Join(dir, "tether.log")
 	}
-	if s.tp, err = startTether(ctx, bin, logPath, cfg.tetherEnv(s.relay.Addr())); err != nil {
+	if s.tp, err = tetherproc.Start(ctx, bin, logPath, cfg.tetherEnv(s.relay.Addr())); err != nil {
 		return nil, err
 	}
 	stopped := false
 	defer func() {
 		if !stopped {
-			s.tp.kill()
+			s.tp.Kill()
 		}
 	}()
 	if err := s.run(ctx); err != nil {
 		return nil, err
 	}
-	code, err := s.tp.stop(15 * time.Second)
+	code, err := s.tp.Stop(15 * time.Second)
 	stopped = true
 	s.rep.check("tether exits 0 on SIGTERM", err == nil && code == 0, "exit code %d, %v", code, errOrNone(err))
-	bad, first, err := scanLog(logPath)
+	bad, first, err := tetherproc.ScanLog(logPath)
 	s.rep.check("tether log has no panic, data race or fatal error", err == nil && bad == 0, "%d such lines %q, %v", bad, first, errOrNone(err))
 	return s.rep, nil
 }
@@ -273,16 +256,16 @@ func (s *soak) run(ctx context.Context) error {
 	rep := s.rep
 	rep.fact("seed %d; %d sessions for %v (idle session: %v); a message every %v per session on average, 0-%d B of padding; client drops every %v on average; a fault every %v on average",
 		cfg.Seed, cfg.Sessions, cfg.Duration, cfg.Idle, cfg.Interval, cfg.MaxSize, durOrOff(cfg.DropMean), durOrOff(cfg.FaultEvery))
-	rep.fact("tether pid %d on %s, admin %s, upstream through the fault relay %s to the backend %s", s.tp.cmd.Process.Pid, s.tp.addr, s.tp.admin, s.relay.Addr(), s.be.addr())
+	rep.fact("tether pid %d on %s, admin %s, upstream through the fault relay %s to the backend %s", s.tp.Cmd.Process.Pid, s.tp.Addr, s.tp.Admin, s.relay.Addr(), s.be.addr())
 
 	// Baseline: tether started, no session yet, goroutine count steady.
 	base, baseRSS, err := s.steadyBaseline()
 	if err != nil {
 		return err
 	}
-	rep.fact("baseline: %v goroutines, RSS %.1f MiB", base[mGoroutines], mib(baseRSS))
+	rep.fact("baseline: %v goroutines, RSS %.1f MiB", base[tetherproc.MGoroutines], mib(baseRSS))
 
-	s.cl = newClients(cfg, s.tp.addr, s.viol)
+	s.cl = newClients(cfg, s.tp.Addr, s.viol)
 	runStart := time.Now()
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
@@ -383,35 +366,35 @@ func (s *soak) steadyBaseline() (map[string]float64, int64, error) {
 	var prev float64 = -1
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		m, err := s.tp.metrics()
+		m, err := s.tp.Metrics()
 		if err != nil {
 			return nil, 0, err
 		}
-		rss, err := s.tp.rss()
+		rss, err := s.tp.RSS()
 		if err != nil {
 			return nil, 0, err
 		}
-		if m[mGoroutines] == prev || time.Now().After(deadline) {
+		if m[tetherproc.MGoroutines] == prev || time.Now().After(deadline) {
 			return m, rss, nil
 		}
-		prev = m[mGoroutines]
+		prev = m[tetherproc.MGoroutines]
 		time.Sleep(300 * time.Millisecond) // sampling interval, not synchronisation
 	}
 }
 
 // sample logs progress and tracks tether's peak RSS and goroutines.
 func (s *soak) sample(start time.Time) {
-	m, err := s.tp.metrics()
-	rss, err2 := s.tp.rss()
+	m, err := s.tp.Metrics()
+	rss, err2 := s.tp.RSS()
 	if err != nil || err2 != nil {
 		s.logf("sample: %v %v", err, err2)
 		return
 	}
 	s.peakRSS = max(s.peakRSS, rss)
-	s.peakGoroutines = max(s.peakGoroutines, m[mGoroutines])
+	s.peakGoroutines = max(s.peakGoroutines, m[tetherproc.MGoroutines])
 	_, n, hit := s.ch.summary()
 	s.logf("%v: tether sessions %v, goroutines %v, RSS %.1f MiB; sent %d, echoed %d, handshakes %d ok %d failed, drops %d, unexpected ends %d; faults %d (%d upstream conns hit); violations %d",
-		time.Since(start).Round(time.Second), m[mSessionsActive], m[mGoroutines], mib(rss),
+		time.Since(start).Round(time.Second), m[tetherproc.MSessionsActive], m[tetherproc.MGoroutines], mib(rss),
 		s.cl.sentTotal.Load(), s.cl.echoTotal.Load(), s.cl.handshakesOK.Load(), s.cl.handshakesFailed.Load(),
 		s.cl.drops[0].Load()+s.cl.drops[1].Load()+s.cl.drops[2].Load(), s.cl.unexpected.Load(), n, hit, s.violCount())
 }
@@ -535,7 +518,7 @@ func (s *soak) settle(idle *liveConn, base map[string]float64) time.Time {
 		"open %v, idle for %v with %d heartbeats received (want at least %d), final message echoed: %v", idleOpen, idleFor.Round(time.Second), idlePings, wantPings, idleEcho)
 
 	// 3. While they are open, tether counts them.
-	open, err := s.tp.metrics()
+	open, err := s.tp.Metrics()
 	if err != nil {
 		rep.check("metrics readable", false, "%v", err)
 		open = map[string]float64{}
@@ -544,8 +527,8 @@ func (s *soak) settle(idle *liveConn, base map[string]float64) time.Time {
 	if idleOpen {
 		wantActive++
 	}
-	rep.check("tether_sessions_active equals the sessions the clients hold open", int(open[mSessionsActive]) == wantActive,
-		"tether %v, clients %d", open[mSessionsActive], wantActive)
+	rep.check("tether_sessions_active equals the sessions the clients hold open", int(open[tetherproc.MSessionsActive]) == wantActive,
+		"tether %v, clients %d", open[tetherproc.MSessionsActive], wantActive)
 
 	// 4. Close everything; tether and the backend end every session.
 	var wg sync.WaitGroup
@@ -566,14 +549,14 @@ func (s *soak) settle(idle *liveConn, base map[string]float64) time.Time {
 	wg.Wait()
 	var final map[string]float64
 	closed := poll(cfg.Settle, func() bool {
-		m, err := s.tp.metrics()
+		m, err := s.tp.Metrics()
 		if err != nil {
 			return false
 		}
 		final = m
-		return m[mSessionsActive] == 0 && s.be.open.Load() == 0
+		return m[tetherproc.MSessionsActive] == 0 && s.be.open.Load() == 0
 	})
-	rep.check("all sessions end when the clients close", closed, "tether_sessions_active %v, backend connections open %d", final[mSessionsActive], s.be.open.Load())
+	rep.check("all sessions end when the clients close", closed, "tether_sessions_active %v, backend connections open %d", final[tetherproc.MSessionsActive], s.be.open.Load())
 	ended := time.Now()
 	s.metricChecks(base, final)
 	return ended
@@ -596,10 +579,10 @@ func (s *soak) metricChecks(base, final map[string]float64) {
 	d := func(k string) int64 { return int64(final[k] - base[k]) }
 
 	ok, timeouts := cl.handshakesOK.Load(), cl.handshakesTimeout.Load()
-	sessions := d(mSessionsTotal)
+	sessions := d(tetherproc.MSessionsTotal)
 	rep.check("tether_sessions_total counts every handshake the clients completed", sessions >= ok && sessions <= ok+timeouts,
 		"tether +%d, clients completed %d (and abandoned %d by their own timeout, which tether may count)", sessions, ok, timeouts)
-	rep.check("tether_buffered_messages is back to 0", final[mBuffered] == 0, "%v", final[mBuffered])
+	rep.check("tether_buffered_messages is back to 0", final[tetherproc.MBuffered] == 0, "%v", final[tetherproc.MBuffered])
 
 	cl.mu.Lock()
 	closed1013 := int64(cl.endCodes[1013])
@@ -614,9 +597,9 @@ func (s *soak) metricChecks(base, final map[string]float64) {
 	}
 	cl.mu.Unlock()
 	sort.Strings(statuses)
-	rep.check("tether_buffer_overflows_total equals the 1013 closes clients saw", d(mOverflows) == closed1013, "tether +%d, clients %d", d(mOverflows), closed1013)
+	rep.check("tether_buffer_overflows_total equals the 1013 closes clients saw", d(tetherproc.MOverflows) == closed1013, "tether +%d, clients %d", d(tetherproc.MOverflows), closed1013)
 
-	c2u, resent, u2c := d(mC2U), d(mResent), d(mU2C)
+	c2u, resent, u2c := d(tetherproc.MC2U), d(tetherproc.MResent), d(tetherproc.MU2C)
 	frames, distinct := be.frames.Load(), be.distinct.Load()
 	dups := frames - distinct
 	rep.check("client_to_upstream messages cover every message the backend received", c2u >= frames,
@@ -629,7 +612,7 @@ func (s *soak) metricChecks(base, final map[string]float64) {
 	// sent before writing): at most one such message per upstream loss,
 	// and every loss ends in a reconnect or the session's end.
 	once := c2u - resent
-	rok := d(mReconnectOK)
+	rok := d(tetherproc.MReconnectOK)
 	rep.check("client messages tether sent once (client_to_upstream − resent) lie between what the backend got and what the clients sent",
 		distinct <= once+rok+sessions && once <= attempted,
 		"backend distinct %d ≤ tether %d (+ at most one per upstream loss: %d reconnects, %d sessions) and tether %d ≤ clients sent %d",
@@ -643,7 +626,7 @@ func (s *soak) metricChecks(base, final map[string]float64) {
 	// upgrades that tether counts as failed (the relay cut the 101), that
 	// failed a client handshake, or that completed after the client had
 	// dropped its session (tether closes them uncounted).
-	rfail := d(mReconnectFail)
+	rfail := d(tetherproc.MReconnectFail)
 	ups := be.upgrades.Load()
 	failed := cl.handshakesFailed.Load()
 	drops := cl.drops[0].Load() + cl.drops[1].Load() + cl.drops[2].Load()
@@ -652,7 +635,7 @@ func (s *soak) metricChecks(base, final map[string]float64) {
 		"sessions %d + reconnects %d ≤ backend upgrades %d ≤ that + failed reconnects %d + failed handshakes %d + client drops %d", sessions, rok, ups, rfail, failed, drops)
 	faults, nFaults, hit := s.ch.summary()
 	rep.check("faults that cut upstream connections led to reconnects", hit == 0 || rok > 0, "%d connections cut, %d reconnects", hit, rok)
-	rep.check("no client leg timed out", d(mTimeoutClient) == 0, "tether_heartbeat_timeouts_total{leg=client} +%d", d(mTimeoutClient))
+	rep.check("no client leg timed out", d(tetherproc.MTimeoutClient) == 0, "tether_heartbeat_timeouts_total{leg=client} +%d", d(tetherproc.MTimeoutClient))
 
 	nv, first := s.viol.snapshot()
 	rep.check("no violation seen by the backend or the clients (gaps, order, integrity, cross-session, sessions ended by tether)", nv == 0, "%d %s", nv, firstFew(first))
@@ -662,7 +645,7 @@ func (s *soak) metricChecks(base, final map[string]float64) {
 	rep.fact("faults: %d (%s), %d upstream connections cut", nFaults, faults, hit)
 	rep.fact("backend: %d upstream connections for %d sessions, %d messages (%d distinct, %d duplicates), %d echoes", ups, be.sessions(), frames, distinct, dups, beEchoes)
 	rep.fact("tether: sessions +%d, client_to_upstream +%d, resent +%d, upstream_to_client +%d, reconnects ok +%d failed +%d, heartbeat timeouts upstream +%d, peak RSS %.1f MiB, peak goroutines %v",
-		sessions, c2u, resent, u2c, rok, rfail, d(mTimeoutUp), mib(s.peakRSS), s.peakGoroutines)
+		sessions, c2u, resent, u2c, rok, rfail, d(tetherproc.MTimeoutUp), mib(s.peakRSS), s.peakGoroutines)
 }
 
 // memory waits for tether's goroutines and memory to return to the
@@ -683,7 +666,7 @@ func (s *soak) metricChecks(base, final map[string]float64) {
 func (s *soak) memory(base map[string]float64, baseRSS int64, ended time.Time) {
 	cfg, rep := &s.cfg, s.rep
 	const liveTol = 8 << 20
-	baseLive := base[mNextGC] / 2
+	baseLive := base[tetherproc.MNextGC] / 2
 	rssLimit := baseRSS + cfg.RSSTol + max(0, s.peakRSS-baseRSS)/10
 	var m map[string]float64
 	var rss int64
@@ -693,29 +676,29 @@ func (s *soak) memory(base map[string]float64, baseRSS int64, ended time.Time) {
 	gcAfter := false
 	pollEvery(cfg.MemWait, 250*time.Millisecond, func() bool {
 		var err error
-		if m, err = s.tp.metrics(); err != nil {
+		if m, err = s.tp.Metrics(); err != nil {
 			return false
 		}
-		if rss, err = s.tp.rss(); err != nil {
+		if rss, err = s.tp.RSS(); err != nil {
 			return false
 		}
-		gOK := m[mGoroutines] <= base[mGoroutines]+float64(cfg.GoroutineTol)
+		gOK := m[tetherproc.MGoroutines] <= base[tetherproc.MGoroutines]+float64(cfg.GoroutineTol)
 		if gOK && gAt < 0 {
 			gAt = time.Since(start)
 		}
-		gcAfter = m[mLastGC] >= float64(ended.UnixNano())/1e9
+		gcAfter = m[tetherproc.MLastGC] >= float64(ended.UnixNano())/1e9
 		if time.Since(lastLog) >= 10*time.Second {
 			lastLog = time.Now()
 			s.logf("waiting for the baseline: goroutines %v, RSS %.1f MiB, heap in use %.1f MiB, next GC at %.1f MiB (GC since the end: %v)",
-				m[mGoroutines], mib(rss), m["go_memstats_heap_inuse_bytes"]/(1<<20), m[mNextGC]/(1<<20), gcAfter)
+				m[tetherproc.MGoroutines], mib(rss), m["go_memstats_heap_inuse_bytes"]/(1<<20), m[tetherproc.MNextGC]/(1<<20), gcAfter)
 		}
-		return gOK && gcAfter && m[mNextGC]/2 <= baseLive+liveTol && (rss <= rssLimit || cfg.Race)
+		return gOK && gcAfter && m[tetherproc.MNextGC]/2 <= baseLive+liveTol && (rss <= rssLimit || cfg.Race)
 	})
-	rep.check("tether's goroutines return to the baseline", m[mGoroutines] <= base[mGoroutines]+float64(cfg.GoroutineTol),
-		"%v now, baseline %v (+%d allowed), peak %v; back %v after the last session ended", m[mGoroutines], base[mGoroutines], cfg.GoroutineTol, s.peakGoroutines, since(gAt, start.Sub(ended)))
-	rep.check("tether's live heap returns to the baseline", gcAfter && m[mNextGC]/2 <= baseLive+liveTol,
+	rep.check("tether's goroutines return to the baseline", m[tetherproc.MGoroutines] <= base[tetherproc.MGoroutines]+float64(cfg.GoroutineTol),
+		"%v now, baseline %v (+%d allowed), peak %v; back %v after the last session ended", m[tetherproc.MGoroutines], base[tetherproc.MGoroutines], cfg.GoroutineTol, s.peakGoroutines, since(gAt, start.Sub(ended)))
+	rep.check("tether's live heap returns to the baseline", gcAfter && m[tetherproc.MNextGC]/2 <= baseLive+liveTol,
 		"%.1f MiB now (half the next-GC goal, after a GC since the last session ended: %v), baseline %.1f MiB (+%d MiB allowed)",
-		m[mNextGC]/2/(1<<20), gcAfter, baseLive/(1<<20), liveTol>>20)
+		m[tetherproc.MNextGC]/2/(1<<20), gcAfter, baseLive/(1<<20), liveTol>>20)
 	if cfg.Race {
 		// The race detector's shadow memory is never returned.
 		rep.fact("RSS not judged (-race build): %.1f MiB now, baseline %.1f MiB, peak %.1f MiB", mib(rss), mib(baseRSS), mib(s.peakRSS))

@@ -123,14 +123,3 @@ func TestBackendChecks(t *testing.T) {
 		})
 	}
 }
-
-func TestParseMetrics(t *testing.T) {
-	t.Parallel()
-	m, err := parseMetrics(strings.NewReader("# HELP x\ngo_goroutines 12\ntether_messages_total{direction=\"client_to_upstream\"} 3.5e+06\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if m[mGoroutines] != 12 || m[mC2U] != 3.5e6 {
-		t.Fatalf("parseMetrics = %v", m)
-	}
-}

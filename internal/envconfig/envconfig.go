@@ -22,6 +22,7 @@ import (
 	"github.com/caarlos0/env/v10"
 
 	"github.com/tether-proxy/tether/heartbeat"
+	"github.com/tether-proxy/tether/replay"
 	"github.com/tether-proxy/tether/session"
 )
 
@@ -132,6 +133,7 @@ func Parse(dst any, environ map[string]string) error {
 		}),
 		reflect.TypeOf(heartbeat.ModeOff):       wrap(func(v string) (any, error) { return heartbeat.ParseMode(v) }),
 		reflect.TypeOf(session.CloseCodes(nil)): wrap(func(v string) (any, error) { return session.ParseCloseCodes(v) }),
+		reflect.TypeOf(replay.Auto):             wrap(func(v string) (any, error) { return replay.ParseProtocol(v) }),
 		reflect.TypeOf(URLList(nil)):            wrap(func(v string) (any, error) { return ParseURLList(v) }),
 	}
 	// v10 treats a set-but-empty variable as set for `required`; tether

@@ -79,16 +79,19 @@ func (p *Poller) Arm(h *Handle, ctl func(func(fd uintptr)) error, f func()) erro
 		p.refs++
 	}
 	p.waiters[h.id] = f
-	im, epoch := p.impl, p.epoch
-	p.mu.Unlock()
-
-	// h is written before the socket is armed: once armed, f may run and
-	// hand h to another goroutine. A failed ADD leaves h marked added; the
-	// next Arm's MOD then falls back to ADD.
+	im, epoch, id := p.impl, p.epoch, h.id
+	// h is written, and read into locals, before mu is released: once
+	// the socket is armed, f may run and hand h to another goroutine,
+	// which may Release it, and only mu orders that goroutine after this
+	// one (the kernel's ordering of the wake is invisible to the race
+	// detector). A failed ADD leaves h marked added; the next Arm's MOD
+	// then falls back to ADD.
 	added := h.epoch == epoch
 	h.epoch = epoch
+	p.mu.Unlock()
+
 	var err error
-	if cerr := ctl(func(fd uintptr) { err = im.arm(int(fd), h.id, added) }); cerr != nil {
+	if cerr := ctl(func(fd uintptr) { err = im.arm(int(fd), id, added) }); cerr != nil {
 		return cerr
 	}
 	return err

@@ -1,4 +1,9 @@
-package main
+// Package tetherproc runs tether as a child process for the tools that
+// measure it from outside (cmd/tethersoak, cmd/tetherchurn; bench reads
+// /proc through it): build it from this module, start it on free loopback
+// ports, scrape its /metrics, read its CPU and RSS from /proc, stop it and
+// scan its log.
+package tetherproc
 
 import (
 	"bufio"
@@ -19,8 +24,8 @@ import (
 	"time"
 )
 
-// buildTether builds the module's main package (tether itself) into dir.
-func buildTether(ctx context.Context, dir string, race bool) (string, error) {
+// Build builds the module's main package (tether itself) into dir.
+func Build(ctx context.Context, dir string, race bool) (string, error) {
 	gocmd := filepath.Join(runtime.GOROOT(), "bin", "go")
 	if _, err := os.Stat(gocmd); err != nil {
 		gocmd = "go"
@@ -40,21 +45,21 @@ func buildTether(ctx context.Context, dir string, race bool) (string, error) {
 	return bin, nil
 }
 
-// tetherProc is tether running as a child process, so that its RSS and
+// Proc is tether running as a child process, so that its RSS and
 // goroutines are its own.
-type tetherProc struct {
-	cmd     *exec.Cmd
-	addr    string // client listener, host:port
-	admin   string // http://host:port
-	logPath string
+type Proc struct {
+	Cmd     *exec.Cmd
+	Addr    string // client listener, host:port
+	Admin   string // http://host:port
+	LogPath string
 	log     *os.File
 	exited  chan struct{}
 	waitErr error
 	hc      *http.Client
 }
 
-// freePort returns a loopback address that was free a moment ago.
-func freePort() (string, error) {
+// FreePort returns a loopback address that was free a moment ago.
+func FreePort() (string, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", err
@@ -63,12 +68,12 @@ func freePort() (string, error) {
 	return ln.Addr().String(), nil
 }
 
-// startTether starts bin with env (plus the listen and admin addresses it
+// Start starts bin with env (plus the listen and admin addresses it
 // picks) and waits until /healthz answers and the listener accepts.
-func startTether(ctx context.Context, bin, logPath string, env []string) (*tetherProc, error) {
+func Start(ctx context.Context, bin, logPath string, env []string) (*Proc, error) {
 	var lastErr error
 	for try := 0; try < 3; try++ {
-		t, err := startTetherOnce(ctx, bin, logPath, env)
+		t, err := startOnce(ctx, bin, logPath, env)
 		if err == nil {
 			return t, nil
 		}
@@ -77,12 +82,12 @@ func startTether(ctx context.Context, bin, logPath string, env []string) (*tethe
 	return nil, lastErr
 }
 
-func startTetherOnce(ctx context.Context, bin, logPath string, env []string) (*tetherProc, error) {
-	addr, err := freePort()
+func startOnce(ctx context.Context, bin, logPath string, env []string) (*Proc, error) {
+	addr, err := FreePort()
 	if err != nil {
 		return nil, err
 	}
-	admin, err := freePort()
+	admin, err := FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -101,8 +106,8 @@ func startTetherOnce(ctx context.Context, bin, logPath string, env []string) (*t
 		logf.Close()
 		return nil, fmt.Errorf("start tether: %w", err)
 	}
-	t := &tetherProc{
-		cmd: cmd, addr: addr, admin: "http://" + admin, logPath: logPath, log: logf,
+	t := &Proc{
+		Cmd: cmd, Addr: addr, Admin: "http://" + admin, LogPath: logPath, log: logf,
 		exited: make(chan struct{}),
 		hc:     &http.Client{Timeout: 10 * time.Second},
 	}
@@ -117,22 +122,22 @@ func startTetherOnce(ctx context.Context, bin, logPath string, env []string) (*t
 		if err := t.ready(); err == nil {
 			return t, nil
 		} else if time.Now().After(deadline) {
-			t.kill()
-			return nil, fmt.Errorf("tether did not become ready: %w (log: %s)", err, tail(logPath))
+			t.Kill()
+			return nil, fmt.Errorf("tether did not become ready: %w (log: %s)", err, Tail(logPath))
 		}
 		select {
 		case <-t.exited:
-			return nil, fmt.Errorf("tether exited at start: %v (log: %s)", t.waitErr, tail(logPath))
+			return nil, fmt.Errorf("tether exited at start: %v (log: %s)", t.waitErr, Tail(logPath))
 		case <-ctx.Done():
-			t.kill()
+			t.Kill()
 			return nil, ctx.Err()
 		case <-tick.C:
 		}
 	}
 }
 
-func (t *tetherProc) ready() error {
-	resp, err := t.hc.Get(t.admin + "/healthz")
+func (t *Proc) ready() error {
+	resp, err := t.hc.Get(t.Admin + "/healthz")
 	if err != nil {
 		return err
 	}
@@ -141,7 +146,7 @@ func (t *tetherProc) ready() error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("/healthz: %s", resp.Status)
 	}
-	c, err := net.DialTimeout("tcp", t.addr, time.Second)
+	c, err := net.DialTimeout("tcp", t.Addr, time.Second)
 	if err != nil {
 		return err
 	}
@@ -150,8 +155,8 @@ func (t *tetherProc) ready() error {
 
 // metrics scrapes /metrics into a map keyed by the series as written
 // ("name" or "name{labels}").
-func (t *tetherProc) metrics() (map[string]float64, error) {
-	resp, err := t.hc.Get(t.admin + "/metrics")
+func (t *Proc) Metrics() (map[string]float64, error) {
+	resp, err := t.hc.Get(t.Admin + "/metrics")
 	if err != nil {
 		return nil, err
 	}
@@ -159,10 +164,10 @@ func (t *tetherProc) metrics() (map[string]float64, error) {
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("/metrics: %s", resp.Status)
 	}
-	return parseMetrics(resp.Body)
+	return ParseMetrics(resp.Body)
 }
 
-func parseMetrics(r io.Reader) (map[string]float64, error) {
+func ParseMetrics(r io.Reader) (map[string]float64, error) {
 	m := map[string]float64{}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -185,12 +190,14 @@ func parseMetrics(r io.Reader) (map[string]float64, error) {
 }
 
 // rss reads VmRSS from /proc/<pid>/status, in bytes.
-func (t *tetherProc) rss() (int64, error) {
-	return vmRSS(t.cmd.Process.Pid)
+func (t *Proc) RSS() (int64, error) {
+	return VmRSS(t.Cmd.Process.Pid)
 }
 
-func vmRSS(pid int) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+// VmRSS returns VmRSS of pid (0: this process) from /proc/<pid>/status,
+// in bytes.
+func VmRSS(pid int) (int64, error) {
+	b, err := os.ReadFile(procPath(pid, "status"))
 	if err != nil {
 		return 0, err
 	}
@@ -206,11 +213,54 @@ func vmRSS(pid int) (int64, error) {
 	return 0, errors.New("no VmRSS in /proc status")
 }
 
+func procPath(pid int, file string) string {
+	if pid == 0 {
+		return "/proc/self/" + file
+	}
+	return fmt.Sprintf("/proc/%d/%s", pid, file)
+}
+
+// clockTicks is USER_HZ, the unit of utime and stime in /proc/<pid>/stat.
+// It is 100 on every Linux architecture Go supports.
+const clockTicks = 100
+
+// CPUSeconds returns utime+stime of pid (0: this process) in seconds, from
+// /proc/<pid>/stat; threads are included.
+func CPUSeconds(pid int) (float64, error) {
+	path := procPath(pid, "stat")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may contain spaces: fields count from
+	// after its closing parenthesis.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("parse %s: no ')'", path)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// f[0] is field 3 (state); utime is field 14, stime field 15.
+	if len(f) < 13 {
+		return 0, fmt.Errorf("parse %s: %d fields", path, len(f))
+	}
+	u, err1 := strconv.ParseUint(f[11], 10, 64)
+	s, err2 := strconv.ParseUint(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("parse %s: utime %q stime %q", path, f[11], f[12])
+	}
+	return float64(u+s) / clockTicks, nil
+}
+
+// CPU returns tether's CPU seconds so far.
+func (t *Proc) CPU() (float64, error) {
+	return CPUSeconds(t.Cmd.Process.Pid)
+}
+
 // stop sends SIGTERM and waits up to timeout for the exit; it returns the
 // exit code (-1 if killed).
-func (t *tetherProc) stop(timeout time.Duration) (int, error) {
+func (t *Proc) Stop(timeout time.Duration) (int, error) {
 	defer t.log.Close()
-	if err := t.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := t.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		return -1, err
 	}
 	tm := time.NewTimer(timeout)
@@ -218,7 +268,7 @@ func (t *tetherProc) stop(timeout time.Duration) (int, error) {
 	select {
 	case <-t.exited:
 	case <-tm.C:
-		t.kill()
+		t.Kill()
 		return -1, fmt.Errorf("tether did not exit within %v of SIGTERM", timeout)
 	}
 	if t.waitErr != nil {
@@ -231,13 +281,13 @@ func (t *tetherProc) stop(timeout time.Duration) (int, error) {
 	return 0, nil
 }
 
-func (t *tetherProc) kill() {
-	_ = t.cmd.Process.Kill()
+func (t *Proc) Kill() {
+	_ = t.Cmd.Process.Kill()
 	<-t.exited
 }
 
 // tail returns the end of a log file, for error messages.
-func tail(path string) string {
+func Tail(path string) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return err.Error()
@@ -248,10 +298,10 @@ func tail(path string) string {
 	return string(b)
 }
 
-// scanLog counts the lines of tether's log that no run may contain:
+// ScanLog counts the lines of tether's log that no run may contain:
 // panics (also those a session recovers from and logs as "session
 // panic"), data races (a -race build), fatal errors.
-func scanLog(path string) (bad int, first []string, err error) {
+func ScanLog(path string) (bad int, first []string, err error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return 0, nil, err
@@ -271,3 +321,22 @@ func scanLog(path string) (bad int, first []string, err error) {
 	}
 	return bad, first, sc.Err()
 }
+
+// Metric series on tether's /metrics (README "Metrics and logs"), as
+// Metrics keys them.
+const (
+	MSessionsTotal  = "tether_sessions_total"
+	MSessionsActive = "tether_sessions_active"
+	MC2U            = `tether_messages_total{direction="client_to_upstream"}`
+	MU2C            = `tether_messages_total{direction="upstream_to_client"}`
+	MResent         = "tether_resent_messages_total"
+	MReconnectOK    = `tether_upstream_reconnects_total{result="success"}`
+	MReconnectFail  = `tether_upstream_reconnects_total{result="failure"}`
+	MBuffered       = "tether_buffered_messages"
+	MOverflows      = "tether_buffer_overflows_total"
+	MTimeoutClient  = `tether_heartbeat_timeouts_total{leg="client"}`
+	MTimeoutUp      = `tether_heartbeat_timeouts_total{leg="upstream"}`
+	MGoroutines     = "go_goroutines"
+	MNextGC         = "go_memstats_next_gc_bytes"
+	MLastGC         = "go_memstats_last_gc_time_seconds"
+)
