@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,8 +14,8 @@ import (
 	"github.com/tether-proxy/tether/proxy"
 )
 
-// config is the whole of SPEC §1: each package owns its part, composed
-// here under the TETHER_ prefix.
+// config is the whole of README "Configuration": each package owns its part,
+// composed here under the TETHER_ prefix.
 type config struct {
 	Proxy proxy.Config
 	Log   logConfig `envPrefix:"LOG_"`
@@ -46,7 +45,8 @@ func loadConfig(environ []string) (config, error) {
 	if err := envconfig.Parse(&c, m); err != nil {
 		return c, err
 	}
-	// SPEC §1: an empty TETHER_ADMIN_ADDR disables the admin listener.
+	// README "Configuration": an empty TETHER_ADMIN_ADDR disables the admin
+	// listener.
 	if v, ok := m["TETHER_ADMIN_ADDR"]; ok && v == "" {
 		c.Proxy.AdminAddr = ""
 	}
@@ -102,6 +102,3 @@ Environment:
 `)
 	_ = envconfig.WriteHelp(w, &c)
 }
-
-// errUsage marks a command-line mistake (exit 2).
-var errUsage = errors.New("usage")

@@ -10,9 +10,9 @@ import (
 	"github.com/tether-proxy/tether/session"
 )
 
-// FuzzLoadConfig sets up to two SPEC §1 variables (chosen by index) to
-// arbitrary values on top of a valid environment. Invariants: no panic;
-// either a config that builds a session environment, a logger and (file
+// FuzzLoadConfig sets up to two README "Configuration" variables (chosen by
+// index) to arbitrary values on top of a valid environment. Invariants: no
+// panic; either a config that builds a session environment, a logger and (file
 // variables aside) a proxy server, or a one-line error that begins with
 // "TETHER_<variable>:" and names one of the variables set.
 func FuzzLoadConfig(f *testing.F) {

@@ -7,8 +7,8 @@ import (
 	"github.com/tether-proxy/tether/internal/envconfig"
 )
 
-// coreSpecDefaults is SPEC §1's table: every variable and its default as
-// help prints it ("" = empty).
+// coreSpecDefaults is README "Configuration"'s table: every variable and its
+// default as help prints it ("" = empty).
 var coreSpecDefaults = map[string]string{
 	"TETHER_UPSTREAM_URL":                "(required)",
 	"TETHER_LISTEN_ADDR":                 ":8080",
@@ -49,8 +49,8 @@ var coreSpecDefaults = map[string]string{
 	"TETHER_LOG_FORMAT":                  "text",
 }
 
-// SPEC §1: the composed config declares exactly the variables of the
-// table, each with SPEC's default and a line of help.
+// README "Configuration": the composed config declares exactly the
+// variables of the table, each with its README default and a line of help.
 func TestCoreConfigVars(t *testing.T) {
 	t.Parallel()
 	c := defaultConfig()
@@ -63,11 +63,11 @@ func TestCoreConfigVars(t *testing.T) {
 		seen[v.Key] = true
 		def, ok := coreSpecDefaults[v.Key]
 		if !ok {
-			t.Errorf("%s is not in SPEC §1", v.Key)
+			t.Errorf("%s is not in README \"Configuration\"", v.Key)
 			continue
 		}
 		if v.Default != def {
-			t.Errorf("%s: default %q, SPEC says %q", v.Key, v.Default, def)
+			t.Errorf("%s: default %q, README says %q", v.Key, v.Default, def)
 		}
 		if strings.TrimSpace(v.Help) == "" || strings.Contains(v.Help, "\n") {
 			t.Errorf("%s: help %q, want one non-empty line", v.Key, v.Help)
@@ -75,13 +75,13 @@ func TestCoreConfigVars(t *testing.T) {
 	}
 	for k := range coreSpecDefaults {
 		if !seen[k] {
-			t.Errorf("%s of SPEC §1 is not declared", k)
+			t.Errorf("%s of README \"Configuration\" is not declared", k)
 		}
 	}
 }
 
-// SPEC §1: parsing and validation up front; errors name the variable;
-// empty counts as unset except TETHER_ADMIN_ADDR.
+// README "Configuration": parsing and validation up front; errors name the
+// variable; empty counts as unset except TETHER_ADMIN_ADDR.
 func TestCoreLoadConfig(t *testing.T) {
 	t.Parallel()
 	base := []string{"TETHER_UPSTREAM_URL=ws://127.0.0.1:1"}

@@ -12,8 +12,9 @@ import (
 	"github.com/tether-proxy/tether/demo"
 )
 
-// runDemo runs `tether demo` (SPEC §0): no configuration is needed, but
-// TETHER_LISTEN_ADDR, TETHER_ADMIN_ADDR and TETHER_LOG_* are honoured.
+// runDemo runs `tether demo` (README "Two commands"): no configuration is
+// needed, but TETHER_LISTEN_ADDR, TETHER_ADMIN_ADDR and TETHER_LOG_* are
+// honoured.
 func runDemo(environ []string, stdout, stderr io.Writer) int {
 	env := make(map[string]string)
 	for _, kv := range environ {

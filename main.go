@@ -1,6 +1,6 @@
 // Command tether is a WebSocket reverse proxy: it terminates the client
 // and upstream legs, keeps both alive with heartbeats, and reconnects the
-// upstream transparently. See README.md and SPEC.md; main only wires.
+// upstream transparently. See README.md; main only wires.
 package main
 
 import (
@@ -121,7 +121,7 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// healthcheck GETs /healthz on TETHER_ADMIN_ADDR (SPEC §0).
+// healthcheck GETs /healthz on TETHER_ADMIN_ADDR (README "Two commands").
 func healthcheck(environ []string, stderr io.Writer) int {
 	addr := ":9090"
 	for _, kv := range environ {

@@ -241,8 +241,8 @@ func coreCloseCode(err error) int {
 	return -1
 }
 
-// SPEC §0, §1: --help and -h list every variable with its default, need
-// no variable, and exit 0.
+// README "Two commands" and "Configuration": --help and -h list every variable
+// with its default, need no variable, and exit 0.
 func TestCoreHelp(t *testing.T) {
 	t.Parallel()
 	for _, arg := range []string{"--help", "-h"} {
@@ -275,8 +275,8 @@ func TestCoreHelp(t *testing.T) {
 	}
 }
 
-// SPEC §1: a missing or bad variable: one stderr line naming it, exit 2,
-// before listening.
+// README "Configuration": a missing or bad variable: one stderr line naming
+// it, exit 2, before listening.
 func TestCoreConfigErrorsExit2(t *testing.T) {
 	t.Parallel()
 	cases := append([]struct {
@@ -306,8 +306,8 @@ func TestCoreConfigErrorsExit2(t *testing.T) {
 	}
 }
 
-// SPEC §0: tether healthcheck exits 0 against a running tether and non-zero
-// when nothing listens.
+// README "Two commands": tether healthcheck exits 0 against a running tether
+// and non-zero when nothing listens.
 func TestCoreHealthcheck(t *testing.T) {
 	t.Parallel()
 	up, _ := coreBackend(t)
@@ -356,7 +356,8 @@ func coreListeningSockets(t *testing.T, pid int) int {
 	return n
 }
 
-// SPEC §1: TETHER_ADMIN_ADDR set but empty disables the admin listener.
+// README "Configuration": TETHER_ADMIN_ADDR set but empty disables the admin
+// listener.
 func TestCoreAdminDisabled(t *testing.T) {
 	t.Parallel()
 	if runtime.GOOS != "linux" {
@@ -373,8 +374,9 @@ func TestCoreAdminDisabled(t *testing.T) {
 	}
 }
 
-// SPEC §7: TETHER_LOG_FORMAT=json gives JSON lines; session lines carry
-// the session id. Text logs carry session= and no colour off a terminal.
+// README "Metrics and logs": TETHER_LOG_FORMAT=json gives JSON lines; session
+// lines carry the session id. Text logs carry session= and no colour off a
+// terminal.
 func TestCoreLogs(t *testing.T) {
 	t.Parallel()
 	for _, format := range []string{"json", "text"} {
@@ -438,8 +440,8 @@ func TestCoreLogs(t *testing.T) {
 	}
 }
 
-// SPEC §5: SIGTERM or SIGINT drains: clients get 1012, upstreams 1001,
-// and the process exits 0.
+// README "Shutdown": SIGTERM or SIGINT drains: clients get 1012, upstreams
+// 1001, and the process exits 0.
 func TestCoreSignalDrain(t *testing.T) {
 	t.Parallel()
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {

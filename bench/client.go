@@ -20,7 +20,8 @@ import (
 	"github.com/gobwas/ws/wsflate"
 )
 
-// jsonPing and jsonPong are tether's default JSON heartbeat (SPEC §1).
+// jsonPing and jsonPong are tether's default JSON heartbeat (README
+// "Configuration").
 var (
 	jsonPing = []byte(`"type":"ping"`)
 	jsonPong = []byte(`{"type":"pong"}`)

@@ -4,7 +4,7 @@
 // The files are:
 //
 //   - tether.js: a dependency-free ES module wrapping the browser WebSocket
-//     (heartbeats per SPEC §3, reconnects and upstream status per SPEC §4);
+//     (heartbeats per README "Heartbeats", reconnects and upstream status per README "Upstream loss, reconnect and the delivery guarantee");
 //   - tether.d.ts: its TypeScript declarations;
 //   - demo.html, demo.css, demo.js: the demo page that `tether demo` serves.
 //

@@ -1,4 +1,4 @@
-// tether.js: a dependency-free browser client for tether (SPEC §3, §4).
+// tether.js: a dependency-free browser client for tether (README "Heartbeats" and "Upstream loss, reconnect and the delivery guarantee").
 //
 // TetherClient wraps the browser WebSocket and adds what a page behind
 // tether needs:
@@ -50,7 +50,7 @@ export const Status = Object.freeze({
   CLOSED: "closed", // closed by the app (close()) or by a do-not-retry close code
 });
 
-/** The upstream statuses tether sends with TETHER_NOTIFY_CLIENT=true (SPEC §4). */
+/** The upstream statuses tether sends with TETHER_NOTIFY_CLIENT=true (README "Upstream loss, reconnect and the delivery guarantee"). */
 export const UpstreamStatus = Object.freeze({
   RECONNECTING: "reconnecting",
   CONNECTED: "connected",
@@ -59,7 +59,7 @@ export const UpstreamStatus = Object.freeze({
 
 const upstreamStatuses = new Set(Object.values(UpstreamStatus));
 
-/** Largest text message that can be a JSON heartbeat (SPEC §3: 4 KiB). */
+/** Largest text message that can be a JSON heartbeat (README "Heartbeats": 4 KiB). */
 export const MAX_HEARTBEAT_BYTES = 4096;
 
 /** Default options; see TetherOptions in tether.d.ts for the meaning of each. */
@@ -406,7 +406,7 @@ export class TetherClient {
   }
 
   // _onPing answers one of tether's JSON pings: the configured pong, with
-  // every member of the ping other than "type" echoed (SPEC §3).
+  // every member of the ping other than "type" echoed (README "Heartbeats").
   _onPing(ping) {
     const pong = { ...this._pongMessage, ...ping, type: this._pongMessage.type };
     this._ws.send(JSON.stringify(pong));

@@ -285,7 +285,7 @@ func (b *Backend) serveConn(c net.Conn) {
 
 	// This goroutine is the connection's only writer, so letting gobwas's
 	// ControlFrameHandler answer pings and Closes from here is safe (unlike
-	// in tether's relay, STYLE §2.6).
+	// in tether's relay, ).
 	control := wsutil.ControlFrameHandler(c, ws.StateServerSide)
 	onControl := func(h ws.Header, r io.Reader) error {
 		if h.OpCode == ws.OpPing {

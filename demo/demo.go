@@ -1,9 +1,9 @@
-// Package demo implements `tether demo` (SPEC §0): in one process and with
-// no configuration, a built-in echo backend on 127.0.0.1 (random port),
-// tether in front of it, and a page server (default :8081) that serves the
-// browser client and demo page embedded in package client.
+// Package demo implements `tether demo` (README "Two commands"): in one
+// process and with no configuration, a built-in echo backend on 127.0.0.1
+// (random port), tether in front of it, and a page server (default :8081) that
+// serves the browser client and demo page embedded in package client.
 //
-// The demo's tether uses SPEC defaults except: TETHER_NOTIFY_CLIENT=true,
+// The demo's tether uses the README defaults except: TETHER_NOTIFY_CLIENT=true,
 // client heartbeats in `both` mode every 5 s (timeout 15 s) so pings are
 // visible, and upstream heartbeats in `ws` mode every 2 s (timeout 6 s).
 //
@@ -63,7 +63,7 @@ const (
 type Demo struct {
 	// Backend is the echo backend behind tether.
 	Backend *Backend
-	// Registry holds tether's metrics (SPEC §6).
+	// Registry holds tether's metrics (README "Metrics and logs").
 	Registry *prometheus.Registry
 	// Config is the configuration tether runs with.
 	Config proxy.Config
@@ -80,7 +80,7 @@ type Demo struct {
 }
 
 // DefaultConfig returns the tether configuration of the demo for the
-// backend at upstreamURL: SPEC defaults plus notifications and faster
+// backend at upstreamURL: README defaults plus notifications and faster
 // heartbeats.
 func DefaultConfig(upstreamURL string) (proxy.Config, error) {
 	cfg, err := proxy.DefaultConfig(upstreamURL)
@@ -260,10 +260,10 @@ func (d *Demo) AdminAddr() net.Addr { return d.adminAddr }
 // Sessions reports tether's registered sessions.
 func (d *Demo) Sessions() int { return d.proxy.Sessions() }
 
-// Close shuts everything down: the page server, then tether, which drains
-// its sessions per SPEC (client 1012, upstream 1001) within ctx, then the
-// admin listener and the backend. It waits for every goroutine it started
-// and is safe to call more than once.
+// Close shuts everything down: the page server, then tether, which drains its
+// sessions as README "Shutdown" says (client 1012, upstream 1001) within ctx,
+// then the admin listener and the backend. It waits for every goroutine it
+// started and is safe to call more than once.
 func (d *Demo) Close(ctx context.Context) error {
 	d.closeOnce.Do(func() {
 		var errs []error
@@ -286,7 +286,7 @@ func (d *Demo) Close(ctx context.Context) error {
 }
 
 // Run starts the demo, blocks until ctx is cancelled, then shuts
-// everything down (tether drains per SPEC, bounded by its
+// everything down (tether drains as README "Shutdown" says, bounded by its
 // TETHER_SHUTDOWN_TIMEOUT default) and returns nil. It returns an error
 // only when the demo cannot start.
 func Run(ctx context.Context, opts Options) error {

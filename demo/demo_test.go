@@ -307,8 +307,9 @@ func TestDemoThroughTether(t *testing.T) {
 		t.Errorf("tether's answer to a JSON ping = %q", got)
 	}
 
-	// Messages not yet acknowledged by an upstream heartbeat round trip
-	// would be re-sent after the restart (SPEC §4); wait for one.
+	// Messages not yet acknowledged by an upstream heartbeat round trip would be
+	// re-sent after the restart (README "Upstream loss, reconnect and the delivery
+	// guarantee"); wait for one.
 	waitAcked(t, d)
 	d.Backend.RestartAsync(200 * time.Millisecond)
 	if got := next(); !strings.Contains(got, `"status":"reconnecting"`) {
@@ -407,9 +408,10 @@ func TestConfigJSON(t *testing.T) {
 	var _ proxy.Config = d.Config
 }
 
-// waitAcked waits until every message sent so far is provably received
-// by the upstream (SPEC §4): two more upstream pongs mean a whole ping
-// round trip started after the last message.
+// waitAcked waits until every message sent so far is provably received by the
+// upstream (README "Upstream loss, reconnect and the delivery guarantee"): two
+// more upstream pongs mean a whole ping round trip started after the last
+// message.
 func waitAcked(t *testing.T, d *Demo) {
 	t.Helper()
 	const pongs = "tether_heartbeat_pongs_received_total"

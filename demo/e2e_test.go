@@ -195,9 +195,10 @@ func TestBrowser(t *testing.T) {
 		b.poll("20 numbered messages sent", `tetherDemo.snapshot().sent >= 20`, 10*time.Second)
 		b.click("auto-toggle")
 		b.poll("every message echoed", `(s => s.pending === 0 && s.ok)(tetherDemo.snapshot())`, 10*time.Second)
-		// Messages the old backend got but tether has not seen acknowledged
-		// by a heartbeat round trip would be re-sent, and echoed twice
-		// (SPEC §4 allows it); wait for the acknowledgement first.
+		// Messages the old backend got but tether has not seen acknowledged by a
+		// heartbeat round trip would be re-sent, and echoed twice (README "Upstream
+		// loss, reconnect and the delivery guarantee" allows it); wait for the
+		// acknowledgement first.
 		waitAcked(t, d)
 
 		conns := d.Backend.Stats().Connections

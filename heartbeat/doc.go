@@ -1,8 +1,9 @@
-// Package heartbeat holds the heartbeat logic of one tether leg (SPEC §3):
-// the heartbeat [Mode] and per-leg [Config], the JSON ping/pong classifier
-// and pong builder ([Messages]), and the bookkeeping that pairs pongs with
-// tether's own pings for round-trip times and delivery acknowledgement
-// ([Tracker], SPEC §4 "provably received").
+// Package heartbeat holds the heartbeat logic of one tether leg (README
+// "Heartbeats"): the heartbeat [Mode] and per-leg [Config], the JSON ping/pong
+// classifier and pong builder ([Messages]), and the bookkeeping that pairs
+// pongs with tether's own pings for round-trip times and delivery
+// acknowledgement ([Tracker], README "Upstream loss, reconnect and the
+// delivery guarantee" "provably received").
 //
 // The package is pure logic: it does no I/O, no logging and starts no
 // goroutines. The session package owns the timers, with this design:

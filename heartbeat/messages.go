@@ -9,7 +9,7 @@ import (
 )
 
 // MaxHeartbeatSize is the largest text message, in bytes, that can be a
-// JSON heartbeat (SPEC §3: 4 KiB).
+// JSON heartbeat (README "Heartbeats": 4 KiB).
 const MaxHeartbeatSize = 4096
 
 // Kind is what Classify finds a text message to be.
@@ -35,7 +35,7 @@ func (k Kind) String() string {
 	return "Kind(" + strconv.Itoa(int(k)) + ")"
 }
 
-// Messages recognises and builds JSON heartbeats (SPEC §3) for the
+// Messages recognises and builds JSON heartbeats (README "Heartbeats") for the
 // configured TETHER_PING_MESSAGE and TETHER_PONG_MESSAGE. It is immutable
 // after NewMessages and safe for concurrent use.
 type Messages struct {

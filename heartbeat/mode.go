@@ -7,7 +7,7 @@ import (
 	"time"
 )
 
-// Mode is a leg's heartbeat mode (SPEC §3).
+// Mode is a leg's heartbeat mode (README "Heartbeats").
 type Mode uint8
 
 // The heartbeat modes. The zero value is ModeOff.

@@ -33,8 +33,9 @@ func micros(now time.Time) uint32 {
 	return uint32(now.Sub(epoch) / time.Microsecond)
 }
 
-// Tracker pairs pongs with tether's own pings on one leg, for round-trip
-// times and delivery acknowledgement (SPEC §4 "provably received").
+// Tracker pairs pongs with tether's own pings on one leg, for round-trip times
+// and delivery acknowledgement (README "Upstream loss, reconnect and the
+// delivery guarantee" "provably received").
 //
 // Each ping records ackSeq, the number of data messages written to the
 // connection before it, and callers pass non-decreasing values. When its

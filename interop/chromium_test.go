@@ -211,9 +211,10 @@ type closeResult struct {
 
 // TestChromium runs headless Chromium's WebSocket, which offers
 // permessage-deflate, through tether with TETHER_CLIENT_COMPRESSION on and
-// off: the answered extension, compressed frames on the wire when on,
-// messages intact either way, RFC heartbeats answered by the browser, and
-// close codes both ways (SPEC §1, §2, §3, §5).
+// off: the answered extension, compressed frames on the wire when on, messages
+// intact either way, RFC heartbeats answered by the browser, and close codes
+// both ways (README "Configuration" and "Running in front of a real backend"
+// and "Heartbeats" and "Close codes").
 func TestChromium(t *testing.T) {
 	t.Parallel()
 	ctx := newBrowser(t, testkit.FindChromium(t))
@@ -312,7 +313,7 @@ func TestChromium(t *testing.T) {
 			}
 
 			// One byte over TETHER_MAX_MESSAGE_BYTES (compressed, it is
-			// over only once inflated): the browser gets 1009 (SPEC §5),
+			// over only once inflated): the browser gets 1009 (README "Close codes"),
 			// the backend 1001.
 			js[openResult](t, ctx, fmt.Sprintf(`it.open("c", %q, ["tether.v2"])`, tt.URL+"/ws"))
 			recv(t, be.conns, "third backend connection")

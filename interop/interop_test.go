@@ -37,7 +37,7 @@ type message struct {
 	splitsUTF8      bool // node's byte split cuts a UTF-8 sequence
 }
 
-const mib = 1 << 20 // SPEC §1 TETHER_MAX_MESSAGE_BYTES default: allowed
+const mib = 1 << 20 // README "Configuration" TETHER_MAX_MESSAGE_BYTES default: allowed
 
 var messages = []message{
 	{"text", 5, 1, false},
@@ -52,11 +52,11 @@ var messages = []message{
 	{"text", mib, 5, false},
 }
 
-// TestPeers runs Node's ws and Python's websockets through tether, as
-// client and as backend: subprotocol choice, extension negotiation, text
-// and binary messages up to TETHER_MAX_MESSAGE_BYTES, fragmented ones,
-// heartbeats in json and ws mode on each leg, and close codes both ways
-// (SPEC §2, §3, §5).
+// TestPeers runs Node's ws and Python's websockets through tether, as client
+// and as backend: subprotocol choice, extension negotiation, text and binary
+// messages up to TETHER_MAX_MESSAGE_BYTES, fragmented ones, heartbeats in json
+// and ws mode on each leg, and close codes both ways (README "Running in front
+// of a real backend" and "Heartbeats" and "Close codes").
 func TestPeers(t *testing.T) {
 	t.Parallel()
 	for _, c := range combos {
@@ -168,7 +168,7 @@ func runCombo(t *testing.T, c combo) {
 	}
 
 	t.Run("RFC ping from the peer", func(t *testing.T) {
-		// tether answers pings itself, with the same payload (SPEC §3).
+		// tether answers pings itself, with the same payload (README "Heartbeats").
 		for _, p := range []*peer{client, backend} {
 			p.do(t, map[string]any{"op": "ping", "data": "are you there " + p.name})
 			if e := p.expect(t, "pong"); e.Data != "are you there "+p.name {
@@ -179,7 +179,7 @@ func runCombo(t *testing.T, c combo) {
 
 	t.Run("JSON ping from the peer", func(t *testing.T) {
 		// On a leg in json mode tether answers a JSON ping itself and
-		// echoes its extra members (SPEC §3); it does not forward it.
+		// echoes its extra members (README "Heartbeats"); it does not forward it.
 		for _, p := range []struct {
 			p    *peer
 			mode heartbeat.Mode
@@ -268,7 +268,7 @@ func runCombo(t *testing.T, c combo) {
 		}
 	})
 
-	// SPEC §5: a message one byte over TETHER_MAX_MESSAGE_BYTES.
+	// README "Close codes": a message one byte over TETHER_MAX_MESSAGE_BYTES.
 	t.Run("client message over the limit", func(t *testing.T) {
 		client := session(t, "/big")
 		client.send(t, "binary", mib+1, 1, 1)
@@ -290,9 +290,9 @@ func runCombo(t *testing.T, c combo) {
 		}
 	})
 
-	// SPEC §5: a Close without a code is passed on without one (1005 is
-	// what the libraries report for it). Only ws sends one: websockets'
-	// close() always has a code.
+	// README "Close codes": a Close without a code is passed on without one (1005
+	// is what the libraries report for it). Only ws sends one: websockets' close()
+	// always has a code.
 	if c.client == "node" {
 		t.Run("client closes without a code", func(t *testing.T) {
 			client := session(t, "/nocode")

@@ -54,8 +54,8 @@ func coreScrape(t *testing.T, url string) (samples map[string]float64, types map
 	return samples, types
 }
 
-// SPEC §6: /healthz and /readyz answer 200; /metrics has every metric of
-// the table with its type and labels.
+// README "Metrics and logs": /healthz and /readyz answer 200; /metrics has
+// every metric of the table with its type and labels.
 func TestCoreAdminEndpoints(t *testing.T) {
 	t.Parallel()
 	b := newBackend(t, nil, nil)
@@ -92,7 +92,7 @@ func TestCoreAdminEndpoints(t *testing.T) {
 			t.Errorf("%s: type %q, want %q", name, types[name], typ)
 		}
 	}
-	// Labelled series exist before any traffic, with SPEC's label values.
+	// Labelled series exist before any traffic, with the README's label values.
 	for _, series := range []string{
 		`tether_messages_total{direction="client_to_upstream"}`,
 		`tether_messages_total{direction="upstream_to_client"}`,
@@ -115,7 +115,7 @@ func TestCoreAdminEndpoints(t *testing.T) {
 	}
 }
 
-// SPEC §6: sessions, messages and bytes count real traffic.
+// README "Metrics and logs": sessions, messages and bytes count real traffic.
 func TestCoreMetricsCount(t *testing.T) {
 	t.Parallel()
 	b := newBackend(t, nil, nil)

@@ -12,8 +12,8 @@ import (
 	"github.com/tether-proxy/tether/session"
 )
 
-// SPEC §5 row 1: the client's Close reaches the upstream with the same
-// code and reason, and the client's close handshake completes. A Close
+// README "Close codes" row 1: the client's Close reaches the upstream with the
+// same code and reason, and the client's close handshake completes. A Close
 // without a code is passed on without one (1005 never goes on the wire:
 // gorilla would reject a received 1005 as a protocol error).
 func TestCoreClientClose(t *testing.T) {
@@ -48,7 +48,7 @@ func TestCoreClientClose(t *testing.T) {
 	}
 }
 
-// SPEC §5 row 3: an upstream Close whose code does not trigger a
+// README "Close codes" row 3: an upstream Close whose code does not trigger a
 // reconnect reaches the client with its code and reason; the upstream's
 // close handshake completes.
 func TestCoreUpstreamClose(t *testing.T) {
@@ -97,8 +97,8 @@ func TestCoreUpstreamClose(t *testing.T) {
 	}
 }
 
-// SPEC §5 row 2: a client connection that breaks gives the upstream Close
-// 1001, and the session ends.
+// README "Close codes" row 2: a client connection that breaks gives the
+// upstream Close 1001, and the session ends.
 func TestCoreClientDropped(t *testing.T) {
 	t.Parallel()
 	ends := make(chan coreEnd, 1)
@@ -111,9 +111,9 @@ func TestCoreClientDropped(t *testing.T) {
 	coreWaitSessions(t, tt, 0)
 }
 
-// SPEC §5 row 5: a client message over TETHER_MAX_MESSAGE_BYTES (also
-// across fragments) or invalid UTF-8 ends only that session: client 1009 /
-// 1007, upstream 1001. Another session keeps working.
+// README "Close codes" row 5: a client message over TETHER_MAX_MESSAGE_BYTES
+// (also across fragments) or invalid UTF-8 ends only that session: client 1009
+// / 1007, upstream 1001. Another session keeps working.
 func TestCoreClientBadMessage(t *testing.T) {
 	t.Parallel()
 	const limit = 1024
@@ -170,8 +170,8 @@ func TestCoreClientBadMessage(t *testing.T) {
 	}
 }
 
-// SPEC §5 row 6: an upstream message over the limit or with invalid UTF-8
-// closes the client with 1014 and the upstream with 1009 / 1007.
+// README "Close codes" row 6: an upstream message over the limit or with
+// invalid UTF-8 closes the client with 1014 and the upstream with 1009 / 1007.
 func TestCoreUpstreamBadMessage(t *testing.T) {
 	t.Parallel()
 	const limit = 1024
@@ -212,8 +212,8 @@ func TestCoreUpstreamBadMessage(t *testing.T) {
 	}
 }
 
-// SPEC §5 row 5: a protocol error from the client gives it Close 1002 and
-// the upstream Close 1001.
+// README "Close codes" row 5: a protocol error from the client gives it Close
+// 1002 and the upstream Close 1001.
 func TestCoreClientProtocolError(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
@@ -261,8 +261,8 @@ func TestCoreClientProtocolError(t *testing.T) {
 	}
 }
 
-// SPEC §5 row 6: a protocol error from the upstream gives the client 1014
-// and the upstream 1002.
+// README "Close codes" row 6: a protocol error from the upstream gives the
+// client 1014 and the upstream 1002.
 func TestCoreUpstreamProtocolError(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
@@ -303,8 +303,8 @@ func TestCoreUpstreamProtocolError(t *testing.T) {
 	}
 }
 
-// SPEC §5: the reserved codes never go on the wire, whatever a peer
-// sends; checked on a raw client leg for the upstream's no-code Close.
+// README "Close codes": the reserved codes never go on the wire, whatever a
+// peer sends; checked on a raw client leg for the upstream's no-code Close.
 func TestCoreNoReservedCodesOnWire(t *testing.T) {
 	t.Parallel()
 	b := newBackend(t, nil, func(c *websocket.Conn, _ *http.Request) {
@@ -332,7 +332,7 @@ func TestCoreNoReservedCodesOnWire(t *testing.T) {
 	}
 }
 
-// SPEC §5 row 7 and row 3: with a code removed from
+// README "Close codes" row 7 and row 3: with a code removed from
 // TETHER_RECONNECT_ON_CODES, losing the upstream ends the session instead
 // of reconnecting: a broken connection (1006, never sent) gives the client
 // 1014, and a Close with a removed code is passed through.

@@ -14,8 +14,8 @@ import (
 	"github.com/tether-proxy/tether/session"
 )
 
-// Config is the listener-level configuration of SPEC §1 plus the
-// per-session part (Session). Env tags are relative to TETHER_.
+// Config is the listener-level configuration of README "Configuration" plus
+// the per-session part (Session). Env tags are relative to TETHER_.
 type Config struct {
 	// UpstreamURLs are tried in order, rotating on failure. Required.
 	UpstreamURLs envconfig.URLList `env:"UPSTREAM_URL,required" help:"ws:// or wss:// URL of the backend; several, comma separated, for failover"`
@@ -60,7 +60,8 @@ func (c *Config) Prefill() {
 	c.Session.UpstreamHeartbeat.Mode = heartbeat.ModeWS
 }
 
-// DefaultConfig returns SPEC §1's defaults with upstreamURL as the backend.
+// DefaultConfig returns README "Configuration"'s defaults with upstreamURL as
+// the backend.
 func DefaultConfig(upstreamURL string) (Config, error) {
 	var c Config
 	c.Prefill()

@@ -1,12 +1,12 @@
 package proxy_test
 
-// RFC 6455 conformance in the spirit of the Autobahn testsuite (which
-// cannot run here), on both legs and on real sockets: a raw TCP client
-// upgrades to tether by hand and a raw TCP backend answers tether's
-// upgrade by hand, so that each case can write frames no WebSocket library
-// would produce and read tether's Close frames byte for byte. Every case
-// checks the offending leg's Close code (RFC 6455 §7.4.1, SPEC §5) and
-// what the other leg sees.
+// RFC 6455 conformance in the spirit of the Autobahn testsuite (which cannot
+// run here), on both legs and on real sockets: a raw TCP client upgrades to
+// tether by hand and a raw TCP backend answers tether's upgrade by hand, so
+// that each case can write frames no WebSocket library would produce and read
+// tether's Close frames byte for byte. Every case checks the offending leg's
+// Close code (RFC 6455 §7.4.1, README "Close codes") and what the other leg
+// sees.
 
 import (
 	"bufio"
@@ -407,7 +407,7 @@ const (
 	// and the Close back.
 	confRelay confKind = iota
 	// confCode: the sender's Close (code, reason) passes through; both
-	// legs see the same Close (SPEC §5 rows 1 and 3).
+	// legs see the same Close (README "Close codes" rows 1 and 3).
 	confCode
 	// confFail: the sender violated the protocol and gets Close code; the
 	// other leg gets 1001 (client misbehaved) or 1014 (upstream did).
@@ -584,8 +584,8 @@ func checkConf(t *testing.T, c confCase, leg string, sender, other *rawPeer, pon
 	if c.pong != "" && (len(pongs) == 0 || pongs[len(pongs)-1] != c.pong) {
 		t.Errorf("%s: pongs %q, want the last to be %q", sender.name, pongs, c.pong)
 	}
-	// Tether answered our Close (SPEC §5: handshake completed) or failed
-	// the connection (RFC 6455 §7.1.7, without waiting for our Close):
+	// Tether answered our Close (README "Close codes": handshake completed) or
+	// failed the connection (RFC 6455 §7.1.7, without waiting for our Close):
 	// either way it closes the TCP connection now.
 	sender.expectEOF()
 
@@ -596,7 +596,7 @@ func checkConf(t *testing.T, c confCase, leg string, sender, other *rawPeer, pon
 	}
 	wantOther := wantSender
 	if c.kind == confFail {
-		wantOther = closeSeen{code: 1001} // SPEC §5: client protocol error
+		wantOther = closeSeen{code: 1001} // README "Close codes": client protocol error
 		if leg == "upstream" {
 			wantOther = closeSeen{code: 1014} // upstream protocol error
 		}
@@ -622,10 +622,10 @@ func checkConf(t *testing.T, c confCase, leg string, sender, other *rawPeer, pon
 	other.expectEOF()
 }
 
-// SPEC §4/§5: a valid upstream Close whose code is in
-// TETHER_RECONNECT_ON_CODES does not reach the client: tether completes the
-// closing handshake with the backend and reconnects, and the client leg
-// stays open.
+// README "Upstream loss, reconnect and the delivery guarantee" and "Close
+// codes": a valid upstream Close whose code is in TETHER_RECONNECT_ON_CODES
+// does not reach the client: tether completes the closing handshake with the
+// backend and reconnects, and the client leg stays open.
 func TestConformanceUpstreamCloseReconnects(t *testing.T) {
 	t.Parallel()
 	for _, code := range []uint16{1001, 1011, 1012, 1013, 1014} {

@@ -9,8 +9,8 @@ import (
 	"github.com/gorilla/websocket"
 )
 
-// SPEC §2: the subprotocol the upstream selects is the one the client
-// gets; the client's offer reaches the upstream.
+// README "Running in front of a real backend": the subprotocol the upstream
+// selects is the one the client gets; the client's offer reaches the upstream.
 func TestCoreSubprotocol(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
@@ -49,7 +49,8 @@ func TestCoreSubprotocol(t *testing.T) {
 	}
 }
 
-// SPEC §2: cookies the upstream sets in its 101 reach the client.
+// README "Running in front of a real backend": cookies the upstream sets in
+// its 101 reach the client.
 func TestCoreSetCookie(t *testing.T) {
 	t.Parallel()
 	up := coreNewUp(t, false, func(w http.ResponseWriter, r *http.Request) {
@@ -75,8 +76,8 @@ func TestCoreSetCookie(t *testing.T) {
 	coreEcho(t, c, "cookie")
 }
 
-// SPEC §2: path joined with one slash and queries concatenated, like
-// httputil.ReverseProxy.
+// README "Running in front of a real backend": path joined with one slash and
+// queries concatenated, like httputil.ReverseProxy.
 func TestCorePathAndQuery(t *testing.T) {
 	t.Parallel()
 	b := newBackend(t, nil, nil)
@@ -115,8 +116,9 @@ func TestCorePathAndQuery(t *testing.T) {
 	}
 }
 
-// SPEC §2: headers forwarded minus hop-by-hop and handshake headers;
-// X-Forwarded-For appended, -Proto and -Host set by tether.
+// README "Running in front of a real backend": headers forwarded minus
+// hop-by-hop and handshake headers; X-Forwarded-For appended, -Proto and -Host
+// set by tether.
 func TestCoreForwardedHeaders(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
@@ -182,7 +184,8 @@ func TestCoreForwardedHeaders(t *testing.T) {
 	}
 }
 
-// SPEC §2: X-Tether-Session carries the session id.
+// README "Running in front of a real backend": X-Tether-Session carries the
+// session id.
 func TestCoreSessionIDHeader(t *testing.T) {
 	t.Parallel()
 	b := newBackend(t, nil, nil)

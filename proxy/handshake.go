@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"net"
 	"net/http"
@@ -8,13 +10,15 @@ import (
 	"net/url"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/gobwas/httphead"
 )
 
-// hopHeaders are removed before a request is forwarded (RFC 9110 §7.6.1,
-// as in net/http/httputil), together with the WebSocket handshake headers
-// that tether sets itself on the upstream request (SPEC §2).
+// hopHeaders are removed before a request is forwarded (RFC 9110 §7.6.1, as in
+// net/http/httputil), together with the WebSocket handshake headers that
+// tether sets itself on the upstream request (README "Running in front of a
+// real backend").
 var hopHeaders = []string{
 	"Connection",
 	"Proxy-Connection",
@@ -47,9 +51,9 @@ func headerHasToken(h http.Header, name, token string) bool {
 	return false
 }
 
-// checkUpgrade validates a client handshake before anything is dialed
-// (SPEC §2). It returns 0 when the request is a valid WebSocket upgrade, or
-// the status to answer with.
+// checkUpgrade validates a client handshake before anything is dialed (README
+// "Running in front of a real backend"). It returns 0 when the request is a
+// valid WebSocket upgrade, or the status to answer with.
 func checkUpgrade(r *http.Request) (status int, why string) {
 	if !headerHasToken(r.Header, "Connection", "upgrade") || !strings.EqualFold(strings.TrimSpace(r.Header.Get("Upgrade")), "websocket") {
 		return http.StatusUpgradeRequired, "a WebSocket upgrade is required"
@@ -112,7 +116,7 @@ func originAllowed(allowed []string, origin string) bool {
 
 // upstreamHeader builds the headers forwarded to the upstream: the
 // client's, minus hop-by-hop and handshake headers, plus X-Forwarded-*.
-func upstreamHeader(r *http.Request) http.Header {
+func upstreamHeader(r *http.Request, secure bool) http.Header {
 	h := r.Header.Clone()
 	for _, f := range h.Values("Connection") {
 		for _, name := range strings.Split(f, ",") {
@@ -130,7 +134,7 @@ func upstreamHeader(r *http.Request) http.Header {
 		}
 		h.Set("X-Forwarded-For", ip)
 	}
-	if r.TLS != nil {
+	if secure {
 		h.Set("X-Forwarded-Proto", "https")
 	} else {
 		h.Set("X-Forwarded-Proto", "http")
@@ -179,7 +183,8 @@ func singleJoiningSlash(a, b string) string {
 	return a + b
 }
 
-// joinURLPath is net/http/httputil's, which SPEC §2 follows.
+// joinURLPath is net/http/httputil's, which README "Running in front of a real
+// backend" follows.
 func joinURLPath(a, b *url.URL) (path, rawpath string) {
 	if a.RawPath == "" && b.RawPath == "" {
 		return singleJoiningSlash(a.Path, b.Path), ""
@@ -197,33 +202,68 @@ func joinURLPath(a, b *url.URL) (path, rawpath string) {
 	return a.Path + b.Path, apath + bpath
 }
 
-// foldListener wraps accepted connections in foldConn. net/http accepts
-// obs-fold (a header line continued on the next line after a space or
-// tab, RFC 9112 §5.2) and joins the lines, so the fold is only visible in
-// the raw bytes; SPEC §2 wants 400 for it.
-type foldListener struct{ net.Listener }
+// clientListener wraps accepted connections in clientConn.
+type clientListener struct{ net.Listener }
 
-func (l foldListener) Accept() (net.Conn, error) {
+func (l clientListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err != nil {
 		return nil, err
 	}
-	return &foldConn{Conn: c}, nil
+	return &clientConn{Conn: c, accepted: time.Now()}, nil
 }
 
-type foldKey struct{}
+// clientConnKey is the context key of a request's clientConn: net/http
+// tells a handler nothing else of the connection it came on.
+type clientConnKey struct{}
 
-// foldConn scans the bytes read up to the end of the first request's
-// header for a line that starts with a space or tab. Reads happen one at a
-// time (net/http's reader, then the hijacker), so only folded is shared.
-type foldConn struct {
+// withClientConn is the server's ConnContext.
+func withClientConn(ctx context.Context, c net.Conn) context.Context {
+	if cc, ok := c.(*clientConn); ok {
+		ctx = context.WithValue(ctx, clientConnKey{}, cc)
+	}
+	return ctx
+}
+
+// clientConnOf returns the clientConn r came on, or nil (a request served
+// by another listener, as in tests of the handler alone).
+func clientConnOf(r *http.Request) *clientConn {
+	cc, _ := r.Context().Value(clientConnKey{}).(*clientConn)
+	return cc
+}
+
+// clientConn is a client connection as accepted: when (the handshake
+// deadline counts from then, README "Configuration"), and whether the
+// first request's header has obs-fold. net/http accepts obs-fold (a header
+// line continued on the next line after a space or tab, RFC 9112 §5.2)
+// and joins the lines, so the fold is only visible in the raw bytes, and
+// tether answers it with 400 (README "Configuration"). clientConn scans
+// the bytes read up to the end of the first request's header for a line
+// that starts with a space or tab. Reads happen one at a time (net/http's
+// reader, then the hijacker), so only folded is shared.
+type clientConn struct {
 	net.Conn
-	done   bool // the header's blank line was seen
-	nl     bool // the last byte scanned was LF
-	folded atomic.Bool
+	accepted time.Time
+	done     bool // the header's blank line was seen
+	nl       bool // the last byte scanned was LF
+	folded   atomic.Bool
 }
 
-func (c *foldConn) Read(p []byte) (int, error) {
+// secure reports whether r came over TLS. Outside the TLS listener,
+// clientConn hides the *tls.Conn from net/http, which then leaves r.TLS
+// nil.
+func (c *clientConn) secure(r *http.Request) bool {
+	if r.TLS != nil {
+		return true
+	}
+	if c == nil {
+		return false
+	}
+	_, ok := c.Conn.(*tls.Conn)
+	return ok
+}
+
+func (c *clientConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if !c.done {
 		c.scan(p[:n])
@@ -231,7 +271,7 @@ func (c *foldConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (c *foldConn) scan(p []byte) {
+func (c *clientConn) scan(p []byte) {
 	for _, b := range p {
 		if c.nl {
 			switch b {

@@ -15,8 +15,8 @@ import (
 	"time"
 )
 
-// fuzzRequestSeeds are raw client handshakes: valid ones and the SPEC §2
-// rejections.
+// fuzzRequestSeeds are raw client handshakes: valid ones and the README
+// "Running in front of a real backend" rejections.
 var fuzzRequestSeeds = []string{
 	"GET /chat?x=1 HTTP/1.1\r\nHost: front.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
 	"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade, X-Drop\r\nX-Drop: 1\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: a, b,,c\r\nX-Forwarded-For: 203.0.113.1\r\nOrigin: https://ok.example\r\n\r\n",
@@ -30,7 +30,7 @@ var fuzzRequestSeeds = []string{
 	"GET /a%2Fb/../c?q=%zz HTTP/1.1\nHost: h\nUpgrade: websocket\nConnection: upgrade\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\nSec-WebSocket-Version: 13\n\n",
 }
 
-// foldRef is foldConn's job done on the whole input: does a line of the
+// foldRef is clientConn's job done on the whole input: does a line of the
 // header (before its blank line) start with a space or a tab?
 func foldRef(raw []byte) bool {
 	lines := bytes.Split(raw, []byte("\n"))
@@ -51,13 +51,14 @@ func foldRef(raw []byte) bool {
 	return false
 }
 
-// FuzzCheckUpgrade: raw request bytes as net/http reads them, then
-// everything tether derives from a request before it dials. Invariants:
-// no panic; checkUpgrade answers 0 or a SPEC §2 status with a reason;
-// forwarded headers carry no CR, LF or NUL, none of the hop-by-hop or
-// handshake headers, and X-Forwarded-* as SPEC §2 says; offered
-// subprotocols are trimmed non-empty tokens; the upstream URL keeps the
-// base's scheme and host; foldConn flags obs-fold whatever the read sizes.
+// FuzzCheckUpgrade: raw request bytes as net/http reads them, then everything
+// tether derives from a request before it dials. Invariants: no panic;
+// checkUpgrade answers 0 or a README "Running in front of a real backend"
+// status with a reason; forwarded headers carry no CR, LF or NUL, none of the
+// hop-by-hop or handshake headers, and X-Forwarded-* as README "Running in
+// front of a real backend" says; offered subprotocols are trimmed non-empty
+// tokens; the upstream URL keeps the base's scheme and host; clientConn flags
+// obs-fold whatever the read sizes.
 func FuzzCheckUpgrade(f *testing.F) {
 	for _, s := range fuzzRequestSeeds {
 		f.Add([]byte(s), uint8(0))
@@ -68,14 +69,14 @@ func FuzzCheckUpgrade(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, raw []byte, chunk uint8) {
-		var fc foldConn
+		var fc clientConn
 		for p, n := raw, int(chunk)+1; len(p) > 0 && !fc.done; {
 			n = min(n, len(p))
 			fc.scan(p[:n])
 			p = p[n:]
 		}
 		if got, want := fc.folded.Load(), foldRef(raw); got != want {
-			t.Fatalf("foldConn.scan(%q) in reads of %d = %v, want %v", raw, int(chunk)+1, got, want)
+			t.Fatalf("clientConn.scan(%q) in reads of %d = %v, want %v", raw, int(chunk)+1, got, want)
 		}
 
 		r, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(raw)))
@@ -99,10 +100,10 @@ func FuzzCheckUpgrade(f *testing.F) {
 				t.Fatalf("status %d without a reason", status)
 			}
 		default:
-			t.Fatalf("checkUpgrade(%q) = %d, not a SPEC §2 status", raw, status)
+			t.Fatalf("checkUpgrade(%q) = %d, not a README handshake status", raw, status)
 		}
 
-		h := upstreamHeader(r)
+		h := upstreamHeader(r, r.TLS != nil)
 		for k, vs := range h {
 			if strings.ContainsAny(k, "\r\n\x00: ") {
 				t.Fatalf("forwarded header name %q", k)
@@ -156,15 +157,15 @@ func isToken(s string) bool {
 	return true
 }
 
-// fuzzStatuses are the statuses a client handshake may get (SPEC §2),
-// with 409, which the test's upstream answers every dial with (the client
-// gets that same status), and the statuses net/http answers before tether
-// sees the request: 505 for an HTTP version other than 1.x and 501 for a
-// Transfer-Encoding it does not implement.
+// fuzzStatuses are the statuses a client handshake may get (README "Running in
+// front of a real backend"), with 409, which the test's upstream answers every
+// dial with (the client gets that same status), and the statuses net/http
+// answers before tether sees the request: 505 for an HTTP version other than
+// 1.x and 501 for a Transfer-Encoding it does not implement.
 var fuzzStatuses = []int{400, 403, 409, 426, 431, 501, 505}
 
 // FuzzHandshakeWire writes raw bytes to a real tether listener (net/http,
-// foldConn, ServeHTTP) whose upstream answers every dial with 409. Per
+// clientConn, ServeHTTP) whose upstream answers every dial with 409. Per
 // input: one response or none (input too short to be a request), with a
 // status of fuzzStatuses; 426 names version 13; 409 (an upstream dial)
 // only for a request checkUpgrade accepts from an allowed origin; a

@@ -290,8 +290,8 @@ func coreEcho(t *testing.T, c *websocket.Conn, msg string) {
 	_ = c.SetReadDeadline(time.Time{})
 }
 
-// SPEC §2: malformed and non-upgrade requests get their status, and
-// never make tether dial the upstream.
+// README "Running in front of a real backend": malformed and non-upgrade
+// requests get their status, and never make tether dial the upstream.
 func TestCoreHandshakeRejects(t *testing.T) {
 	t.Parallel()
 	b := newBackend(t, nil, nil)
@@ -339,7 +339,8 @@ func TestCoreHandshakeRejects(t *testing.T) {
 	coreWaitSessions(t, tt, 0)
 }
 
-// SPEC §2: 32 KiB of headers in all is the limit, not less.
+// README "Running in front of a real backend": 32 KiB of headers in all is the
+// limit, not less.
 func TestCoreHandshakeLargeHeadersPass(t *testing.T) {
 	t.Parallel()
 	b := newBackend(t, nil, nil)
@@ -352,7 +353,8 @@ func TestCoreHandshakeLargeHeadersPass(t *testing.T) {
 	}
 }
 
-// SPEC §1 TETHER_ALLOWED_ORIGINS and §2: 403 for an origin not allowed.
+// README "Configuration" TETHER_ALLOWED_ORIGINS and §2: 403 for an origin not
+// allowed.
 func TestCoreOrigin(t *testing.T) {
 	t.Parallel()
 	// The backend accepts any Origin: the check under test is tether's.
@@ -384,8 +386,8 @@ func TestCoreOrigin(t *testing.T) {
 	}
 }
 
-// SPEC §1 TETHER_MAX_SESSIONS: 503 when full; the slot is free within 1 s
-// of the session's end.
+// README "Configuration" TETHER_MAX_SESSIONS: 503 when full; the slot is free
+// within 1 s of the session's end.
 func TestCoreMaxSessions(t *testing.T) {
 	t.Parallel()
 	b := newBackend(t, nil, nil)
@@ -418,7 +420,8 @@ func TestCoreMaxSessions(t *testing.T) {
 	coreEcho(t, c2, "still two")
 }
 
-// SPEC §2: the upstream URLs are tried in order; 502 when all fail.
+// README "Running in front of a real backend": the upstream URLs are tried in
+// order; 502 when all fail.
 func TestCoreUpstreamUnreachable(t *testing.T) {
 	t.Parallel()
 	b := newBackend(t, nil, nil)
@@ -451,7 +454,8 @@ func TestCoreUpstreamUnreachable(t *testing.T) {
 	}
 }
 
-// SPEC §2: a non-101 answer of the upstream reaches the client as is.
+// README "Running in front of a real backend": a non-101 answer of the
+// upstream reaches the client as is.
 func TestCoreUpstreamStatus(t *testing.T) {
 	t.Parallel()
 	for _, code := range []int{401, 403, 404, 429, 503} {
@@ -471,8 +475,8 @@ func TestCoreUpstreamStatus(t *testing.T) {
 	}
 }
 
-// SPEC §1 TETHER_HANDSHAKE_TIMEOUT: one deadline from accept; a trickle of
-// bytes does not extend it.
+// README "Configuration" TETHER_HANDSHAKE_TIMEOUT: one deadline from accept; a
+// trickle of bytes does not extend it.
 func TestCoreHandshakeTimeout(t *testing.T) {
 	t.Parallel()
 	b := newBackend(t, nil, nil)
@@ -523,8 +527,8 @@ func TestCoreHandshakeTimeout(t *testing.T) {
 	}
 }
 
-// SPEC §1 TETHER_DIAL_TIMEOUT: an upstream that accepts and never answers
-// gives 502 after the dial timeout.
+// README "Configuration" TETHER_DIAL_TIMEOUT: an upstream that accepts and
+// never answers gives 502 after the dial timeout.
 func TestCoreDialTimeout(t *testing.T) {
 	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

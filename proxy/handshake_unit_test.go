@@ -86,7 +86,7 @@ func TestCoreUpstreamHeader(t *testing.T) {
 	r.Header.Set("Proxy-Connection", "keep-alive")
 	r.Header.Add("X-Forwarded-For", "203.0.113.1")
 	r.Header.Add("X-Forwarded-For", "203.0.113.2")
-	h := upstreamHeader(r)
+	h := upstreamHeader(r, r.TLS != nil)
 	for k, want := range map[string]string{
 		"X-App":             "a",
 		"X-Forwarded-For":   "203.0.113.1, 203.0.113.2, 192.0.2.9",
@@ -107,7 +107,7 @@ func TestCoreUpstreamHeader(t *testing.T) {
 		t.Error("upstreamHeader changed the request's headers")
 	}
 	r.TLS = &tls.ConnectionState{}
-	if got := upstreamHeader(r).Get("X-Forwarded-Proto"); got != "https" {
+	if got := upstreamHeader(r, r.TLS != nil).Get("X-Forwarded-Proto"); got != "https" {
 		t.Errorf("X-Forwarded-Proto on TLS = %q", got)
 	}
 	if got := offeredProtocols(r); strings.Join(got, "|") != "a|b" {
@@ -115,7 +115,8 @@ func TestCoreUpstreamHeader(t *testing.T) {
 	}
 }
 
-// coreTargetCases are the URL joins of SPEC §2, also the fuzz seeds.
+// coreTargetCases are the URL joins of README "Running in front of a real
+// backend", also the fuzz seeds.
 var coreTargetCases = []struct{ base, req, want string }{
 	{"ws://up:1", "/chat?x=1", "ws://up:1/chat?x=1"},
 	{"ws://up:1/", "/", "ws://up:1/"},
@@ -185,7 +186,7 @@ func FuzzTargetURL(f *testing.F) {
 	})
 }
 
-// foldConn finds obs-fold in the header whatever the read boundaries, and
+// clientConn finds obs-fold in the header whatever the read boundaries, and
 // looks no further than the header.
 func TestCoreFoldScan(t *testing.T) {
 	t.Parallel()
@@ -203,7 +204,7 @@ func TestCoreFoldScan(t *testing.T) {
 	}
 	for _, tc := range cases {
 		for _, chunk := range []int{1, 2, 3, 1 << 10} {
-			var c foldConn
+			var c clientConn
 			for p := []byte(tc.raw); len(p) > 0; {
 				n := min(chunk, len(p))
 				if !c.done {

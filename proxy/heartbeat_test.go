@@ -1,9 +1,9 @@
 package proxy_test
 
-// Heartbeats end to end (SPEC §3, issue 3): tether on 127.0.0.1 between
-// gorilla/websocket peers, for both legs and all four modes. Exact timing
-// is tested with fake time in session/heartbeat_test.go; these tests check
-// the same behaviour over real sockets with tolerance bands.
+// Heartbeats end to end (README "Heartbeats", issue 3): tether on 127.0.0.1
+// between gorilla/websocket peers, for both legs and all four modes. Exact
+// timing is tested with fake time in session/heartbeat_test.go; these tests
+// check the same behaviour over real sockets with tolerance bands.
 
 import (
 	"bufio"

@@ -143,8 +143,8 @@ func startTetherOpts(t *testing.T, upstream string, opts proxy.Options, mod func
 	return tt
 }
 
-// badCode matches gorilla's error for a close code it does not know:
-// gorilla v1.5.3 rejects 1014 (SPEC's Bad Gateway) as a protocol error
+// badCode matches gorilla's error for a close code it does not know: gorilla
+// v1.5.3 rejects 1014 (Bad Gateway, README "Close codes") as a protocol error
 // that still names the code.
 var badCode = regexp.MustCompile(`^websocket: bad close code (\d+)$`)
 

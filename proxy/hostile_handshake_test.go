@@ -66,12 +66,11 @@ func hxWaitGoroutines(t *testing.T, max int, d time.Duration) int {
 	}
 }
 
-// SPEC §1 TETHER_HANDSHAKE_TIMEOUT against slowloris: a client that
-// sends nothing, one that stops in the middle of the request line or of
-// the headers, and one that trickles a valid upgrade a byte at a time are
-// all cut by tether at the timeout, counted from accept (not extended by
-// the trickle), without an upstream dial; meanwhile a normal client gets
-// through.
+// README "Configuration" TETHER_HANDSHAKE_TIMEOUT against slowloris: a client
+// that sends nothing, one that stops in the middle of the request line or of
+// the headers, and one that trickles a valid upgrade a byte at a time are all
+// cut by tether at the timeout, counted from accept (not extended by the
+// trickle), without an upstream dial; meanwhile a normal client gets through.
 func TestHostileSlowHandshakes(t *testing.T) {
 	t.Parallel()
 	// Long enough for the normal client's handshake (an upstream dial
@@ -169,11 +168,11 @@ func TestHostileSlowHandshakes(t *testing.T) {
 	coreEcho(t, c, "still there")
 }
 
-// Thousands of half-open connections (SPEC §1 TETHER_HANDSHAKE_TIMEOUT):
-// while they are open a normal session works and, with
-// TETHER_MAX_SESSIONS=1, they hold no session slot; every one of them is
-// cut at the timeout; and tether's goroutines go back to the baseline.
-// Not parallel: it counts the process's goroutines. -short opens 200.
+// Thousands of half-open connections (README "Configuration"
+// TETHER_HANDSHAKE_TIMEOUT): while they are open a normal session works and,
+// with TETHER_MAX_SESSIONS=1, they hold no session slot; every one of them is
+// cut at the timeout; and tether's goroutines go back to the baseline. Not
+// parallel: it counts the process's goroutines. -short opens 200.
 func TestHostileHalfOpenFlood(t *testing.T) {
 	n := 2000 // 4000 descriptors in this process (both ends), under the 20,000 limit
 	if testing.Short() {
@@ -289,10 +288,10 @@ func TestHostileHalfOpenFlood(t *testing.T) {
 	}
 }
 
-// SPEC §2: request headers over 32 KiB in all get 431 and the connection
-// is closed, whether the excess comes from one header, many small ones,
-// the request line, or a header that never ends. A very large number of
-// small headers under the limit is forwarded intact.
+// README "Running in front of a real backend": request headers over 32 KiB in
+// all get 431 and the connection is closed, whether the excess comes from one
+// header, many small ones, the request line, or a header that never ends. A
+// very large number of small headers under the limit is forwarded intact.
 func TestHostileOversizeHeaders(t *testing.T) {
 	t.Parallel()
 	b := newBackend(t, nil, nil)
@@ -469,9 +468,9 @@ func hxCheckHead(raw []byte, banned ...string) error {
 	return nil
 }
 
-// SPEC §2: CR/LF in a header gets 400; encoded attempts are forwarded
-// as the opaque bytes they are. Either way the upstream never receives an
-// injected header or a bare CR or LF.
+// README "Running in front of a real backend": CR/LF in a header gets 400;
+// encoded attempts are forwarded as the opaque bytes they are. Either way the
+// upstream never receives an injected header or a bare CR or LF.
 func TestHostileHeaderInjection(t *testing.T) {
 	t.Parallel()
 	up := hxNewRawUp(t)
@@ -533,10 +532,10 @@ func TestHostileHeaderInjection(t *testing.T) {
 	}
 }
 
-// SPEC §1 TETHER_MAX_SESSIONS under concurrency: of a burst of 3×limit
-// simultaneous handshakes exactly limit succeed and the others get 503
-// (with Retry-After) without an upstream dial; when k sessions end, a
-// second burst gets exactly k sessions.
+// README "Configuration" TETHER_MAX_SESSIONS under concurrency: of a burst of
+// 3×limit simultaneous handshakes exactly limit succeed and the others get 503
+// (with Retry-After) without an upstream dial; when k sessions end, a second
+// burst gets exactly k sessions.
 func TestHostileMaxSessionsBurst(t *testing.T) {
 	t.Parallel()
 	limit := 60
@@ -657,11 +656,10 @@ func TestHostileCheckHead(t *testing.T) {
 	}
 }
 
-// SPEC §1 TETHER_HANDSHAKE_TIMEOUT is one deadline from TCP accept, also
-// on a TLS listener: a client that waits almost the whole timeout before
-// its TLS handshake and then sends part of its request is cut at the
-// timeout counted from accept, not a second timeout after the TLS
-// handshake.
+// README "Configuration" TETHER_HANDSHAKE_TIMEOUT is one deadline from TCP
+// accept, also on a TLS listener: a client that waits almost the whole timeout
+// before its TLS handshake and then sends part of its request is cut at the
+// timeout counted from accept, not a second timeout after the TLS handshake.
 func TestHostileSlowTLSHandshake(t *testing.T) {
 	t.Parallel()
 	const timeout = 2 * time.Second
@@ -698,15 +696,15 @@ func TestHostileSlowTLSHandshake(t *testing.T) {
 	t.Logf("cut %v after accept (%v)", took.Round(time.Millisecond), err)
 }
 
-// SPEC §2: a malformed upgrade gets 400 without an upstream dial, and a
-// valid one is not refused after the dial. tether dials the upstream before
-// it upgrades the client, so every check of the client's upgrade (its own
-// and gobwas's) has to happen before the dial: Connection split over two
-// lines (valid: the token is in the second), Sec-WebSocket-Protocol that is
-// not a token list, an empty Host, and, with TETHER_CLIENT_COMPRESSION,
-// Sec-WebSocket-Extensions that does not parse. A permessage-deflate offer
-// with invalid parameters is declined (RFC 7692 §5: the session runs
-// uncompressed), not answered with 500.
+// README "Running in front of a real backend": a malformed upgrade gets 400
+// without an upstream dial, and a valid one is not refused after the dial.
+// tether dials the upstream before it upgrades the client, so every check of
+// the client's upgrade (its own and gobwas's) has to happen before the dial:
+// Connection split over two lines (valid: the token is in the second),
+// Sec-WebSocket-Protocol that is not a token list, an empty Host, and, with
+// TETHER_CLIENT_COMPRESSION, Sec-WebSocket-Extensions that does not parse. A
+// permessage-deflate offer with invalid parameters is declined (RFC 7692 §5:
+// the session runs uncompressed), not answered with 500.
 func TestHostileUpgradeCheckedBeforeDial(t *testing.T) {
 	t.Parallel()
 	b := newBackend(t, &websocket.Upgrader{Subprotocols: []string{"chat"}}, nil)

@@ -73,10 +73,10 @@ func hxQuiet(client, upstream heartbeat.Mode) func(*proxy.Config) {
 	}
 }
 
-// SPEC §3 and §5: a client that completes its handshake and then neither
-// reads nor writes anything is dead after TETHER_CLIENT_HEARTBEAT_TIMEOUT:
-// it gets Close 1001 (its socket buffer still has room, so it is
-// writable) and is closed; the upstream gets Close 1001.
+// README "Heartbeats" and "Close codes": a client that completes its handshake
+// and then neither reads nor writes anything is dead after
+// TETHER_CLIENT_HEARTBEAT_TIMEOUT: it gets Close 1001 (its socket buffer still
+// has room, so it is writable) and is closed; the upstream gets Close 1001.
 func TestHostileSilentAfterUpgrade(t *testing.T) {
 	t.Parallel()
 	const timeout = 800 * time.Millisecond
@@ -131,14 +131,13 @@ func TestHostileSilentAfterUpgrade(t *testing.T) {
 	coreWaitSessions(t, tt, 0)
 }
 
-// SPEC §1 TETHER_WRITE_TIMEOUT and §5: a client that upgrades and then
-// never reads while the backend sends as fast as it can. tether holds
-// about one message, so what the backend manages to write before it is
-// blocked is bounded by the kernel's socket buffers, not by the time it
-// spends writing, and tether's heap does not grow with it; when the
-// write timeout passes, the client connection is dropped, the upstream
-// gets Close 1001, and the backend's blocked write returns.
-// Not parallel: it measures the heap.
+// README "Configuration" TETHER_WRITE_TIMEOUT and §5: a client that upgrades
+// and then never reads while the backend sends as fast as it can. tether holds
+// about one message, so what the backend manages to write before it is blocked
+// is bounded by the kernel's socket buffers, not by the time it spends
+// writing, and tether's heap does not grow with it; when the write timeout
+// passes, the client connection is dropped, the upstream gets Close 1001, and
+// the backend's blocked write returns. Not parallel: it measures the heap.
 func TestHostileNeverReads(t *testing.T) {
 	const wt = 2 * time.Second
 	const msg = 64 << 10
@@ -233,7 +232,8 @@ func hxPing(i int) []byte {
 	return p[:]
 }
 
-// hxJSONPing is flood JSON ping i; the pong echoes the id (SPEC §3).
+// hxJSONPing is flood JSON ping i; the pong echoes the id (README
+// "Heartbeats").
 func hxJSONPing(i int) []byte { return fmt.Appendf(nil, `{"type":"ping","id":%d}`, i) }
 
 // hxJSONPongID returns the id of a JSON pong, or -1 if p is not one.
@@ -284,11 +284,11 @@ func (h *hxPongs) check(t *testing.T, what string) {
 	t.Logf("%s: %d pings, %d pongs", what, h.n, h.count)
 }
 
-// SPEC §3 and RFC 6455 §5.5.3: a flood of pings, RFC and JSON, from the
-// client and from the upstream, sent as fast as the socket takes them.
-// tether answers without queueing: no more pongs than pings, in order,
-// the last ping answered, no goroutine per ping, and the session still
-// relays data both ways afterwards. Not parallel: it counts goroutines.
+// README "Heartbeats" and RFC 6455 §5.5.3: a flood of pings, RFC and JSON,
+// from the client and from the upstream, sent as fast as the socket takes
+// them. tether answers without queueing: no more pongs than pings, in order,
+// the last ping answered, no goroutine per ping, and the session still relays
+// data both ways afterwards. Not parallel: it counts goroutines.
 func TestHostilePingFlood(t *testing.T) {
 	n := 20000
 	if testing.Short() {
@@ -599,11 +599,11 @@ func hxUpstreamFlood(t *testing.T, n int, jsonPings bool) {
 	}
 }
 
-// RFC 6455 §5.5.3 and SPEC §3 ("only the latest is answered, so a ping
-// flood costs no memory"): pings that arrive while tether's write to the
-// client is blocked (an 8 MiB message the client does not read) are
-// answered by one pong each for RFC and JSON, carrying the latest ping,
-// once the client drains; nothing queues per ping.
+// RFC 6455 §5.5.3 and README "Heartbeats" ("only the latest is answered, so a
+// ping flood costs no memory"): pings that arrive while tether's write to the
+// client is blocked (an 8 MiB message the client does not read) are answered
+// by one pong each for RFC and JSON, carrying the latest ping, once the client
+// drains; nothing queues per ping.
 func TestHostilePingFloodWhileBlocked(t *testing.T) {
 	t.Parallel()
 	const big = 8 << 20
@@ -798,11 +798,11 @@ func TestHostileUpstreamPingFloodWhileBlocked(t *testing.T) {
 	}
 }
 
-// SPEC §5: a continuation frame whose declared length, added to the
-// fragments already received, passes the largest int64 is a message over
-// TETHER_MAX_MESSAGE_BYTES (1009), from either peer: the sum must not
-// overflow into a negative size (which panicked in the frame reader and
-// closed both legs with 1011).
+// README "Close codes": a continuation frame whose declared length, added to
+// the fragments already received, passes the largest int64 is a message over
+// TETHER_MAX_MESSAGE_BYTES (1009), from either peer: the sum must not overflow
+// into a negative size (which panicked in the frame reader and closed both
+// legs with 1011).
 func TestHostileFragmentLengthOverflow(t *testing.T) {
 	t.Parallel()
 	huge := func(masked bool) []byte {

@@ -14,9 +14,9 @@ import (
 	"github.com/tether-proxy/tether/proxy"
 )
 
-// SPEC §7 for heartbeats: ping sent and pong received at debug, a
-// heartbeat timeout at warn, each with the session id and the leg; session
-// open and close at info with the close codes.
+// README "Metrics and logs" for heartbeats: ping sent and pong received at
+// debug, a heartbeat timeout at warn, each with the session id and the leg;
+// session open and close at info with the close codes.
 func TestHeartbeatLogs(t *testing.T) {
 	t.Parallel()
 	b := newBackend(t, nil, nil)

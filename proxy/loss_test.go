@@ -9,16 +9,15 @@ import (
 	"github.com/tether-proxy/tether/proxy"
 )
 
-// The delivery property of SPEC §4, under fire: a client streams 3000
-// numbered messages while the upstream connection is reset at random
-// moments, 15 times. Each fault first stalls the relay for a few
-// milliseconds, so that the reset destroys bytes tether had already
-// written (as when a backend dies with data in flight): only the
-// retained copies can bring those messages back. The backend must receive
-// every number at least once,
-// and each backend connection must receive its numbers in increasing
-// order. Duplicates (messages of the last unacknowledged round trip before
-// each reset) are allowed and reported.
+// The delivery property of README "Upstream loss, reconnect and the delivery
+// guarantee", under fire: a client streams 3000 numbered messages while the
+// upstream connection is reset at random moments, 15 times. Each fault first
+// stalls the relay for a few milliseconds, so that the reset destroys bytes
+// tether had already written (as when a backend dies with data in flight):
+// only the retained copies can bring those messages back. The backend must
+// receive every number at least once, and each backend connection must receive
+// its numbers in increasing order. Duplicates (messages of the last
+// unacknowledged round trip before each reset) are allowed and reported.
 //
 // Acknowledgements need the upstream heartbeat: ws mode (the backend's
 // library answers RFC pings) and json mode (the backend answers

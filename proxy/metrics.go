@@ -10,15 +10,15 @@ import (
 	"github.com/tether-proxy/tether/session"
 )
 
-// Label values, spelled as in SPEC §6.
+// Label values, spelled as in README "Metrics and logs".
 const (
 	dirClientToUpstream = "client_to_upstream"
 	dirUpstreamToClient = "upstream_to_client"
 )
 
-// metrics holds SPEC §6's collectors, registered in the server's own
-// registry. Label children are resolved once, so the per-message path is a
-// pair of atomic adds.
+// metrics holds README "Metrics and logs"'s collectors, registered in the
+// server's own registry. Label children are resolved once, so the per-message
+// path is a pair of atomic adds.
 type metrics struct {
 	sessionsActive prometheus.Gauge
 	sessionsTotal  prometheus.Counter
@@ -35,8 +35,8 @@ type metrics struct {
 	resent         prometheus.Counter
 }
 
-// newMetrics registers SPEC §6's metrics and two more (README "Metrics and
-// logs"): tether_build_info (1, labelled with the build) and
+// newMetrics registers the metrics of README "Metrics and logs", among
+// them tether_build_info (1, labelled with the build) and
 // tether_sessions_max (TETHER_MAX_SESSIONS, 0 = unlimited), which are set
 // once here.
 func newMetrics(reg prometheus.Registerer, build buildinfo.Info, maxSessions int) *metrics {

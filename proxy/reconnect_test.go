@@ -24,10 +24,10 @@ import (
 	"github.com/tether-proxy/tether/session"
 )
 
-// End-to-end tests of SPEC §4 (upstream loss, reconnect, buffering) with
-// real sockets: gorilla/websocket clients and backends, and
-// internal/faultnet between tether and the backend to reset, close,
-// stall and refuse.
+// End-to-end tests of README "Upstream loss, reconnect and the delivery
+// guarantee" (upstream loss, reconnect, buffering) with real sockets:
+// gorilla/websocket clients and backends, and internal/faultnet between tether
+// and the backend to reset, close, stall and refuse.
 
 // rcBackend is a gorilla/websocket backend that can be stopped and
 // started again on the same port, decides per handshake how to answer,
@@ -454,9 +454,9 @@ func (rr *rcRecorder) waitConn(t *testing.T, n, k int) []string {
 	}
 }
 
-// Every way the upstream leg can be lost (SPEC §4) reconnects while the
-// client leg stays open: the next message is echoed by the new upstream
-// connection.
+// Every way the upstream leg can be lost (README "Upstream loss, reconnect and
+// the delivery guarantee") reconnects while the client leg stays open: the
+// next message is echoed by the new upstream connection.
 func TestRcLossDetection(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
@@ -956,8 +956,9 @@ func TestRcReplayFirst(t *testing.T) {
 	}
 }
 
-// TETHER_NOTIFY_CLIENT: the status messages of SPEC §4, byte for byte:
-// reconnecting before each attempt, then connected.
+// TETHER_NOTIFY_CLIENT: the status messages of README "Upstream loss,
+// reconnect and the delivery guarantee", byte for byte: reconnecting before
+// each attempt, then connected.
 func TestRcNotifications(t *testing.T) {
 	t.Parallel()
 	b := rcNewBackend(t, nil)
@@ -1228,9 +1229,10 @@ func TestRcMetrics(t *testing.T) {
 	}
 }
 
-// With the upstream heartbeat off nothing is retained (no acknowledgement
-// is possible): only messages sent while disconnected are buffered, and
-// they are delivered to the new connection in order (SPEC §4's trade-off).
+// With the upstream heartbeat off nothing is retained (no acknowledgement is
+// possible): only messages sent while disconnected are buffered, and they are
+// delivered to the new connection in order (README "Upstream loss, reconnect
+// and the delivery guarantee"'s trade-off).
 func TestRcHeartbeatOff(t *testing.T) {
 	t.Parallel()
 	rr := rcNewRecorder()

@@ -39,9 +39,9 @@ func TestEcho(t *testing.T) {
 	}
 }
 
-// SPEC §2: text and binary messages, fragmented or not, pass through
-// unchanged in both directions, including a multi-byte character split
-// across fragments.
+// README "Running in front of a real backend": text and binary messages,
+// fragmented or not, pass through unchanged in both directions, including a
+// multi-byte character split across fragments.
 func TestCoreRelayFragmented(t *testing.T) {
 	t.Parallel()
 	// The backend echoes with small write buffers: its messages arrive
@@ -113,7 +113,8 @@ func TestCoreRelayFragmented(t *testing.T) {
 	}
 }
 
-// SPEC §2: order is kept over many messages in each direction.
+// README "Running in front of a real backend": order is kept over many
+// messages in each direction.
 func TestCoreRelayOrder(t *testing.T) {
 	t.Parallel()
 	const n = 1000
@@ -166,7 +167,8 @@ func TestCoreRelayOrder(t *testing.T) {
 	}
 }
 
-// SPEC §2: a 900 KB message passes both ways (the default limit is 1 MiB).
+// README "Running in front of a real backend": a 900 KB message passes both
+// ways (the default limit is 1 MiB).
 func TestCoreRelayLarge(t *testing.T) {
 	t.Parallel()
 	b := newBackend(t, nil, nil)
@@ -195,8 +197,8 @@ func TestCoreRelayLarge(t *testing.T) {
 	}
 }
 
-// SPEC §3: tether answers RFC pings itself on both legs, with the same
-// payload, and does not forward them.
+// README "Heartbeats": tether answers RFC pings itself on both legs, with the
+// same payload, and does not forward them.
 func TestCoreRelayPings(t *testing.T) {
 	t.Parallel()
 	upPong := make(chan string, 4)
@@ -264,9 +266,9 @@ func TestCoreRelayPings(t *testing.T) {
 	}
 }
 
-// SPEC §2 (issue 2): a client that stops reading makes tether stop reading
-// the upstream: the backend's writes stall instead of tether buffering.
-// Nothing is lost once the client reads again.
+// README "Running in front of a real backend" (issue 2): a client that stops
+// reading makes tether stop reading the upstream: the backend's writes stall
+// instead of tether buffering. Nothing is lost once the client reads again.
 func TestCoreRelayBackpressure(t *testing.T) {
 	t.Parallel()
 	var written atomic.Int64
@@ -324,7 +326,7 @@ func TestCoreRelayBackpressure(t *testing.T) {
 	}
 }
 
-// SPEC §5: a client that does not drain a write within
+// README "Shutdown": a client that does not drain a write within
 // TETHER_WRITE_TIMEOUT is dead: the upstream gets Close 1001.
 func TestCoreRelayWriteTimeout(t *testing.T) {
 	t.Parallel()

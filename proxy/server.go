@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tether-proxy/tether/internal/buildinfo"
+	"github.com/tether-proxy/tether/internal/ctxtime"
 	"github.com/tether-proxy/tether/internal/memrelease"
 	"github.com/tether-proxy/tether/session"
 )
@@ -33,7 +34,9 @@ import (
 type Options struct {
 	Logger   *slog.Logger
 	Registry *prometheus.Registry
-	// Jitter replaces the reconnect backoff's random source (tests).
+	// Jitter replaces the reconnect backoff's random source: it returns
+	// a number in [0, n). nil is math/rand/v2; the demo's tuning and tests
+	// set it to make backoff delays predictable.
 	Jitter func(n int64) int64
 	// CloseWait bounds waits for Close replies; 0 means 3 s.
 	CloseWait time.Duration
@@ -49,8 +52,9 @@ type Options struct {
 	Config any
 }
 
-// Server is tether's client-facing handler (SPEC §2) with its session
-// registry, metrics and drain (SPEC §5). Safe for concurrent use.
+// Server is tether's client-facing handler (README "Running in front of a real
+// backend") with its session registry, metrics and drain (README "Shutdown").
+// Safe for concurrent use.
 type Server struct {
 	cfg       Config
 	log       *slog.Logger
@@ -129,16 +133,11 @@ func New(cfg Config, opts Options) (*Server, error) {
 		Handler:           s,
 		ReadHeaderTimeout: cfg.HandshakeTimeout,
 		IdleTimeout:       cfg.HandshakeTimeout,
-		// net/http allows 4 KiB over MaxHeaderBytes: 32 KiB in all (SPEC §2).
+		// net/http allows 4 KiB over MaxHeaderBytes: 32 KiB in all (README "Running in
+		// front of a real backend").
 		MaxHeaderBytes: 28 << 10,
 		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			ctx = context.WithValue(ctx, acceptKey{}, time.Now())
-			if fc, ok := c.(*foldConn); ok {
-				ctx = context.WithValue(ctx, foldKey{}, fc)
-			}
-			return ctx
-		},
+		ConnContext:    withClientConn,
 	}
 	// The upgrade needs Hijack: HTTP/1.1 only.
 	s.http.Protocols = new(http.Protocols)
@@ -150,29 +149,25 @@ func New(cfg Config, opts Options) (*Server, error) {
 	return s, nil
 }
 
-type acceptKey struct{}
-
 // Serve accepts client connections on ln (wrapped in TLS when configured)
 // until Shutdown; it then returns nil.
 func (s *Server) Serve(ln net.Listener) error {
 	if s.clientTLS != nil {
 		ln = tls.NewListener(ln, s.clientTLS)
 	}
-	// foldListener sees the plaintext request (SPEC §2 obs-fold). Being
-	// outside the TLS listener, it also hides the *tls.Conn from net/http,
-	// which then does not give the TLS handshake a deadline of its own:
-	// TLS and headers share ReadHeaderTimeout from accept, as SPEC §1
-	// TETHER_HANDSHAKE_TIMEOUT says (TestHostileSlowTLSHandshake).
-	ln = foldListener{ln}
+	// clientListener sees the plaintext request (obs-fold, see
+	// clientConn). Being outside the TLS listener, it also hides the
+	// *tls.Conn from net/http, which then does not give the TLS handshake
+	// a deadline of its own: TLS and headers share ReadHeaderTimeout from
+	// accept, as README "Configuration" says of TETHER_HANDSHAKE_TIMEOUT
+	// (TestHostileSlowTLSHandshake).
+	ln = clientListener{ln}
 	err := s.http.Serve(ln)
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
 	return err
 }
-
-// Env exposes the shared session environment (tests and benchmarks).
-func (s *Server) Env() *session.Env { return s.env }
 
 // Ready reports whether the server accepts new sessions.
 func (s *Server) Ready() bool { return s.ready.Load() }
@@ -233,34 +228,13 @@ func httpError(w http.ResponseWriter, status int, msg string) {
 	_, _ = w.Write([]byte(msg + "\n"))
 }
 
-// ServeHTTP handles one client handshake and then runs the session until
-// it ends (SPEC §2).
+// ServeHTTP handles one client handshake and then starts the session
+// (README "Architecture"): it checks the request, reserves a session slot,
+// dials the upstream, completes the client's upgrade and starts the
+// session, then returns.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if fc, ok := r.Context().Value(foldKey{}).(*foldConn); ok {
-		if fc.folded.Load() {
-			httpError(w, http.StatusBadRequest, "obs-fold in a request header")
-			return
-		}
-		// net/http sets r.TLS only for a *tls.Conn; the wrapper hides it.
-		if tc, ok := fc.Conn.(*tls.Conn); ok && r.TLS == nil {
-			st := tc.ConnectionState()
-			r.TLS = &st
-		}
-	}
-	if status, why := checkUpgrade(r); status != 0 {
-		if status == http.StatusUpgradeRequired {
-			w.Header().Set("Upgrade", "websocket")
-			w.Header().Set("Sec-WebSocket-Version", "13")
-		}
-		httpError(w, status, why)
-		return
-	}
-	if s.cfg.ClientCompression && !extensionsParse(r) {
-		httpError(w, http.StatusBadRequest, "malformed Sec-WebSocket-Extensions")
-		return
-	}
-	if !originAllowed(s.cfg.AllowedOrigins, r.Header.Get("Origin")) {
-		httpError(w, http.StatusForbidden, "origin not allowed")
+	cc := clientConnOf(r)
+	if !s.checkRequest(w, r, cc) {
 		return
 	}
 	e, unregister, status := s.register()
@@ -269,20 +243,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpError(w, status, "tether is not accepting sessions")
 		return
 	}
-	running := false
-	defer func() {
-		if !running {
-			unregister()
-		}
-	}()
-
 	id := newID()
 	log := s.log.With("session", id)
 	w.Header().Set("X-Tether-Session", id)
 
-	d := s.newDialer(r)
-	up, err := d.dial(r.Context(), true)
+	d := s.newDialer(r, cc.secure(r))
+	up, cookies, err := d.dial(r.Context(), true)
 	if err != nil {
+		unregister()
 		var se ws.StatusError
 		if errors.As(err, &se) {
 			log.Info("upstream refused the handshake", "code", int(se), "err", err)
@@ -293,16 +261,61 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadGateway, "upstream unreachable")
 		return
 	}
+	c, err := s.upgradeClient(w, r, id, up.Protocol, cookies)
+	if err != nil {
+		unregister()
+		_ = up.Conn.Close()
+		log.Info("client upgrade failed", "err", err)
+		return
+	}
+	s.startSession(e, unregister, id, c, up, d)
+}
 
+// checkRequest answers a request that is not an acceptable WebSocket
+// upgrade (README "Configuration" for the origin and compression checks)
+// and reports whether it is one.
+func (s *Server) checkRequest(w http.ResponseWriter, r *http.Request, cc *clientConn) bool {
+	if cc != nil && cc.folded.Load() {
+		httpError(w, http.StatusBadRequest, "obs-fold in a request header")
+		return false
+	}
+	if status, why := checkUpgrade(r); status != 0 {
+		if status == http.StatusUpgradeRequired {
+			w.Header().Set("Upgrade", "websocket")
+			w.Header().Set("Sec-WebSocket-Version", "13")
+		}
+		httpError(w, status, why)
+		return false
+	}
+	if s.cfg.ClientCompression && !extensionsParse(r) {
+		httpError(w, http.StatusBadRequest, "malformed Sec-WebSocket-Extensions")
+		return false
+	}
+	if !originAllowed(s.cfg.AllowedOrigins, r.Header.Get("Origin")) {
+		httpError(w, http.StatusForbidden, "origin not allowed")
+		return false
+	}
+	return true
+}
+
+// upgraded is a client connection after its upgrade.
+type upgraded struct {
+	conn     net.Conn
+	buffered []byte // bytes read past the handshake
+	deflate  bool   // permessage-deflate was negotiated
+}
+
+// upgradeClient completes the client's upgrade with the upstream's
+// subprotocol, the upstream's cookies and, when configured and offered,
+// permessage-deflate.
+func (s *Server) upgradeClient(w http.ResponseWriter, r *http.Request, id, protocol string, cookies []string) (upgraded, error) {
 	h := http.Header{"X-Tether-Session": {id}}
-	if len(d.cookies) > 0 {
-		h["Set-Cookie"] = d.cookies
-		d.cookies = nil // the session keeps d for reconnects, not these
+	if len(cookies) > 0 {
+		h["Set-Cookie"] = cookies
 	}
 	upgrader := ws.HTTPUpgrader{Header: h, Timeout: s.remaining(r)}
-	if up.Protocol != "" {
-		proto := up.Protocol
-		upgrader.Protocol = func(p string) bool { return p == proto }
+	if protocol != "" {
+		upgrader.Protocol = func(p string) bool { return p == protocol }
 	}
 	var deflate *wsflate.Extension
 	if s.cfg.ClientCompression {
@@ -325,23 +338,28 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if conn != nil {
 			_ = conn.Close()
 		}
-		_ = up.Conn.Close()
-		log.Info("client upgrade failed", "err", err)
-		return
+		return upgraded{}, err
 	}
-	buffered := drain(rw.Reader)
-	if fc, ok := conn.(*foldConn); ok {
-		conn = fc.Conn // it holds no bytes: relay without the wrapper
+	u := upgraded{conn: conn, buffered: drain(rw.Reader)}
+	if fc, ok := conn.(*clientConn); ok {
+		u.conn = fc.Conn // it holds no bytes: relay without the wrapper
 	}
-
-	sess := session.New(s.env, id, conn, buffered, up, func(ctx context.Context) (session.Upstream, error) {
-		return d.dial(ctx, false)
-	})
-	sess.OnEnd = func() { s.releaseSlot(e) }
 	if deflate != nil {
-		if _, ok := deflate.Accepted(); ok {
-			sess.EnableClientCompression()
-		}
+		_, u.deflate = deflate.Accepted()
+	}
+	return u, nil
+}
+
+// startSession starts the session of registry entry e and returns. The
+// session frees e's slot as soon as it ends and unregisters e once it has
+// finished.
+func (s *Server) startSession(e *entry, unregister func(), id string, c upgraded, up session.Upstream, d *upstreamDialer) {
+	sess := session.New(s.env, id, c.conn, c.buffered, up, func(ctx context.Context) (session.Upstream, error) {
+		up, _, err := d.dial(ctx, false)
+		return up, err
+	})
+	if c.deflate {
+		sess.EnableClientCompression()
 	}
 	s.metrics.sessionsTotal.Inc()
 	s.metrics.sessionsActive.Inc()
@@ -351,9 +369,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// all (its legs park). The registry, not net/http, tracks the session
 	// for the drain (Server.Shutdown never waits for hijacked connections
 	// anyway).
-	running = true
 	s.burst.Note()
-	sess.Start(context.Background(), func() {
+	sess.Start(context.Background(), func(st session.Stage, _ session.Outcome) {
+		if st == session.Ending {
+			s.releaseSlot(e) // before the goodbye handshakes finish
+			return
+		}
 		s.metrics.sessionsActive.Dec()
 		unregister()
 		s.burst.Note()
@@ -370,14 +391,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// remaining is what is left of the handshake deadline (SPEC §1
-// TETHER_HANDSHAKE_TIMEOUT, counted from TCP accept).
+// remaining is what is left of the handshake deadline (README
+// "Configuration": TETHER_HANDSHAKE_TIMEOUT, counted from TCP accept).
 func (s *Server) remaining(r *http.Request) time.Duration {
-	t, ok := r.Context().Value(acceptKey{}).(time.Time)
-	if !ok {
+	cc := clientConnOf(r)
+	if cc == nil {
 		return s.cfg.HandshakeTimeout
 	}
-	left := time.Until(t.Add(s.cfg.HandshakeTimeout))
+	left := time.Until(cc.accepted.Add(s.cfg.HandshakeTimeout))
 	if left < 100*time.Millisecond {
 		left = 100 * time.Millisecond
 	}
@@ -393,15 +414,15 @@ func drain(br *bufio.Reader) []byte {
 	return append([]byte(nil), p...)
 }
 
-// upstreamDialer dials the upstream for one session, replaying the
-// client's request (SPEC §2, §4).
+// upstreamDialer dials the upstream for one session, replaying the client's
+// request (README "Running in front of a real backend" and "Upstream loss,
+// reconnect and the delivery guarantee").
 type upstreamDialer struct {
 	s         *Server
 	reqURL    *url.URL                // path and query of the client request
 	header    ws.HandshakeHeaderBytes // the forwarded headers, on the wire
 	protocols []string
-	next      int      // rotation index (reconnect loop only: one goroutine)
-	cookies   []string // Set-Cookie of the first 101
+	next      int // rotation index (reconnect loop only: one goroutine)
 }
 
 // headerBytes is h as header lines, the form a session keeps for its
@@ -414,20 +435,23 @@ func headerBytes(h http.Header) ws.HandshakeHeaderBytes {
 	return ws.HandshakeHeaderBytes(bytes.Clone(b.Bytes()))
 }
 
-func (s *Server) newDialer(r *http.Request) *upstreamDialer {
+// newDialer makes the dialer of r's session; secure tells whether the
+// client connected over TLS.
+func (s *Server) newDialer(r *http.Request, secure bool) *upstreamDialer {
 	return &upstreamDialer{
 		s:         s,
 		reqURL:    &url.URL{Path: r.URL.Path, RawPath: r.URL.RawPath, RawQuery: r.URL.RawQuery},
-		header:    headerBytes(upstreamHeader(r)),
+		header:    headerBytes(upstreamHeader(r, secure)),
 		protocols: offeredProtocols(r),
 		next:      int(s.preferred.Load()),
 	}
 }
 
 // dial dials the upstream. The first dial tries every URL in turn from the
-// one that last worked; a reconnect attempt dials one URL, the next in
+// one that last worked and returns the Set-Cookie values of the upstream's
+// answer, for the client's; a reconnect attempt dials one URL, the next in
 // rotation after a failure.
-func (d *upstreamDialer) dial(ctx context.Context, first bool) (session.Upstream, error) {
+func (d *upstreamDialer) dial(ctx context.Context, first bool) (session.Upstream, []string, error) {
 	urls := d.s.cfg.UpstreamURLs
 	tries := 1
 	if first {
@@ -436,19 +460,19 @@ func (d *upstreamDialer) dial(ctx context.Context, first bool) (session.Upstream
 	var lastErr error
 	for i := 0; i < tries; i++ {
 		idx := d.next % len(urls)
-		up, err := d.dialOne(ctx, idx, first)
+		up, cookies, err := d.dialOne(ctx, idx, first)
 		if err == nil {
 			d.s.preferred.Store(int64(idx))
-			return up, nil
+			return up, cookies, nil
 		}
 		lastErr = err
 		var se ws.StatusError
 		if errors.As(err, &se) {
 			if !first && int(se) >= 400 && int(se) < 500 {
-				return up, fmt.Errorf("%w: %w", session.ErrUpstreamRejected, err)
+				return up, nil, fmt.Errorf("%w: %w", session.ErrUpstreamRejected, err)
 			}
 			if first {
-				return up, err // the client gets that same status
+				return up, nil, err // the client gets that same status
 			}
 		}
 		d.next = idx + 1
@@ -456,10 +480,10 @@ func (d *upstreamDialer) dial(ctx context.Context, first bool) (session.Upstream
 			break
 		}
 	}
-	return session.Upstream{}, lastErr
+	return session.Upstream{}, nil, lastErr
 }
 
-func (d *upstreamDialer) dialOne(ctx context.Context, idx int, first bool) (session.Upstream, error) {
+func (d *upstreamDialer) dialOne(ctx context.Context, idx int, first bool) (session.Upstream, []string, error) {
 	base := d.s.cfg.UpstreamURLs[idx]
 	target := targetURL(base, d.reqURL)
 	var cookies []string
@@ -480,23 +504,19 @@ func (d *upstreamDialer) dialOne(ctx context.Context, idx int, first bool) (sess
 		if conn != nil {
 			_ = conn.Close()
 		}
-		return session.Upstream{}, fmt.Errorf("dial upstream %s: %w", base.Host, err)
+		return session.Upstream{}, nil, fmt.Errorf("dial upstream %s: %w", base.Host, err)
 	}
 	buffered := drain(br)
 	if br != nil {
 		ws.PutReader(br)
 	}
-	if first {
-		d.cookies = cookies
-	}
-	return session.Upstream{Conn: conn, Buffered: buffered, Protocol: hs.Protocol, Host: base.Host}, nil
+	return session.Upstream{Conn: conn, Buffered: buffered, Protocol: hs.Protocol, Host: base.Host}, cookies, nil
 }
 
-// Shutdown drains (SPEC §5): /readyz turns 503, the listener closes, new
-// handshakes get 503, and sessions are closed (client 1012, upstream 1001)
-// spread over TETHER_SHUTDOWN_SPREAD. It returns when every session has
-// ended or ctx is done, after which the remaining sessions are closed at
-// once.
+// Shutdown drains (README "Shutdown"): /readyz turns 503, the listener closes,
+// new handshakes get 503, and sessions are closed (client 1012, upstream 1001)
+// spread over TETHER_SHUTDOWN_SPREAD. It returns when every session has ended
+// or ctx is done, after which the remaining sessions are closed at once.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.ready.Store(false)
 	s.mu.Lock()
@@ -522,7 +542,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for i, e := range entries {
 		if len(entries) > 1 && spread > 0 {
 			at := start.Add(spread * time.Duration(i) / time.Duration(len(entries)))
-			if !sleepUntil(ctx, at) {
+			if d := time.Until(at); d > 0 && !ctxtime.Sleep(ctx, d) {
 				break
 			}
 		}
@@ -547,19 +567,4 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		<-done
 	}
 	return <-httpDone
-}
-
-func sleepUntil(ctx context.Context, t time.Time) bool {
-	d := time.Until(t)
-	if d <= 0 {
-		return true
-	}
-	tm := time.NewTimer(d)
-	defer tm.Stop()
-	select {
-	case <-tm.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

@@ -13,8 +13,8 @@ import (
 	"github.com/tether-proxy/tether/proxy"
 )
 
-// SPEC §5 Shutdown: /readyz turns 503, new handshakes are refused, every
-// client gets 1012 and every upstream 1001, spread over
+// README "Shutdown" Shutdown: /readyz turns 503, new handshakes are refused,
+// every client gets 1012 and every upstream 1001, spread over
 // TETHER_SHUTDOWN_SPREAD, and Shutdown returns before its deadline.
 func TestCoreShutdown(t *testing.T) {
 	t.Parallel()
@@ -118,8 +118,8 @@ func TestCoreShutdown(t *testing.T) {
 	}
 }
 
-// SPEC §5: Shutdown with a deadline that passes still ends every session
-// and returns (sessions whose clients never answer the Close).
+// README "Shutdown": Shutdown with a deadline that passes still ends every
+// session and returns (sessions whose clients never answer the Close).
 func TestCoreShutdownDeadline(t *testing.T) {
 	t.Parallel()
 	b := newBackend(t, nil, nil)

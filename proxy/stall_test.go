@@ -21,9 +21,10 @@ import (
 // lockedBuffer is a log sink tests can read while tether writes.
 type lockedBuffer = testkit.LockedBuffer
 
-// A JSON-mode upstream that echoes data but never answers the JSON ping
-// stays alive and acknowledges nothing: the retention window fills, client
-// reads pause (SPEC §4), and tether says why in a warning, once.
+// A JSON-mode upstream that echoes data but never answers the JSON ping stays
+// alive and acknowledges nothing: the retention window fills, client reads
+// pause (README "Upstream loss, reconnect and the delivery guarantee"), and
+// tether says why in a warning, once.
 func TestUpstreamNotAnsweringHeartbeatsWarns(t *testing.T) {
 	t.Parallel()
 	// Echoes the client's data, ignores tether's JSON pings, and pushes a

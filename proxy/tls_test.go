@@ -24,8 +24,8 @@ func coreSelfSigned(t *testing.T) (certFile, keyFile string, pool *x509.CertPool
 	return testkit.SelfSigned(t)
 }
 
-// SPEC §1 TETHER_TLS_CERT_FILE/KEY_FILE: the listener serves wss, and the
-// upstream sees X-Forwarded-Proto: https.
+// README "Configuration" TETHER_TLS_CERT_FILE/KEY_FILE: the listener serves
+// wss, and the upstream sees X-Forwarded-Proto: https.
 func TestCoreTLSListener(t *testing.T) {
 	t.Parallel()
 	certFile, keyFile, pool := coreSelfSigned(t)
@@ -50,9 +50,9 @@ func TestCoreTLSListener(t *testing.T) {
 	}
 }
 
-// SPEC §1 TETHER_UPSTREAM_CA_FILE and TETHER_UPSTREAM_TLS_INSECURE: a
-// wss:// upstream is verified against the system pool plus the CA file;
-// failing verification is a 502.
+// README "Configuration" TETHER_UPSTREAM_CA_FILE and
+// TETHER_UPSTREAM_TLS_INSECURE: a wss:// upstream is verified against the
+// system pool plus the CA file; failing verification is a 502.
 func TestCoreTLSUpstream(t *testing.T) {
 	t.Parallel()
 	up := coreNewUp(t, true, func(w http.ResponseWriter, r *http.Request) {
@@ -102,8 +102,8 @@ func TestCoreTLSUpstream(t *testing.T) {
 	}
 }
 
-// SPEC §1: a CA file that cannot be read or holds no certificate is a
-// configuration error naming the variable.
+// README "Configuration": a CA file that cannot be read or holds no
+// certificate is a configuration error naming the variable.
 func TestCoreTLSConfigErrors(t *testing.T) {
 	t.Parallel()
 	empty := filepath.Join(t.TempDir(), "empty.pem")

@@ -9,9 +9,10 @@ import (
 	"github.com/tether-proxy/tether/heartbeat"
 )
 
-// SPEC §4: at the process-wide TETHER_BUFFER_TOTAL_MAX_BYTES while
-// connected, a session's client reads pause (backpressure) instead of a
-// close, and resume when another session frees bytes.
+// README "Upstream loss, reconnect and the delivery guarantee": at the
+// process-wide TETHER_BUFFER_TOTAL_MAX_BYTES while connected, a session's
+// client reads pause (backpressure) instead of a close, and resume when
+// another session frees bytes.
 func TestProcessWideLimitPausesConnectedClient(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {

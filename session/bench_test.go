@@ -375,14 +375,14 @@ func newHBTCPRelay(t *testing.T, cfg Config) (client, up *hbWirePeer) {
 	return newHBWirePeer(cc, true), newHBWirePeer(uc, false)
 }
 
-// TestRelaySteadyStateAllocs pins the steady-state allocations of relaying one text
-// message: upstream → client allocates nothing, with and without JSON
+// TestRelaySteadyStateAllocs pins the steady-state allocations of relaying one
+// text message: upstream → client allocates nothing, with and without JSON
 // heartbeat recognition on the upstream leg; client → upstream allocates
-// nothing when the upstream heartbeat is off (no retention); answering
-// the upstream's RFC or JSON pings allocates nothing (the JSON pong is
-// built in a pooled buffer). With retention (SPEC §4), each client message
-// is copied until acknowledged, and here nothing acknowledges it: that
-// count is logged, not pinned.
+// nothing when the upstream heartbeat is off (no retention); answering the
+// upstream's RFC or JSON pings allocates nothing (the JSON pong is built in a
+// pooled buffer). With retention (README "Upstream loss, reconnect and the
+// delivery guarantee"), each client message is copied until acknowledged, and
+// here nothing acknowledges it: that count is logged, not pinned.
 func TestRelaySteadyStateAllocs(t *testing.T) {
 	if testing.Short() {
 		t.Skip("allocation counts")

@@ -5,7 +5,7 @@ import (
 	"sync"
 )
 
-// Pooled payload buffers for held client messages (STYLE §2.8): size
+// Pooled payload buffers for held client messages: size
 // classes of powers of two from 256 B to 1 MiB. A message held in the
 // queue owns its buffer until it is acknowledged or re-sent without
 // retention; only then does the buffer go back, exactly once. Buffers of

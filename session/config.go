@@ -10,8 +10,8 @@ import (
 	"github.com/tether-proxy/tether/heartbeat"
 )
 
-// Config is the per-session behaviour of SPEC §1. Its env tags are
-// relative to TETHER_; main composes it. Zero values are not the defaults:
+// Config is the per-session behaviour of README "Configuration". Its env tags
+// are relative to TETHER_; main composes it. Zero values are not the defaults:
 // use the envDefault tags (main) or Defaults.
 type Config struct {
 	// MaxMessageBytes is the largest message either leg may send, after
@@ -35,12 +35,13 @@ type Config struct {
 	// ReplayDropReplies: the first M upstream data messages on a
 	// re-established connection are dropped (0 = none).
 	ReplayDropReplies int `env:"REPLAY_DROP_REPLIES" envDefault:"0" help:"on a re-established upstream connection, drop the first M upstream data messages"`
-	// NotifyClient sends the upstream status messages of SPEC §4.
+	// NotifyClient sends the upstream status messages of README "Upstream loss,
+	// reconnect and the delivery guarantee".
 	NotifyClient bool `env:"NOTIFY_CLIENT" envDefault:"false" help:"send upstream status messages to the client"`
 }
 
-// ReconnectConfig is SPEC §4's backoff. Env tags are relative to
-// TETHER_RECONNECT_.
+// ReconnectConfig is README "Upstream loss, reconnect and the delivery
+// guarantee"'s backoff. Env tags are relative to TETHER_RECONNECT_.
 type ReconnectConfig struct {
 	InitialDelay time.Duration `env:"INITIAL_DELAY" envDefault:"250ms" help:"first backoff step"`
 	MaxDelay     time.Duration `env:"MAX_DELAY" envDefault:"10s" help:"backoff cap"`

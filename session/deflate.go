@@ -13,9 +13,10 @@ import (
 // messages. Compressors and decompressors are large (hundreds of KiB), so
 // they are pooled across the process, never held by an idle leg.
 
-// deflateTail ends a message's compressed bytes on the wire (§7.2.1 removes
-// it on send); inflate appends it back plus an empty final stored block so
-// that the decompressor reports io.EOF.
+// inflateTail starts with the four bytes that end a message's compressed
+// bytes (RFC 7692 §7.2.1 removes them on send); inflate appends them back
+// plus an empty final stored block so that the decompressor reports
+// io.EOF.
 var inflateTail = []byte{0x00, 0x00, 0xff, 0xff, 0x01, 0x00, 0x00, 0xff, 0xff}
 
 // minDeflate is the smallest message worth compressing.

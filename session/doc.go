@@ -1,9 +1,33 @@
 // Package session relays one client WebSocket leg to a replaceable
-// upstream leg (SPEC §2–§5): it frames and validates messages, answers
-// and sends heartbeats on both legs, classifies how a leg ended into the
-// close codes of SPEC §5, and, when the upstream leg is lost, reconnects
-// with full-jitter backoff while the client leg stays open and the client's
-// messages wait in a bounded queue.
+// upstream leg (README "Heartbeats", "Upstream loss, reconnect and the
+// delivery guarantee" and "Close codes"): it frames and validates
+// messages, answers and sends heartbeats on both legs, classifies how a
+// leg ended into close codes, and, when the upstream leg is lost,
+// reconnects with full-jitter backoff while the client leg stays open and
+// the client's messages wait in a bounded log.
+//
+// # Parts
+//
+// Session (session.go) is the state machine and wires the parts: the two
+// legs (leg), the delivery log of client messages on their way to the
+// upstream (deliveryLog, log.go), the replay opening (replayOpening,
+// log.go) and, during an outage, the reconnect loop (reconnect.go). Both
+// legs run the same read loop (relay.go); the direction is a value (the
+// leg's generation: 0 for the client leg), and one classification
+// (classify, outcome.go) tells how either leg ended. A session's end is a
+// typed Outcome (cause, error, the Close each leg got), told to the one
+// end callback given to Start, at Ending and at Finished.
+//
+// A leg (leg.go) keeps its state in three parts, each with one owner:
+// legReadState (leg_read.go), owned by its read loop; legWriteState
+// (leg_write.go), under its write lock; legParkState (leg_park.go),
+// atomics and ctl, shared by the read loop, the poller, the heartbeat
+// timer and the writers.
+//
+// One client message: legReader.Read and frameReader.next (leg_read.go)
+// read it; readLoop hands it to toUpstream, whose admit numbers it and
+// keeps a copy in the delivery log while the upstream heartbeat is on
+// (relay.go); writeData writes it to the upstream (leg_write.go).
 //
 // # Goroutines
 //
@@ -47,10 +71,12 @@
 //
 // Session.mu guards the state machine (connected → reconnecting →
 // connected, or closed), the current upstream leg and its generation, and
-// the queue of client messages (retained until a heartbeat round trip that
-// started after them completes, or buffered while reconnecting). upstreamLost
-// is the only place a reconnect starts, and it ignores reports about a
-// connection that is no longer current (generation check), so at most one
-// reconnect loop and one dial exist per session. end is the only place a
-// session ends; it runs once.
+// the delivery log (messages retained until a heartbeat round trip that
+// started after them completes, or buffered while reconnecting). No helper
+// named *Locked releases mu; the one that waits on the session's cond says
+// so in its name (waitForWindow). upstreamLost is the only place a
+// reconnect starts, and it ignores reports about a connection that is no
+// longer current (generation check), so at most one reconnect loop and
+// one dial exist per session. end is the only place a session ends; it
+// runs once.
 package session

@@ -2,7 +2,6 @@ package session
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -14,8 +13,8 @@ import (
 // CloseCode is a WebSocket close status code (RFC 6455 §7.4).
 type CloseCode uint16
 
-// Close codes used by SPEC §5. gobwas/ws does not know 1012–1014, so tether
-// keeps its own list.
+// Close codes used by README "Close codes". gobwas/ws does not know 1012–1014,
+// so tether keeps its own list.
 const (
 	CloseNormal          CloseCode = 1000
 	CloseGoingAway       CloseCode = 1001
@@ -149,7 +148,7 @@ func eofToUnexpected(err error, got int) error {
 	return err
 }
 
-// appendHeader encodes a final frame header with op and length, masked
+// putHeader encodes into dst a final frame header with op and length, masked
 // with key when masked is true.
 func putHeader(dst *[14]byte, op ws.OpCode, rsv1 bool, length int, masked bool, key [4]byte) []byte {
 	dst[0] = 0x80 | byte(op)
@@ -224,191 +223,4 @@ func parseClose(p []byte) (*CloseError, error) {
 		return nil, ErrInvalidUTF8
 	}
 	return &CloseError{Code: code, Reason: string(p[2:])}, nil
-}
-
-// message kinds returned by frameReader.next.
-type event uint8
-
-const (
-	evData event = iota
-	evPing
-	evPong
-	evClose
-)
-
-// frameReader reads whole messages from one leg. Control frames, also
-// between fragments, are returned as their own events. It is not safe for
-// concurrent use; the leg's read loop owns it.
-type frameReader struct {
-	br         *bufio.Reader
-	fromClient bool // frames must be masked (we are the server side)
-	max        int64
-	buf        []byte     // message being assembled; reused
-	box        *[]byte    // buf's pool box, if buf came from the pool
-	ctl        *[125]byte // control frame payload (the leg's readBuf)
-
-	z      *inflated // made by the first compressed message
-	frames int
-
-	// The message being assembled, kept across the control frames that
-	// may arrive between its fragments (RFC 6455 §5.4).
-	msgOp      ws.OpCode
-	compressed bool
-
-	deflate bool // permessage-deflate negotiated (client leg)
-	// atBoundary is set while the header of a frame that starts a
-	// message (or a control frame between messages) is being read.
-	atBoundary bool
-}
-
-// inflated is a compressed message's output buffer and input reader,
-// made only for a leg that receives one.
-type inflated struct {
-	buf []byte
-	r   bytes.Reader
-}
-
-// next returns the next event. For evData, op is the message opcode and
-// payload the whole message, valid until the next call; fragmented tells
-// whether it arrived in more than one frame. For evPing/evPong payload is
-// the control payload; for evClose, closeErr is set.
-func (r *frameReader) next() (ev event, op ws.OpCode, payload []byte, fragmented bool, closeErr *CloseError, err error) {
-	if r.frames == 0 {
-		r.buf = r.buf[:0]
-		r.compressed = false
-	}
-	for {
-		r.atBoundary = r.frames == 0
-		h, err := readHeader(r.br)
-		r.atBoundary = false
-		if err != nil {
-			return 0, 0, nil, false, nil, err
-		}
-		if h.rsv != 0 {
-			// RSV1 marks a compressed message, on its first frame only.
-			if !r.deflate || h.rsv != 4 || h.op.IsControl() || h.op == ws.OpContinuation {
-				return 0, 0, nil, false, nil, protoErr("reserved bits set without a negotiated extension")
-			}
-			r.compressed = true
-		}
-		if h.masked != r.fromClient {
-			if r.fromClient {
-				return 0, 0, nil, false, nil, protoErr("unmasked frame from client")
-			}
-			return 0, 0, nil, false, nil, protoErr("masked frame from server")
-		}
-		if h.op.IsControl() {
-			if !h.fin {
-				return 0, 0, nil, false, nil, protoErr("fragmented control frame")
-			}
-			if h.length > 125 {
-				return 0, 0, nil, false, nil, protoErr("control frame payload over 125 bytes")
-			}
-			p := r.ctl[:h.length]
-			if _, err := io.ReadFull(r.br, p); err != nil {
-				return 0, 0, nil, false, nil, eofToUnexpected(err, 1)
-			}
-			if h.masked {
-				ws.Cipher(p, h.mask, 0)
-			}
-			switch h.op {
-			case ws.OpPing:
-				return evPing, h.op, p, false, nil, nil
-			case ws.OpPong:
-				return evPong, h.op, p, false, nil, nil
-			case ws.OpClose:
-				ce, err := parseClose(p)
-				if err != nil {
-					return 0, 0, nil, false, nil, err
-				}
-				return evClose, h.op, nil, false, ce, nil
-			default:
-				return 0, 0, nil, false, nil, protoErr("unknown control opcode %d", h.op)
-			}
-		}
-		switch h.op {
-		case ws.OpContinuation:
-			if r.frames == 0 {
-				return 0, 0, nil, false, nil, protoErr("continuation frame without a message")
-			}
-		case ws.OpText, ws.OpBinary:
-			if r.frames != 0 {
-				return 0, 0, nil, false, nil, protoErr("new message inside a fragmented message")
-			}
-			r.msgOp = h.op
-		default:
-			return 0, 0, nil, false, nil, protoErr("unknown data opcode %d", h.op)
-		}
-		r.frames++
-		// Compare without adding: a declared length near 2^63 plus the
-		// fragments so far would overflow into a negative total.
-		if h.length > r.max-int64(len(r.buf)) {
-			return 0, 0, nil, false, nil, ErrMessageTooBig
-		}
-		total := int64(len(r.buf)) + h.length
-		start := len(r.buf)
-		if cap(r.buf) == 0 {
-			r.buf, r.box = takeBuf(max(int(total), 512))
-		}
-		r.buf = grow(r.buf, int(total))
-		p := r.buf[start:total]
-		if _, err := io.ReadFull(r.br, p); err != nil {
-			return 0, 0, nil, false, nil, eofToUnexpected(err, 1)
-		}
-		if h.masked {
-			ws.Cipher(p, h.mask, 0)
-		}
-		if !h.fin {
-			continue
-		}
-		msg, msgOp, frag := r.buf, r.msgOp, r.frames > 1
-		r.frames = 0
-		if r.compressed {
-			if r.z == nil {
-				r.z = new(inflated)
-			}
-			if r.z.buf, err = inflate(r.z.buf, r.buf, r.max, &r.z.r); err != nil {
-				return 0, 0, nil, false, nil, err
-			}
-			msg = r.z.buf
-		}
-		if msgOp == ws.OpText && !utf8.Valid(msg) {
-			return 0, 0, nil, false, nil, ErrInvalidUTF8
-		}
-		return evData, msgOp, msg, frag, nil, nil
-	}
-}
-
-// grow returns b with length n, reusing its capacity when possible.
-func grow(b []byte, n int) []byte {
-	if n <= cap(b) {
-		return b[:n]
-	}
-	c := 2 * cap(b)
-	if c < n {
-		c = n
-	}
-	if c < 512 {
-		c = 512
-	}
-	nb := make([]byte, n, c)
-	copy(nb, b)
-	return nb
-}
-
-// idle drops the assembly buffers of a leg that parks.
-func (r *frameReader) idle() {
-	putBuf(r.box, r.buf)
-	r.buf, r.box, r.z = nil, nil, nil
-}
-
-// release drops a large assembly buffer so that an idle leg does not keep
-// the memory of its largest message.
-func (r *frameReader) release() {
-	if cap(r.buf) > 64<<10 {
-		r.buf = nil
-	}
-	if r.z != nil && cap(r.z.buf) > 64<<10 {
-		r.z.buf = nil
-	}
 }

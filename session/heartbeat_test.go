@@ -1,6 +1,6 @@
 package session
 
-// Heartbeat tests of SPEC §3 with fake time: every test runs in a
+// Heartbeat tests of README "Heartbeats" with fake time: every test runs in a
 // testing/synctest bubble over net.Pipe legs, plays both peers itself and
 // builds the session with New, so cadence, timeouts and round-trip times
 // are exact to the nanosecond.
@@ -22,7 +22,8 @@ import (
 	"github.com/tether-proxy/tether/heartbeat"
 )
 
-// hbCfg returns SPEC §1's defaults with the given heartbeat settings.
+// hbCfg returns README "Configuration"'s defaults with the given heartbeat
+// settings.
 func hbCfg(client, upstream heartbeat.Config) Config {
 	return Config{
 		MaxMessageBytes:   1 << 20,

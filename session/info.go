@@ -59,9 +59,9 @@ func (s *Session) Info() Info {
 		in.State = StateClosing
 	}
 	in.Upstream = s.upHost
-	in.Retained = s.unsent
-	in.Buffered = len(s.q) - s.unsent
-	in.HeldBytes = s.qBytes
+	in.Retained = s.upLog.next
+	in.Buffered = s.upLog.len() - s.upLog.next
+	in.HeldBytes = s.upLog.bytes
 	// Each connection that is installed gets the next generation; the
 	// first is 1.
 	in.Reconnects = int(s.gen) - 1
@@ -89,5 +89,5 @@ func (l *leg) lastRTT() time.Duration {
 // the session is ending.
 func (s *Session) CloseWith(code CloseCode, reason string) {
 	s.end(act{kind: actSend, ce: CloseError{Code: code, Reason: reason}},
-		act{kind: actSend, ce: CloseError{Code: CloseGoingAway, Reason: "session closed by tether's operator"}}, "closed by the admin API")
+		act{kind: actSend, ce: CloseError{Code: CloseGoingAway, Reason: "session closed by tether's operator"}}, Outcome{Cause: CauseOperator})
 }

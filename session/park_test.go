@@ -77,7 +77,7 @@ func newParkRigWith(t *testing.T, cfg Config, setup func(*Env)) *parkRig {
 		t.Fatal(err)
 	}
 	env.IdleAfter = 10 * time.Millisecond
-	env.parkMin = time.Millisecond // the tests' heartbeats are fast
+	env.test = &testHooks{parkMin: time.Millisecond} // the tests' heartbeats are fast
 	env.CloseWait = 200 * time.Millisecond
 	env.Jitter = func(int64) int64 { return 0 }
 	if setup != nil {
@@ -93,7 +93,7 @@ func newParkRigWith(t *testing.T, cfg Config, setup func(*Env)) *parkRig {
 		return Upstream{Conn: tt}, nil
 	}
 	r.s = New(env, "park", ct, nil, Upstream{Conn: ut}, dial)
-	r.s.Start(context.Background(), func() { close(r.done) })
+	r.s.Start(context.Background(), finished(func() { close(r.done) }))
 	t.Cleanup(func() {
 		r.s.Close()
 		select {
@@ -103,6 +103,15 @@ func newParkRigWith(t *testing.T, cfg Config, setup func(*Env)) *parkRig {
 		}
 	})
 	return r
+}
+
+// finished is an EndFunc that calls f once the session has finished.
+func finished(f func()) EndFunc {
+	return func(st Stage, _ Outcome) {
+		if st == Finished {
+			f()
+		}
+	}
 }
 
 // waitParked waits until the given legs are parked.
@@ -322,7 +331,7 @@ func TestParkedUpstreamReconnect(t *testing.T) {
 	r := newParkRig(t, hbCfg(hbOff, hbOff))
 	old := r.up()
 	r.waitParked(r.s.client, old)
-	r.upstream.Close() // abnormal closure: reconnect (SPEC §4)
+	r.upstream.Close() // abnormal closure: reconnect (README "Upstream loss, reconnect and the delivery guarantee")
 	var up net.Conn
 	select {
 	case up = <-r.dials:
@@ -448,7 +457,7 @@ func BenchmarkIdleParked(b *testing.B) {
 		ss := make([]*Session, sessions)
 		for k := range ss {
 			ss[k] = New(env, "bench", tconns[k][0], nil, Upstream{Conn: tconns[k][1]}, dial)
-			ss[k].Start(context.Background(), func() { done <- struct{}{} })
+			ss[k].Start(context.Background(), finished(func() { done <- struct{}{} }))
 		}
 		for env.ParkedLegs() < int64(2*sessions) {
 			time.Sleep(10 * time.Millisecond)
@@ -486,7 +495,7 @@ func TestParkReadBufferGrowsWhenBusy(t *testing.T) {
 		// Long enough that a stalled machine does not park the leg in
 		// the middle of the burst.
 		env.IdleAfter = 300 * time.Millisecond
-		env.readBufHook = func(l *leg, size int) {
+		env.test.readBuf = func(l *leg, size int) {
 			if l.name == LegClient {
 				sizes <- size
 			}
@@ -621,7 +630,7 @@ func TestParkedLegReparksAfterControlOnlyWake(t *testing.T) {
 	quick := make(chan string, 16)
 	r := newParkRigWith(t, hbCfg(hbOff, hbOff), func(env *Env) {
 		env.IdleAfter = 200 * time.Millisecond
-		env.quickParkHook = func(l *leg) { quick <- l.name }
+		env.test.quickPark = func(l *leg) { quick <- l.name }
 	})
 	c, u := r.s.client, r.up()
 	r.waitParked(c, u)

@@ -58,8 +58,8 @@ func (m *rcMetrics) Buffered(d int) { m.buffered.Add(int64(d)) }
 func (m *rcMetrics) Overflow()      { m.overflows.Add(1) }
 func (m *rcMetrics) Resent(n int)   { m.resent.Add(int64(n)) }
 
-// rcConfig is a valid config with both heartbeats off, a 100ms..1s
-// backoff, no dial rate limit and SPEC's default buffer limits.
+// rcConfig is a valid config with both heartbeats off, a 100ms..1s backoff, no
+// dial rate limit and the default buffer limits (README "Configuration").
 func rcConfig() Config {
 	return Config{
 		MaxMessageBytes:   1 << 20,
@@ -604,7 +604,7 @@ func TestRcSingleLoop(t *testing.T) {
 		storm := func(l *leg, closeConn net.Conn) {
 			var wg sync.WaitGroup
 			for range 20 {
-				wg.Go(func() { h.s.upstreamLost(l, "test storm") })
+				wg.Go(func() { h.s.upstreamLost(l, Outcome{Cause: CauseConnectionLost, Leg: LegUpstream}) })
 			}
 			wg.Go(func() { _ = closeConn.Close() })
 			wg.Go(func() { send(3) })
@@ -656,7 +656,7 @@ func TestRcSingleLoop(t *testing.T) {
 			noDial()
 			// Stale reports about the older connection change nothing.
 			for range 10 {
-				h.s.upstreamLost(l, "stale")
+				h.s.upstreamLost(l, Outcome{Cause: CauseConnectionLost, Leg: LegUpstream})
 			}
 			r.proceed <- true
 			up = h.nextUp()
@@ -665,8 +665,8 @@ func TestRcSingleLoop(t *testing.T) {
 			noDial()
 			// Stale reports after the reconnect completed start nothing.
 			for range 10 {
-				h.s.upstreamLost(l, "stale")
-				h.s.upstreamLost(newLeg, "stale")
+				h.s.upstreamLost(l, Outcome{Cause: CauseConnectionLost, Leg: LegUpstream})
+				h.s.upstreamLost(newLeg, Outcome{Cause: CauseConnectionLost, Leg: LegUpstream})
 			}
 			noDial()
 		}
@@ -684,9 +684,10 @@ func TestRcSingleLoop(t *testing.T) {
 	})
 }
 
-// "Provably received" (SPEC §4): a message is acknowledged only by a
-// heartbeat round trip that started after it was sent; acknowledged
-// messages are never sent again, the others are re-sent in order.
+// "Provably received" (README "Upstream loss, reconnect and the delivery
+// guarantee"): a message is acknowledged only by a heartbeat round trip that
+// started after it was sent; acknowledged messages are never sent again, the
+// others are re-sent in order.
 func TestRcAcknowledgement(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
@@ -872,8 +873,8 @@ func TestRcOverflow(t *testing.T) {
 	})
 }
 
-// With TETHER_NOTIFY_CLIENT the client sees the status messages of SPEC
-// §4, byte for byte.
+// With TETHER_NOTIFY_CLIENT the client sees the status messages of README
+// "Upstream loss, reconnect and the delivery guarantee", byte for byte.
 func TestRcNotify(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {

@@ -7,21 +7,20 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
-	"os"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/gobwas/ws"
 	"golang.org/x/time/rate"
 
 	"github.com/tether-proxy/tether/heartbeat"
 	"github.com/tether-proxy/tether/internal/netpoll"
 )
 
-// Metrics receives what sessions count (SPEC §6). Implementations must be
-// safe for concurrent use and cheap: they are called per message.
+// Metrics receives what sessions count (README "Metrics and logs").
+// Implementations must be safe for concurrent use and cheap: they are called
+// per message.
 type Metrics interface {
 	Message(toUpstream bool, bytes int)
 	PingSent(leg string)
@@ -60,13 +59,9 @@ type Upstream struct {
 // that wraps ErrUpstreamRejected (a 4xx answer) ends the session.
 type DialFunc func(ctx context.Context) (Upstream, error)
 
-// Sentinels that change what a session does.
-var (
-	ErrUpstreamRejected  = errors.New("upstream rejected the handshake")
-	ErrBufferOverflow    = errors.New("buffer overflow")
-	ErrAttemptsExhausted = errors.New("reconnect attempts exhausted")
-	ErrHeartbeatTimeout  = errors.New("heartbeat timeout")
-)
+// ErrUpstreamRejected, wrapped by a DialFunc's error, ends the session
+// instead of another reconnect attempt.
+var ErrUpstreamRejected = errors.New("upstream rejected the handshake")
 
 // Env is what all sessions of a process share. Safe for concurrent use
 // once built; do not change its fields after the first session starts.
@@ -91,19 +86,21 @@ type Env struct {
 	total  atomic.Int64 // buffered + retained bytes of all sessions
 	poller *netpoll.Poller
 	parked atomic.Int64
-	// parkMin overrides parkMinInterval (tests).
-	parkMin time.Duration
-	// readBufHook, if set, is told the size of each read buffer a leg's
-	// read loop takes (tests).
-	readBufHook func(l *leg, size int)
-	// quickParkHook, if set, is told of each leg that parks right after
-	// a wake that brought only control frames (tests).
-	quickParkHook func(l *leg)
+	// test is the seam for tests; nil in production.
+	test *testHooks
+}
+
+// testHooks let tests see and tune what a session does inside; only
+// tests set them (Env.test).
+type testHooks struct {
+	parkMin   time.Duration          // overrides parkMinInterval
+	readBuf   func(l *leg, size int) // told the size of each read buffer a read loop takes
+	quickPark func(l *leg)           // told of each leg that parks right after a control-only wake
 }
 
 func (e *Env) parkMinInterval() time.Duration {
-	if e.parkMin > 0 {
-		return e.parkMin
+	if e.test != nil && e.test.parkMin > 0 {
+		return e.test.parkMin
 	}
 	return parkMinInterval
 }
@@ -173,88 +170,83 @@ const (
 	stateClosed
 )
 
-// qmsg is a client message held by the session: buffered while
-// reconnecting or retained until acknowledged. The queue owns p.
-type qmsg struct {
-	seq  uint64
-	op   ws.OpCode
-	p    []byte
-	box  *[]byte // p's pool box (see getBuf)
-	sent bool    // written to some upstream connection at least once
-}
-
-// Session relays one client leg to a replaceable upstream leg.
+// Session relays one client leg to a replaceable upstream leg. It is the
+// state machine (connected → reconnecting → connected, or closed) and
+// wires the parts that do the work: the legs (leg.go), the delivery log of
+// client messages (log.go), the replay opening (log.go) and the reconnect
+// loop (reconnect.go).
 //
 // Goroutines: one read loop for the client leg and one per upstream
 // connection, each only while its leg is not parked (see leg); a
 // reconnect loop only while reconnecting; heartbeat timers run callbacks
-// briefly when they fire. The session finishes when all of them have. All
-// session state is under mu; legs' writes are under their own locks, never
-// taken while holding mu.
+// briefly when they fire. The session finishes when all of them have.
+// Legs' writes are under their own locks, never taken while holding mu.
 type Session struct {
-	id   string
-	cfg  *Config
-	env  *Env
-	log  *slog.Logger
-	dial DialFunc
+	// Fixed by New.
+	id       string
+	cfg      *Config
+	env      *Env
+	log      *slog.Logger
+	dial     DialFunc
+	protocol string // the subprotocol every upstream connection must choose
+	client   *leg
 
-	client *leg
+	// Set by Start before its goroutines start; read only after.
+	stopDrain func() bool
 
+	// Guarded by mu; cond (on mu) is broadcast when state, up, upLog's
+	// room or acted change.
 	mu          sync.Mutex
 	cond        sync.Cond
 	state       state
-	up          *leg
+	up          *leg // the current upstream connection; nil while reconnecting
 	gen         uint64
-	protocol    string
-	q           []qmsg // in order; q[:unsent] were written to the current connection
-	unsent      int
-	qBytes      int64
-	replay      []qmsg // first ReplayFirst messages, kept for the session's life
-	nextSeq     uint64
-	earlyPinged bool
-	stallWarned bool // "not answering heartbeats" logged
-	lostInFlush bool
+	upHost      string // for logs; written only with up installed
+	lostInFlush bool   // the connection being re-sent on was lost
 	lostAt      time.Time
-	closeInfo   closeInfo
-
-	// Lock-free mirrors for the per-message paths of the read loops,
-	// written under mu together with what they mirror: curGen = gen,
-	// closed = (state == stateClosed). dropReplies counts down the
-	// TETHER_REPLAY_DROP_REPLIES of the current connection.
-	curGen      atomic.Uint64
-	closed      atomic.Bool
-	dropReplies atomic.Int64
-
-	// OnEnd, if set before Run, is called once when the session ends (its
-	// Close frames may still be in flight).
-	OnEnd func()
-
-	// ctx is cancelled when the session ends; made (under mu) when the
-	// first reconnect loop starts, since only that loop needs it.
+	upLog       deliveryLog // client messages: retained until acknowledged, buffered while reconnecting
+	replay      replayOpening
+	outcome     Outcome // set by end
+	onEnd       EndFunc
+	force       *time.Timer // end's backstop
+	// ctx is cancelled when the session ends; made when the first
+	// reconnect loop starts, since only that loop needs it.
 	ctx    context.Context
 	cancel context.CancelFunc
+	// acted has a bit per leg (actedClient, actedUpstream), set by end
+	// once it has written (or given up on) that leg's Close: a read loop
+	// that sees the peer's Close while ours is being written must not
+	// close the connection under it.
+	acted uint8
+
+	// Atomic. Mirrors for the per-message paths of the read loops,
+	// written under mu together with what they mirror: curGen = gen,
+	// closed = (state == stateClosed).
+	curGen atomic.Uint64
+	closed atomic.Bool
 	// parts counts the read loops (client, each upstream connection) and
 	// the reconnect loop that have not finished; a parked loop has not.
-	// The one that brings it to zero finishes the session. A part is
-	// added only by a holder of another part.
-	parts     atomic.Int32
-	stopDrain func() bool
-	onDone    func()
-	force     *time.Timer
-	upHost    string
-
-	// acted has a bit per leg (actedClient, actedUpstream), set under mu
-	// by end once it has written (or given up on) that leg's Close and
-	// broadcast on cond: a read loop that sees the peer's Close while ours
-	// is being written must not close the connection under it.
-	acted uint8
+	// The one that brings it to zero finishes the session (partDone). Only
+	// a holder of a part adds one (addPart).
+	parts atomic.Int32
 }
 
-type closeInfo struct {
-	why      string
-	client   CloseError
-	upstream CloseError
-}
+// Stage is the moment of a session's end an EndFunc hears about.
+type Stage uint8
+
+const (
+	// Ending: the session has ended, relays nothing more and has freed
+	// its held messages; its Close frames may still be in flight.
+	Ending Stage = iota
+	// Finished: every goroutine the session started has returned and
+	// both connections are closed.
+	Finished
+)
+
+// EndFunc is told of a session's end twice, once per Stage, in order,
+// with the same Outcome. It must not block: at Ending it runs on the
+// goroutine that ends the session, before the Close frames are written.
+type EndFunc func(Stage, Outcome)
 
 // New builds a session over an upgraded client connection and its first
 // upstream connection. clientBuffered holds bytes read past the client's
@@ -270,6 +262,10 @@ func New(env *Env, id string, client net.Conn, clientBuffered []byte, up Upstrea
 		upHost:   up.Host,
 	}
 	s.cond.L = &s.mu
+	b := &s.cfg.Buffer
+	s.upLog = newDeliveryLog(b.MaxMessages, b.MaxBytes, &env.total, b.TotalMaxBytes)
+	s.replay.keep = uint64(s.cfg.ReplayFirst)
+	s.replay.dropN = int64(s.cfg.ReplayDropReplies)
 	s.client = newLeg(s, LegClient, client, clientBuffered, true, s.cfg.ClientHeartbeat)
 	s.installLocked(up)
 	return s
@@ -292,7 +288,7 @@ func (s *Session) retention() bool { return s.cfg.UpstreamHeartbeat.Mode.On() }
 // owns s exclusively.
 func (s *Session) installLocked(up Upstream) *leg {
 	u := newLeg(s, LegUpstream, up.Conn, up.Buffered, false, s.cfg.UpstreamHeartbeat)
-	u.resume = func() { s.upstreamRun(u) }
+	u.resume = func() { s.run(u) }
 	s.gen++
 	u.gen = s.gen
 	s.up = u
@@ -302,57 +298,57 @@ func (s *Session) installLocked(up Upstream) *leg {
 }
 
 // Run relays until the session ends and every goroutine it started has
-// returned. Cancelling ctx drains the session: the client gets Close 1012,
-// the upstream Close 1001.
-func (s *Session) Run(ctx context.Context) {
-	done := make(chan struct{})
-	s.Start(ctx, func() { close(done) })
-	<-done
+// returned, and tells how it ended. Cancelling ctx drains the session: the
+// client gets Close 1012, the upstream Close 1001.
+func (s *Session) Run(ctx context.Context) Outcome {
+	done := make(chan Outcome, 1)
+	s.Start(ctx, func(st Stage, o Outcome) {
+		if st == Finished {
+			done <- o
+		}
+	})
+	return <-done
 }
 
-// Start starts the session and returns; onDone, if not nil, is called once
-// when the session has ended and every goroutine it started has returned.
-// Cancelling ctx drains the session as in Run. No goroutine waits for the
-// session: an idle session has none at all.
-func (s *Session) Start(ctx context.Context, onDone func()) {
+// Start starts the session and returns; onEnd, if not nil, is told when
+// the session ends and when it has finished (see EndFunc). Cancelling ctx
+// drains the session as in Run. No goroutine waits for the session: an
+// idle session has none at all.
+func (s *Session) Start(ctx context.Context, onEnd EndFunc) {
 	s.log.Info("session open", "session", s.id, "remote", s.client.conn.RemoteAddr().String(), "upstream", s.upHost)
-	s.onDone = onDone
+	s.mu.Lock()
+	s.onEnd = onEnd // under mu: a Close may race with Start
+	s.mu.Unlock()
 	if ctx.Done() != nil {
 		s.stopDrain = context.AfterFunc(ctx, s.Drain)
 	}
-	up := s.up
-	s.client.resume = s.clientRun
-	s.parts.Add(2)
-	go s.clientRun()
+	up, c := s.up, s.client
+	c.resume = func() { s.run(c) }
+	s.parts.Store(2) // the client's read loop and the upstream's
+	go c.resume()
 	go up.resume()
 	s.client.startHeartbeat()
 	up.startHeartbeat()
 }
 
 // Drain ends the session for a shutdown: the client gets Close 1012, the
-// upstream Close 1001 (SPEC §5). Safe from any goroutine, at any time after
-// Start; it does nothing once the session is ending.
+// upstream Close 1001 (README "Shutdown"). Safe from any goroutine, at any
+// time after Start; it does nothing once the session is ending.
 func (s *Session) Drain() {
 	s.end(act{kind: actSend, ce: CloseError{Code: CloseServiceRestart, Reason: "tether shutting down"}},
-		act{kind: actSend, ce: CloseError{Code: CloseGoingAway, Reason: "tether shutting down"}}, "shutdown")
-}
-
-// clientRun runs the client leg's read loop until the leg parks or ends.
-func (s *Session) clientRun() {
-	err := s.guard(s.clientLoop)
-	if err == errParked {
-		return // the leg is another goroutine's now: touch nothing
-	}
-	s.client.flushDeferred()
-	s.client.readDone()
-	s.clientDone(err)
-	s.waitActed(actedClient)
-	s.client.closeConn()
-	s.partDone()
+		act{kind: actSend, ce: CloseError{Code: CloseGoingAway, Reason: "tether shutting down"}}, Outcome{Cause: CauseShutdown})
 }
 
 // errParked is returned by a read loop whose leg parked.
 var errParked = errors.New("leg parked")
+
+// addPart adds a part (a read loop or the reconnect loop). The caller
+// holds one, so the session cannot have finished.
+func (s *Session) addPart() {
+	if s.parts.Add(1) <= 1 {
+		panic("session: a part added by a goroutine that holds none")
+	}
+}
 
 // partDone finishes one part; the last finishes the session.
 func (s *Session) partDone() {
@@ -369,26 +365,19 @@ func (s *Session) partDone() {
 	if s.force != nil {
 		s.force.Stop()
 	}
-	ci := s.closeInfo
+	o, onEnd := s.outcome, s.onEnd
 	s.mu.Unlock()
-	s.log.Info("session closed", "session", s.id, "why", ci.why,
-		"code", codeAttr(ci.client), "reason", ci.client.Reason,
-		"upstream_code", codeAttr(ci.upstream))
-	if s.onDone != nil {
-		s.onDone()
+	s.log.Info("session closed", "session", s.id, "why", o.Why(),
+		"code", int(o.Client.code()), "reason", o.Client.Reason,
+		"upstream_code", int(o.Upstream.code()))
+	if onEnd != nil {
+		onEnd(Finished, o)
 	}
-}
-
-func codeAttr(c CloseError) int {
-	if c.NoCode {
-		return int(CloseNoStatus)
-	}
-	return int(c.Code)
 }
 
 // Close tears the session down at once (drain deadline passed).
 func (s *Session) Close() {
-	s.end(act{kind: actDrop}, act{kind: actDrop}, "forced")
+	s.end(act{kind: actDrop}, act{kind: actDrop}, Outcome{Cause: CauseForced})
 	s.forceClose()
 }
 
@@ -408,83 +397,11 @@ func (s *Session) guard(f func() error) (err error) {
 		if r := recover(); r != nil {
 			s.log.Error("session panic", "session", s.id, "err", fmt.Sprint(r), "stack", string(debug.Stack()))
 			ce := CloseError{Code: CloseInternalError, Reason: "tether internal error"}
-			s.end(act{kind: actSendNoWait, ce: ce}, act{kind: actSendNoWait, ce: ce}, "panic")
+			s.end(act{kind: actSendNoWait, ce: ce}, act{kind: actSendNoWait, ce: ce}, Outcome{Cause: CausePanic})
 			err = nil
 		}
 	}()
 	return f()
-}
-
-// clientLoop reads the client leg until it ends.
-func (s *Session) clientLoop() error {
-	c := s.client
-	c.acquireReader()
-	answerJSON := s.cfg.ClientHeartbeat.Mode.AnswersJSON()
-	for {
-		if c.grow {
-			c.growReader()
-		}
-		ev, op, p, frag, ce, err := c.fr.next()
-		if err != nil {
-			if err == errIdle {
-				if c.park() {
-					return errParked
-				}
-				continue
-			}
-			return err
-		}
-		switch ev {
-		case evPing:
-			c.queuePong(p)
-		case evPong:
-			s.pong(c, p, false)
-		case evClose:
-			if c.closing.Load() {
-				return nil // the reply to our Close
-			}
-			s.end(act{kind: actReply, ce: *ce}, act{kind: actSend, ce: *ce}, "client closed")
-			return nil
-		case evData:
-			if s.closed.Load() {
-				continue
-			}
-			if answerJSON && op == ws.OpText && !frag {
-				switch s.env.Messages.Classify(p) {
-				case heartbeat.KindPing:
-					c.queueJSONPong(p)
-					continue
-				case heartbeat.KindPong:
-					s.pong(c, nil, true)
-					continue
-				}
-			}
-			c.quiet = false
-			s.toUpstream(op, p, c.moreInput())
-			c.fr.release()
-		}
-	}
-}
-
-// clientDone ends the session after the client loop returned err.
-func (s *Session) clientDone(err error) {
-	if err == nil || s.closed.Load() {
-		return
-	}
-	upAct := act{kind: actSend, ce: CloseError{Code: CloseGoingAway, Reason: "client gone"}}
-	var pe *protocolError
-	switch {
-	case s.client.failure() != nil:
-		s.end(act{kind: actDrop}, upAct, "client write failed: "+s.client.failure().Error())
-	case errors.As(err, &pe):
-		s.end(act{kind: actSendLinger, ce: CloseError{Code: pe.Code, Reason: pe.msg}}, upAct, "client protocol error: "+pe.msg)
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		s.env.Metrics.HeartbeatTimeout(LegClient)
-		s.log.Warn("heartbeat timeout", "session", s.id, "leg", LegClient, "timeout", s.cfg.ClientHeartbeat.Timeout)
-		s.end(act{kind: actSendNoWait, ce: CloseError{Code: CloseGoingAway, Reason: "heartbeat timeout"}}, upAct, "client heartbeat timeout")
-	default:
-		s.end(act{kind: actDrop}, upAct, "client connection lost")
-	}
 }
 
 // pong handles a pong from l's peer: RTT and, upstream, acknowledgement.
@@ -508,7 +425,7 @@ func (s *Session) pong(l *leg, payload []byte, isJSON bool) {
 	if s.log.Enabled(context.Background(), slog.LevelDebug) {
 		s.log.Debug("pong received", "session", s.id, "leg", l.name, "rtt", rtt)
 	}
-	if l.name == LegUpstream {
+	if l.upstream() {
 		s.ack(l.gen, ack)
 	}
 }
@@ -517,115 +434,6 @@ func (s *Session) pingSent(l *leg) {
 	s.env.Metrics.PingSent(l.name)
 	if s.log.Enabled(context.Background(), slog.LevelDebug) {
 		s.log.Debug("ping sent", "session", s.id, "leg", l.name)
-	}
-}
-
-// upstreamRun runs one upstream connection's read loop until the leg
-// parks or the connection ends.
-func (s *Session) upstreamRun(u *leg) {
-	err := s.guard(func() error { return s.upstreamRead(u) })
-	if err == errParked {
-		return // the leg is another goroutine's now: touch nothing
-	}
-	u.flushDeferred()
-	u.readDone()
-	if err != nil {
-		s.upstreamErr(u, err)
-	}
-	s.waitActed(actedUpstream)
-	u.closeConn()
-	s.partDone()
-}
-
-func (s *Session) upstreamRead(u *leg) error {
-	u.acquireReader()
-	answerJSON := s.cfg.UpstreamHeartbeat.Mode.AnswersJSON()
-	for {
-		if u.grow {
-			u.growReader()
-		}
-		ev, op, p, frag, ce, err := u.fr.next()
-		if err != nil {
-			if err == errIdle {
-				if u.park() {
-					return errParked
-				}
-				continue
-			}
-			return err
-		}
-		switch ev {
-		case evPing:
-			u.queuePong(p)
-		case evPong:
-			s.pong(u, p, false)
-		case evClose:
-			if u.closing.Load() {
-				return nil
-			}
-			code := ce.Code
-			if ce.NoCode {
-				code = CloseNoStatus
-			}
-			if s.cfg.Reconnect.OnCodes.Has(code) {
-				u.writeClose(*ce, s.goodbye())
-				s.upstreamLost(u, fmt.Sprintf("upstream closed with %d", code))
-				return nil
-			}
-			s.end(act{kind: actSend, ce: *ce}, act{kind: actReply, ce: *ce}, "upstream closed")
-			return nil
-		case evData:
-			if s.closed.Load() || s.curGen.Load() != u.gen {
-				continue
-			}
-			if answerJSON && op == ws.OpText && !frag {
-				switch s.env.Messages.Classify(p) {
-				case heartbeat.KindPing:
-					u.queueJSONPong(p)
-					continue
-				case heartbeat.KindPong:
-					s.pong(u, nil, true)
-					continue
-				}
-			}
-			u.quiet = false
-			if s.dropReplies.Load() > 0 && s.dropReplies.Add(-1) >= 0 {
-				continue
-			}
-			more := u.moreInput()
-			if err := s.client.writeData(op, p, 0, more); err != nil {
-				continue // the client leg is failing; its loop ends the session
-			}
-			if more {
-				u.deferFlush(s.client)
-			}
-			s.env.Metrics.Message(false, len(p))
-			u.fr.release()
-		}
-	}
-}
-
-// upstreamErr classifies the end of an upstream connection (SPEC §4, §5).
-func (s *Session) upstreamErr(u *leg, err error) {
-	if s.closed.Load() || s.curGen.Load() != u.gen {
-		return
-	}
-	var pe *protocolError
-	switch {
-	case u.failure() != nil:
-		s.upstreamLost(u, "upstream write failed: "+u.failure().Error())
-	case errors.As(err, &pe):
-		s.end(act{kind: actSend, ce: CloseError{Code: CloseBadGateway, Reason: "upstream protocol error"}},
-			act{kind: actSendLinger, ce: CloseError{Code: pe.Code, Reason: pe.msg}}, "upstream protocol error: "+pe.msg)
-	case errors.Is(err, os.ErrDeadlineExceeded) && !u.closing.Load():
-		s.env.Metrics.HeartbeatTimeout(LegUpstream)
-		s.log.Warn("heartbeat timeout", "session", s.id, "leg", LegUpstream, "timeout", s.cfg.UpstreamHeartbeat.Timeout)
-		s.upstreamLost(u, "upstream heartbeat timeout")
-	case s.cfg.Reconnect.OnCodes.Has(CloseAbnormal):
-		s.upstreamLost(u, "upstream connection lost: "+err.Error())
-	default:
-		s.end(act{kind: actSend, ce: CloseError{Code: CloseBadGateway, Reason: "upstream connection lost"}},
-			act{kind: actDrop}, "upstream connection lost: "+err.Error())
 	}
 }
 
@@ -655,9 +463,10 @@ type act struct {
 }
 
 // end ends the session once: it stops reconnecting, releases held
-// messages and sends each leg its Close (SPEC §5). Later calls do nothing.
-// It must not be called with mu held.
-func (s *Session) end(client, upstream act, why string) {
+// messages and sends each leg its Close (README "Close codes"); o says
+// why, end fills in the Close each leg gets. Later calls do nothing. It
+// must not be called with mu held.
+func (s *Session) end(client, upstream act, o Outcome) {
 	s.mu.Lock()
 	if s.state == stateClosed {
 		s.mu.Unlock()
@@ -671,13 +480,15 @@ func (s *Session) end(client, upstream act, why string) {
 	}
 	s.releaseLocked()
 	s.cond.Broadcast()
-	s.closeInfo = closeInfo{why: why, client: client.ce, upstream: upstream.ce}
+	o.Client, o.Upstream = client.ce, upstream.ce
 	if client.kind == actDrop {
-		s.closeInfo.client = CloseError{Code: CloseAbnormal}
+		o.Client = CloseError{Code: CloseAbnormal}
 	}
 	if up == nil || upstream.kind == actDrop {
-		s.closeInfo.upstream = CloseError{Code: CloseAbnormal}
+		o.Upstream = CloseError{Code: CloseAbnormal}
 	}
+	s.outcome = o
+	onEnd := s.onEnd
 	// Backstop: whatever a peer does, both connections are closed after
 	// the goodbye writes and the close wait.
 	s.force = time.AfterFunc(2*s.goodbye()+s.env.closeWait(), s.forceClose)
@@ -687,8 +498,8 @@ func (s *Session) end(client, upstream act, why string) {
 	if up != nil {
 		up.stopHeartbeat()
 	}
-	if s.OnEnd != nil {
-		s.OnEnd()
+	if onEnd != nil {
+		onEnd(Ending, o)
 	}
 	s.apply(s.client, client)
 	s.setActed(actedClient)
@@ -734,6 +545,14 @@ func (s *Session) waitActed(bit uint8) {
 	s.mu.Unlock()
 }
 
+// actedBit is l's bit of Session.acted.
+func (l *leg) actedBit() uint8 {
+	if l.upstream() {
+		return actedUpstream
+	}
+	return actedClient
+}
+
 func (s *Session) apply(l *leg, a act) {
 	switch a.kind {
 	case actDrop:
@@ -751,12 +570,9 @@ func (s *Session) apply(l *leg, a act) {
 	}
 }
 
-// releaseLocked drops every held message. Buffers are left to the garbage
-// collector: a re-send may still be writing one.
+// releaseLocked drops every held message.
 func (s *Session) releaseLocked() {
-	if n := len(s.q); n > 0 {
+	if n := s.upLog.release(); n > 0 {
 		s.env.Metrics.Buffered(-n)
 	}
-	s.env.total.Add(-s.qBytes)
-	s.q, s.unsent, s.qBytes = nil, 0, 0
 }

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tether-proxy/tether/internal/ctxtime"
 	"github.com/tether-proxy/tether/internal/tetherproc"
 )
 
@@ -262,7 +263,7 @@ func (r *churn) run(ctx context.Context, res *Result) error {
 	r.logf("all %d sessions relay; tether RSS %.1f MiB (%.1f before the sessions); warming up for %v", cfg.Sessions, mib(rss1), mib(rss0), cfg.Warmup)
 	cpu0, _ := r.tp.CPU()
 	t0 := time.Now()
-	if !tetherproc.Sleep(ctx, cfg.Warmup) { // steady traffic before the first storm
+	if !ctxtime.Sleep(ctx, cfg.Warmup) { // steady traffic before the first storm
 		return ctx.Err()
 	}
 	cpu1, _ := r.tp.CPU()
@@ -312,7 +313,7 @@ func (r *churn) waitRelayed(ctx context.Context, sess []int, t int64, dead map[i
 			}
 			return false
 		})
-		if len(waiting) == 0 || time.Now().After(deadline) || !tetherproc.Sleep(ctx, 50*time.Millisecond) {
+		if len(waiting) == 0 || time.Now().After(deadline) || !ctxtime.Sleep(ctx, 50*time.Millisecond) {
 			return at, waiting
 		}
 	}
@@ -457,7 +458,7 @@ func (r *churn) step(ctx context.Context, idxs []int) (StepResult, error) {
 	}
 	wg.Wait()
 	st.ExitedSeconds = time.Since(t).Seconds()
-	if !tetherproc.Sleep(ctx, cfg.Downtime) {
+	if !ctxtime.Sleep(ctx, cfg.Downtime) {
 		return st, ctx.Err()
 	}
 	errs := make([]error, len(idxs))
@@ -509,7 +510,7 @@ func (r *churn) waitDelivered(ctx context.Context, from, to []int64, d time.Dura
 				sessions++
 			}
 		}
-		if lost == 0 || time.Now().After(deadline) || !tetherproc.Sleep(ctx, 100*time.Millisecond) {
+		if lost == 0 || time.Now().After(deadline) || !ctxtime.Sleep(ctx, 100*time.Millisecond) {
 			return lost, sessions
 		}
 	}
@@ -538,7 +539,7 @@ func (r *churn) final(ctx context.Context, res *Result) {
 				waiting++
 			}
 		}
-		if waiting == 0 || time.Now().After(deadline) || !tetherproc.Sleep(ctx, 100*time.Millisecond) {
+		if waiting == 0 || time.Now().After(deadline) || !ctxtime.Sleep(ctx, 100*time.Millisecond) {
 			break
 		}
 	}

@@ -9,8 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tether-proxy/tether/internal/ctxtime"
 	"github.com/tether-proxy/tether/internal/faultnet"
-	"github.com/tether-proxy/tether/internal/tetherproc"
 )
 
 // Fault kinds, one at a time, at random gaps.
@@ -53,7 +53,7 @@ func (ch *chaos) run(ctx context.Context) {
 	}()
 	for {
 		gap := ch.every/2 + time.Duration(ch.rnd.Int64N(int64(ch.every)+1))
-		if !tetherproc.Sleep(ctx, gap) {
+		if !ctxtime.Sleep(ctx, gap) {
 			return
 		}
 		n := 0
@@ -91,20 +91,20 @@ func (ch *chaos) inject(ctx context.Context, kind string) {
 		r.CloseAll()
 	case faultStall:
 		r.Stall()
-		tetherproc.Sleep(ctx, ch.span(200*time.Millisecond, 4*time.Second))
+		ctxtime.Sleep(ctx, ch.span(200*time.Millisecond, 4*time.Second))
 		r.Resume()
 	case faultDelay:
 		r.SetDelay(ch.span(10*time.Millisecond, 250*time.Millisecond))
-		tetherproc.Sleep(ctx, ch.span(time.Second, 5*time.Second))
+		ctxtime.Sleep(ctx, ch.span(time.Second, 5*time.Second))
 		r.SetDelay(0)
 	case faultRefuse:
 		hit = r.ResetSome(max(1, r.Conns()/10), ch.rnd.IntN)
 		r.Refuse(true)
-		tetherproc.Sleep(ctx, ch.span(200*time.Millisecond, 2*time.Second))
+		ctxtime.Sleep(ctx, ch.span(200*time.Millisecond, 2*time.Second))
 		r.Refuse(false)
 	case faultStallReset:
 		r.Stall()
-		tetherproc.Sleep(ctx, ch.span(500*time.Millisecond, 2*time.Second))
+		ctxtime.Sleep(ctx, ch.span(500*time.Millisecond, 2*time.Second))
 		hit = r.Conns()
 		r.ResetAll()
 		r.Resume()

@@ -313,9 +313,10 @@ func closeGracefully(lc *liveConn) {
 	}
 }
 
-// ended records a connection that ended without the client asking:
-// tether closed it or it broke. With the faults this tool injects, SPEC
-// §4 keeps every client leg open, so each one is a violation.
+// ended records a connection that ended without the client asking: tether
+// closed it or it broke. With the faults this tool injects, tether (README
+// "Upstream loss, reconnect and the delivery guarantee") keeps every client
+// leg open, so each one is a violation.
 func (cl *clients) ended(lc *liveConn, err error) {
 	lc.st.end.Store(endUnexpected)
 	cl.unexpected.Add(1)

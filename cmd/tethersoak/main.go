@@ -23,10 +23,10 @@
 //   - one idle session, opened -idle before the end, that only answers
 //     heartbeats.
 //
-// What counts as sent. SPEC §4 promises at-least-once, in-order delivery
-// of client messages across upstream loss "while the client leg stays
-// open"; it promises nothing for messages in flight when the client itself
-// goes away. So:
+// What counts as sent. README "Upstream loss, reconnect and the delivery
+// guarantee" promises at-least-once, in-order delivery of client messages
+// across upstream loss "while the client leg stays open"; it promises nothing
+// for messages in flight when the client itself goes away. So:
 //
 //   - on a connection that is still open at the end of the run, every
 //     message the client wrote must reach the backend (checked after the
@@ -38,10 +38,10 @@
 //     the numbers are consecutive, and no message arrives on another
 //     session's upstream or with changed content or opcode.
 //
-// The faults are all ones SPEC §4 says tether survives with the client leg
-// open (they are shorter than the reconnect budget, and buffers are far
-// from full), so a session that tether closes, or a client leg that
-// breaks, is a violation too.
+// The faults are all ones README "Upstream loss, reconnect and the delivery
+// guarantee" says tether survives with the client leg open (they are shorter
+// than the reconnect budget, and buffers are far from full), so a session that
+// tether closes, or a client leg that breaks, is a violation too.
 //
 // At the end it also checks tether's metrics against its own counts
 // (exact where tether's counting allows, bounds where faults make a count

@@ -330,7 +330,7 @@ func check(m *manifests, f *repoFacts) []error {
 	}
 	ctr := &pod.Containers[0]
 
-	// Every TETHER_* variable is one the README (SPEC §1) defines, and
+	// Every TETHER_* variable is one README "Configuration" defines, and
 	// the required one is set to a ws:// or wss:// URL.
 	for _, e := range ctr.Env {
 		if strings.HasPrefix(e.Name, "TETHER_") && !f.vars[e.Name] {

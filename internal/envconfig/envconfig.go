@@ -1,9 +1,9 @@
 // Package envconfig parses tether's configuration structs from an
 // environment map with github.com/caarlos0/env/v10 and prints their help.
 //
-// It exists so that a parse error names the variable (SPEC §1: "one line
-// naming the variable and the problem"): v10's ParseError names the Go
-// field, so every leaf type is parsed through a FuncMap entry that wraps
+// It exists so that a parse error names the variable (README "Configuration":
+// "one line naming the variable and the problem"): v10's ParseError names the
+// Go field, so every leaf type is parsed through a FuncMap entry that wraps
 // its error with the key recorded by the OnSet hook, which v10 calls just
 // before it parses each field.
 package envconfig
@@ -158,8 +158,8 @@ func Parse(dst any, environ map[string]string) error {
 		reflect.TypeOf(replay.Auto):             wrap(func(v string) (any, error) { return replay.ParseProtocol(v) }),
 		reflect.TypeOf(URLList(nil)):            wrap(func(v string) (any, error) { return ParseURLList(v) }),
 	}
-	// v10 treats a set-but-empty variable as set for `required`; SPEC
-	// says empty counts as unset, so drop empty values first.
+	// v10 treats a set-but-empty variable as set for `required`; tether
+	// counts empty as unset (README "Configuration"), so drop empty values first.
 	clean := make(map[string]string, len(environ))
 	for k, v := range environ {
 		if v != "" {

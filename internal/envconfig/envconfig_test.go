@@ -72,7 +72,7 @@ func TestCoreParseDefaultsAndValues(t *testing.T) {
 	}
 }
 
-// SPEC §1: an empty value counts as unset.
+// README "Configuration": an empty value counts as unset.
 func TestCoreParseEmptyIsUnset(t *testing.T) {
 	t.Parallel()
 	c, err := coreParse(t, map[string]string{
@@ -91,7 +91,7 @@ func TestCoreParseEmptyIsUnset(t *testing.T) {
 	}
 }
 
-// SPEC §1: every error is one line naming the variable.
+// README "Configuration": every error is one line naming the variable.
 func TestCoreParseErrorsNameTheVariable(t *testing.T) {
 	t.Parallel()
 	cases := []struct {

@@ -340,15 +340,3 @@ const (
 	MNextGC         = "go_memstats_next_gc_bytes"
 	MLastGC         = "go_memstats_last_gc_time_seconds"
 )
-
-// Sleep sleeps for d; it reports false if ctx ended first.
-func Sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}

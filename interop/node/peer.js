@@ -20,7 +20,7 @@
 // stats {messages, jsonpings, pings}; error {message}.
 //
 // A text message that is a JSON object with "type":"ping" (at most 4 KiB,
-// as tether's JSON heartbeat, SPEC §3) is answered with the same object
+// as tether's JSON heartbeat, README "Heartbeats") is answered with the same object
 // with "type":"pong" and counted, not reported. RFC 6455 pings are answered
 // by ws itself; they are only counted.
 'use strict';

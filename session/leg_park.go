@@ -1,0 +1,189 @@
+package session
+
+import "time"
+
+// Read-loop states of a leg (leg.state).
+const (
+	legRunning uint32 = iota // a goroutine runs the leg's read loop
+	legParked                // no goroutine: waiting in the poller
+	legDone                  // the read loop has ended for good
+	// The read loop is arming the poller: it still owns the leg, and a
+	// wake meanwhile is left as legWoken or legWokenExpired for it, so
+	// that no other goroutine takes the leg while Arm writes its Handle.
+	legParking
+	legWoken        // woken while parking: the read loop goes on
+	legWokenExpired // the same, by the heartbeat timeout
+)
+
+// parkMinInterval is the shortest heartbeat interval at which a leg parks.
+const parkMinInterval = 2 * time.Second
+
+// park gives up the read loop's goroutine and buffers until the socket is
+// readable or wake is called. It reports whether the leg parked (the
+// caller's read loop must then return errParked at once, touching nothing
+// of the leg's read side) or could not (the caller goes on reading).
+func (l *leg) park() bool {
+	if l.rc == nil || l.closing.Load() || l.fr.frames != 0 || (l.br != nil && l.br.Buffered() != 0) || len(l.lr.pre) != 0 {
+		return false
+	}
+	l.flushDeferred() // already done by the read that returned errIdle
+	l.releaseReader()
+	l.tier, l.grow = tierWake, false // the next run starts small again
+	// The next run reads at least once before it may park again.
+	l.quiet, l.short = true, false
+	l.fr.idle()
+	l.s.env.parked.Add(1)
+	l.state.Store(legParking)
+	err := l.s.env.poller.Arm(&l.ph, l.rc.Control, l.wakeFn)
+	if err == nil && l.state.CompareAndSwap(legParking, legParked) {
+		// Parked: from here on a wake hands the leg to a new goroutine.
+		l.scheduleTimeoutCheck()
+		return true
+	}
+	// Arm failed, or a wake came while arming: this loop goes on.
+	if l.state.Swap(legRunning) == legWokenExpired {
+		l.expired.Store(true)
+	}
+	l.s.env.parked.Add(-1)
+	l.quiet = false
+	l.acquireReader()
+	return false
+}
+
+// wake starts the read loop of a parked leg again. Safe from any goroutine;
+// it does nothing unless the leg is parked or parking.
+func (l *leg) wake() { l.wakeAs(legWoken) }
+
+// wakeExpired wakes a parked leg whose heartbeat timeout has passed: its
+// read loop gets a deadline error at once.
+func (l *leg) wakeExpired() { l.wakeAs(legWokenExpired) }
+
+// wakeAs wakes the leg: a parked one on a new goroutine, a parking one by
+// leaving woken (legWoken or legWokenExpired) for its read loop.
+func (l *leg) wakeAs(woken uint32) {
+	for {
+		switch st := l.state.Load(); st {
+		case legParked:
+			if l.state.CompareAndSwap(legParked, legRunning) {
+				l.s.env.parked.Add(-1)
+				if woken == legWokenExpired {
+					l.expired.Store(true)
+				}
+				go l.resume()
+				return
+			}
+		case legParking:
+			if l.state.CompareAndSwap(legParking, woken) {
+				return
+			}
+		case legWoken:
+			if woken == legWoken || l.state.CompareAndSwap(legWoken, woken) {
+				return
+			}
+		default:
+			return // running, done, or already woken by the timeout
+		}
+	}
+}
+
+// startHeartbeat arms the leg's ping timer (no goroutine until it fires).
+// The timer is guarded by ctl so that start, stop and re-arming never race.
+func (l *leg) startHeartbeat() {
+	if !l.hb.Mode.On() {
+		return
+	}
+	l.ctl.Lock()
+	if !l.timerStop.Load() && l.timer == nil {
+		l.pingDue = time.Now().Add(l.hb.Interval).UnixNano()
+		l.timer = time.AfterFunc(l.hb.Interval, l.tick)
+	}
+	l.ctl.Unlock()
+}
+
+// tick runs when the leg's timer fires: at the ping interval, and for a
+// parked leg also when its heartbeat timeout is due (nothing else reads
+// the socket then, so no read deadline can fire).
+func (l *leg) tick() {
+	if l.timerStop.Load() {
+		return
+	}
+	now := time.Now().UnixNano()
+	l.ctl.Lock()
+	ping := now >= l.pingDue
+	if ping {
+		l.pingDue = now + int64(l.hb.Interval)
+	}
+	l.ctl.Unlock()
+	if ping {
+		var f uint32
+		if l.hb.Mode.SendsWS() {
+			f |= pendPingWS
+		}
+		if l.hb.Mode.SendsJSON() {
+			f |= pendPingJSON
+		}
+		l.signal(f)
+	}
+	if l.state.Load() == legParked && l.hb.Timeout > 0 && now >= l.lastRead.Load()+int64(l.hb.Timeout) {
+		l.wakeExpired()
+	}
+	l.ctl.Lock()
+	if !l.timerStop.Load() {
+		l.timer.Reset(time.Duration(l.nextTickLocked(now)))
+	}
+	l.ctl.Unlock()
+}
+
+// nextTickLocked is the time from now to the timer's next firing: the next
+// ping, or the heartbeat timeout of a parked leg if that comes first.
+func (l *leg) nextTickLocked(now int64) int64 {
+	next := l.pingDue
+	if l.state.Load() == legParked && l.hb.Timeout > 0 {
+		if due := l.lastRead.Load() + int64(l.hb.Timeout); due < next {
+			next = due
+		}
+	}
+	if next < now {
+		next = now
+	}
+	return next - now
+}
+
+// scheduleTimeoutCheck makes the timer of a leg that just parked fire by
+// its heartbeat timeout.
+func (l *leg) scheduleTimeoutCheck() {
+	if !l.hb.Mode.On() || l.hb.Timeout <= 0 {
+		return
+	}
+	l.ctl.Lock()
+	if l.timer != nil && !l.timerStop.Load() {
+		now := time.Now().UnixNano()
+		if l.lastRead.Load()+int64(l.hb.Timeout) < l.pingDue {
+			l.timer.Reset(time.Duration(l.nextTickLocked(now)))
+		}
+	}
+	l.ctl.Unlock()
+}
+
+// earlyPing sends a ping now (README "Upstream loss, reconnect and the
+// delivery guarantee": retained bytes past half the limit).
+func (l *leg) earlyPing() {
+	var f uint32
+	if l.hb.Mode.SendsWS() {
+		f |= pendPingWS
+	} else if l.hb.Mode.SendsJSON() {
+		f |= pendPingJSON
+	}
+	if f != 0 {
+		l.signal(f)
+	}
+}
+
+func (l *leg) stopHeartbeat() {
+	l.ctl.Lock()
+	l.timerStop.Store(true)
+	if l.timer != nil {
+		l.timer.Stop()
+	}
+	l.ctl.Unlock()
+}

@@ -1,0 +1,373 @@
+package session
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gobwas/ws"
+)
+
+// errIdle is returned by a read at a message boundary when the leg has
+// been quiet for Env.IdleAfter: the read loop may park the leg.
+var errIdle = errors.New("leg idle")
+
+// Read buffers a leg holds while its read loop runs come in three sizes
+// (tiers). A leg that cannot park holds its buffer for life: 4 KiB. A leg
+// that parks holds one only while it runs and starts each run with the
+// 512-byte one, enough for the pings, pongs and short messages that wake
+// an idle leg: a burst of new sessions, whose legs each run for IdleAfter
+// before they park, or 9,000 idle sessions waking for their heartbeats,
+// then hold 0.5 KiB per running leg, not 16 (the pool keeps what the
+// busiest moment took until two GCs have passed, which an idle process
+// takes minutes to reach). When a socket read fills the buffer (more
+// bytes were waiting), the leg takes the next size at its next message
+// boundary, up to 16 KiB, and keeps it until it parks: a read then takes
+// in up to 16 KiB of frames, which halves the syscalls per message when
+// small messages stream (measured: +45 % messages per CPU second at
+// 1 KiB). A frame larger than the buffer is read past it, straight into
+// the message, so the size limits nothing but the bytes per read.
+var readBufSizes = [...]int{512, 4 << 10, 16 << 10}
+
+const (
+	tierWake    uint8 = 0 // a parking leg's first size
+	tierFixed   uint8 = 1 // a leg that cannot park
+	tierLargest       = uint8(len(readBufSizes) - 1)
+)
+
+// readBuf is what a leg's read loop holds while it runs: the read buffer
+// and room for one control frame's payload. A parked leg holds none.
+type readBuf struct {
+	br   *bufio.Reader
+	tier uint8
+	ctl  [125]byte
+}
+
+var readBufs [len(readBufSizes)]sync.Pool
+
+func init() {
+	for i := range readBufs {
+		readBufs[i].New = func() any {
+			return &readBuf{br: bufio.NewReaderSize(nil, readBufSizes[i]), tier: uint8(i)}
+		}
+	}
+}
+
+// acquireReader gives the read loop its read buffer.
+func (l *leg) acquireReader() {
+	if l.rb == nil {
+		l.rb = readBufs[l.tier].Get().(*readBuf)
+		l.br = l.rb.br
+		l.br.Reset(&l.lr)
+		l.fr.br, l.fr.ctl = l.br, &l.rb.ctl
+		if t := l.s.env.test; t != nil && t.readBuf != nil {
+			t.readBuf(l, l.br.Size())
+		}
+	}
+}
+
+// releaseReader returns the read buffer; it must hold no unread bytes
+// unless the leg is done.
+func (l *leg) releaseReader() {
+	if l.rb != nil {
+		l.br.Reset(nil)
+		readBufs[l.rb.tier].Put(l.rb)
+		l.rb, l.br, l.fr.br, l.fr.ctl = nil, nil, nil, nil
+	}
+}
+
+// growReader gives a parking leg the next size of read buffer once a
+// read has filled its buffer (legReader sets grow), at a message boundary
+// with no unread byte. The read loop calls it before each message.
+func (l *leg) growReader() {
+	if !l.grow || l.fr.frames != 0 || l.br.Buffered() != 0 || len(l.lr.pre) != 0 {
+		return
+	}
+	l.grow = false
+	l.releaseReader()
+	l.tier++
+	l.acquireReader()
+}
+
+// readDone ends the leg's read side for good (its read loop returned for
+// a reason other than parking).
+func (l *leg) readDone() {
+	l.state.Store(legDone)
+	if p := l.s.env.poller; p != nil {
+		p.Release(&l.ph)
+	}
+	l.releaseReader()
+}
+
+// moreInput reports whether the read loop has bytes of a next frame
+// buffered already (so that a write may wait for the next message).
+func (l *leg) moreInput() bool { return l.br != nil && l.br.Buffered() > 0 }
+
+// legReader refreshes the liveness deadline before every socket read, so that
+// any byte received, including bytes of a frame still arriving, keeps the leg
+// alive (README "Heartbeats"). It needs no goroutine and no timer of its own.
+type legReader struct {
+	l   *leg
+	pre []byte // bytes read past the handshake, served first
+}
+
+func (r *legReader) Read(p []byte) (int, error) {
+	if len(r.pre) > 0 {
+		n := copy(p, r.pre)
+		r.pre = r.pre[n:]
+		return n, nil
+	}
+	l := r.l
+	if l.expired.Load() && l.expired.Swap(false) {
+		return 0, os.ErrDeadlineExceeded
+	}
+	// Frames this loop left pending on the other leg go out before this
+	// read can block (and before its deadline starts).
+	if t := l.flushTo; t != nil {
+		l.flushTo = nil
+		t.flushPending()
+	}
+	idle := false
+	if !l.closing.Load() {
+		var dl time.Time
+		hb := l.hb.Mode.On() && l.hb.Timeout > 0
+		// At a message boundary with nothing buffered, a leg that can
+		// park waits only IdleAfter with its goroutine.
+		park := l.rc != nil && l.fr.atBoundary && l.br.Buffered() == 0
+		if park && l.quiet && l.short {
+			// Woken for a ping, a pong or a heartbeat message only, and
+			// the socket had nothing more: park again now instead of
+			// reading into EAGAIN and waiting IdleAfter. The poller is
+			// level-triggered, so bytes that arrive meanwhile wake the
+			// leg at once.
+			l.quiet = false // once: a park that fails goes on reading
+			if t := l.s.env.test; t != nil && t.quickPark != nil {
+				t.quickPark(l)
+			}
+			return 0, errIdle
+		}
+		if hb || park {
+			now := time.Now()
+			if hb {
+				dl = now.Add(l.hb.Timeout)
+			}
+			if park {
+				if idl := now.Add(l.s.env.idleAfter()); dl.IsZero() || idl.Before(dl) {
+					dl, idle = idl, true
+				}
+			}
+		}
+		if !dl.IsZero() || l.hasDL {
+			_ = l.conn.SetReadDeadline(dl)
+			l.hasDL = !dl.IsZero()
+		}
+		if l.closing.Load() { // lost a race with beginClose
+			idle = false
+			_ = l.conn.SetReadDeadline(time.Unix(0, l.closeDL.Load()))
+		}
+	}
+	n, err := l.conn.Read(p)
+	if n > 0 && l.rc != nil {
+		l.short = n < len(p)
+		l.lastRead.Store(time.Now().UnixNano())
+		if n == len(p) && l.tier < tierLargest {
+			l.grow = true // more may be waiting: take a larger buffer
+		}
+	}
+	if idle && n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+		return 0, errIdle
+	}
+	return n, err
+}
+
+// message kinds returned by frameReader.next.
+type event uint8
+
+const (
+	evData event = iota
+	evPing
+	evPong
+	evClose
+)
+
+// frameReader reads whole messages from one leg. Control frames, also
+// between fragments, are returned as their own events. It is not safe for
+// concurrent use; the leg's read loop owns it.
+type frameReader struct {
+	br         *bufio.Reader
+	fromClient bool // frames must be masked (we are the server side)
+	max        int64
+	buf        []byte     // message being assembled; reused
+	box        *[]byte    // buf's pool box, if buf came from the pool
+	ctl        *[125]byte // control frame payload (the leg's readBuf)
+
+	z      *inflated // made by the first compressed message
+	frames int
+
+	// The message being assembled, kept across the control frames that
+	// may arrive between its fragments (RFC 6455 §5.4).
+	msgOp      ws.OpCode
+	compressed bool
+
+	deflate bool // permessage-deflate negotiated (client leg)
+	// atBoundary is set while the header of a frame that starts a
+	// message (or a control frame between messages) is being read.
+	atBoundary bool
+}
+
+// inflated is a compressed message's output buffer and input reader,
+// made only for a leg that receives one.
+type inflated struct {
+	buf []byte
+	r   bytes.Reader
+}
+
+// next returns the next event. For evData, op is the message opcode and
+// payload the whole message, valid until the next call; fragmented tells
+// whether it arrived in more than one frame. For evPing/evPong payload is
+// the control payload; for evClose, closeErr is set.
+func (r *frameReader) next() (ev event, op ws.OpCode, payload []byte, fragmented bool, closeErr *CloseError, err error) {
+	if r.frames == 0 {
+		r.buf = r.buf[:0]
+		r.compressed = false
+	}
+	for {
+		r.atBoundary = r.frames == 0
+		h, err := readHeader(r.br)
+		r.atBoundary = false
+		if err != nil {
+			return 0, 0, nil, false, nil, err
+		}
+		if h.rsv != 0 {
+			// RSV1 marks a compressed message, on its first frame only.
+			if !r.deflate || h.rsv != 4 || h.op.IsControl() || h.op == ws.OpContinuation {
+				return 0, 0, nil, false, nil, protoErr("reserved bits set without a negotiated extension")
+			}
+			r.compressed = true
+		}
+		if h.masked != r.fromClient {
+			if r.fromClient {
+				return 0, 0, nil, false, nil, protoErr("unmasked frame from client")
+			}
+			return 0, 0, nil, false, nil, protoErr("masked frame from server")
+		}
+		if h.op.IsControl() {
+			if !h.fin {
+				return 0, 0, nil, false, nil, protoErr("fragmented control frame")
+			}
+			if h.length > 125 {
+				return 0, 0, nil, false, nil, protoErr("control frame payload over 125 bytes")
+			}
+			p := r.ctl[:h.length]
+			if _, err := io.ReadFull(r.br, p); err != nil {
+				return 0, 0, nil, false, nil, eofToUnexpected(err, 1)
+			}
+			if h.masked {
+				ws.Cipher(p, h.mask, 0)
+			}
+			switch h.op {
+			case ws.OpPing:
+				return evPing, h.op, p, false, nil, nil
+			case ws.OpPong:
+				return evPong, h.op, p, false, nil, nil
+			case ws.OpClose:
+				ce, err := parseClose(p)
+				if err != nil {
+					return 0, 0, nil, false, nil, err
+				}
+				return evClose, h.op, nil, false, ce, nil
+			default:
+				return 0, 0, nil, false, nil, protoErr("unknown control opcode %d", h.op)
+			}
+		}
+		switch h.op {
+		case ws.OpContinuation:
+			if r.frames == 0 {
+				return 0, 0, nil, false, nil, protoErr("continuation frame without a message")
+			}
+		case ws.OpText, ws.OpBinary:
+			if r.frames != 0 {
+				return 0, 0, nil, false, nil, protoErr("new message inside a fragmented message")
+			}
+			r.msgOp = h.op
+		default:
+			return 0, 0, nil, false, nil, protoErr("unknown data opcode %d", h.op)
+		}
+		r.frames++
+		// Compare without adding: a declared length near 2^63 plus the
+		// fragments so far would overflow into a negative total.
+		if h.length > r.max-int64(len(r.buf)) {
+			return 0, 0, nil, false, nil, ErrMessageTooBig
+		}
+		total := int64(len(r.buf)) + h.length
+		start := len(r.buf)
+		if cap(r.buf) == 0 {
+			r.buf, r.box = takeBuf(max(int(total), 512))
+		}
+		r.buf = grow(r.buf, int(total))
+		p := r.buf[start:total]
+		if _, err := io.ReadFull(r.br, p); err != nil {
+			return 0, 0, nil, false, nil, eofToUnexpected(err, 1)
+		}
+		if h.masked {
+			ws.Cipher(p, h.mask, 0)
+		}
+		if !h.fin {
+			continue
+		}
+		msg, msgOp, frag := r.buf, r.msgOp, r.frames > 1
+		r.frames = 0
+		if r.compressed {
+			if r.z == nil {
+				r.z = new(inflated)
+			}
+			if r.z.buf, err = inflate(r.z.buf, r.buf, r.max, &r.z.r); err != nil {
+				return 0, 0, nil, false, nil, err
+			}
+			msg = r.z.buf
+		}
+		if msgOp == ws.OpText && !utf8.Valid(msg) {
+			return 0, 0, nil, false, nil, ErrInvalidUTF8
+		}
+		return evData, msgOp, msg, frag, nil, nil
+	}
+}
+
+// grow returns b with length n, reusing its capacity when possible.
+func grow(b []byte, n int) []byte {
+	if n <= cap(b) {
+		return b[:n]
+	}
+	c := 2 * cap(b)
+	if c < n {
+		c = n
+	}
+	if c < 512 {
+		c = 512
+	}
+	nb := make([]byte, n, c)
+	copy(nb, b)
+	return nb
+}
+
+// idle drops the assembly buffers of a leg that parks.
+func (r *frameReader) idle() {
+	putBuf(r.box, r.buf)
+	r.buf, r.box, r.z = nil, nil, nil
+}
+
+// release drops a large assembly buffer so that an idle leg does not keep
+// the memory of its largest message.
+func (r *frameReader) release() {
+	if cap(r.buf) > 64<<10 {
+		r.buf = nil
+	}
+	if r.z != nil && cap(r.z.buf) > 64<<10 {
+		r.z.buf = nil
+	}
+}

@@ -1,0 +1,340 @@
+package session
+
+import (
+	"bytes"
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/gobwas/ws"
+)
+
+// pending control work, left by a goroutine that could not take the write
+// lock for the goroutine that holds it.
+const (
+	pendPong     uint32 = 1 << iota // RFC pong with the latest ping payload
+	pendJSONPong                    // JSON pong
+	pendPingWS                      // RFC ping
+	pendPingJSON                    // JSON ping
+)
+
+var errLegClosed = errors.New("leg closed")
+
+// ctlBufs holds the payload of a control frame being written (masked in
+// place), taken only for that write.
+var ctlBufs = sync.Pool{New: func() any { return new([125]byte) }}
+
+func (l *leg) lock() { l.wlock <- struct{}{} }
+
+func (l *leg) tryLock() bool {
+	select {
+	case l.wlock <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (l *leg) lockTimeout(d time.Duration) bool {
+	if l.tryLock() {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case l.wlock <- struct{}{}:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// unlock writes the control frames other goroutines left in pending, then
+// releases the lock. A flag set after the last check is picked up by the
+// goroutine that set it (its tryLock succeeds) or by the next holder.
+func (l *leg) unlock() {
+	for {
+		if l.pending.Load() != 0 {
+			l.flushControlLocked()
+		}
+		err := l.werr
+		<-l.wlock
+		if err != nil {
+			l.fail(err)
+			return
+		}
+		if l.pending.Load() == 0 || !l.tryLock() {
+			return
+		}
+	}
+}
+
+// signal asks for control work to be done as soon as the write lock is
+// free, without waiting for it.
+func (l *leg) signal(flags uint32) {
+	l.pending.Or(flags)
+	if l.tryLock() {
+		l.unlock()
+	}
+}
+
+// fail tears the leg down after a write error: it records why and closes
+// the connection, so that the leg's read loop (the only goroutine that
+// decides about a leg) returns and handles it. Safe from any goroutine.
+func (l *leg) fail(err error) {
+	if l.failed.CompareAndSwap(nil, &err) {
+		l.closeConn()
+	}
+}
+
+// failure returns the error recorded by fail, or nil.
+func (l *leg) failure() error {
+	if p := l.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// writeFrameLocked writes one final frame. The caller holds the lock.
+func (l *leg) writeFrameLocked(op ws.OpCode, p []byte, deadline time.Duration) error {
+	return l.writeFrameRSV(op, false, p, deadline)
+}
+
+func (l *leg) writeFrameRSV(op ws.OpCode, rsv1 bool, p []byte, deadline time.Duration) error {
+	if l.werr != nil {
+		return l.werr
+	}
+	if len(l.wbuf) > 0 {
+		// Frames are pending: this one goes after them, in the same
+		// write when it is small.
+		if len(p) <= 4096 {
+			l.appendFrameLocked(op, rsv1, p)
+			return l.flushLocked(deadline)
+		}
+		if err := l.flushLocked(deadline); err != nil {
+			return err
+		}
+	}
+	var key [4]byte
+	if l.mask {
+		key = newMaskKey()
+		ws.Cipher(p, key, 0)
+	}
+	l.bufArr[0] = putHeader(&l.hdr, op, rsv1, len(p), l.mask, key)
+	l.bufArr[1] = p
+	l.bufs = l.bufArr[:]
+	_ = l.conn.SetWriteDeadline(time.Now().Add(deadline))
+	_, err := l.bufs.WriteTo(l.conn)
+	l.bufArr = [2][]byte{}
+	if l.mask {
+		ws.Cipher(p, key, 0) // restore the caller's bytes
+	}
+	if err != nil {
+		l.werr = err
+	}
+	return err
+}
+
+// newMaskKey returns a fresh masking key for a frame tether sends as a
+// client (RFC 6455 §5.3).
+func newMaskKey() [4]byte {
+	k := rand.Uint32()
+	return [4]byte{byte(k), byte(k >> 8), byte(k >> 16), byte(k >> 24)}
+}
+
+// coalesceBuf is the buffer for frames held back for one write; they are
+// written once it is half full.
+const coalesceBuf = 32 << 10
+
+// appendFrameLocked appends one final frame to wbuf, masking the copy.
+func (l *leg) appendFrameLocked(op ws.OpCode, rsv1 bool, p []byte) {
+	if l.wbuf == nil {
+		l.wbuf, l.wbox = takeBuf(coalesceBuf)
+		l.wbuf = l.wbuf[:0]
+	}
+	var key [4]byte
+	if l.mask {
+		key = newMaskKey()
+	}
+	l.wbuf = append(l.wbuf, putHeader(&l.hdr, op, rsv1, len(p), l.mask, key)...)
+	n := len(l.wbuf)
+	l.wbuf = append(l.wbuf, p...)
+	if l.mask {
+		ws.Cipher(l.wbuf[n:], key, 0)
+	}
+}
+
+// flushLocked writes the pending frames in one write and gives the
+// buffer back.
+func (l *leg) flushLocked(deadline time.Duration) error {
+	if len(l.wbuf) == 0 {
+		return l.werr
+	}
+	var err error
+	if l.werr == nil {
+		_ = l.conn.SetWriteDeadline(time.Now().Add(deadline))
+		if _, err = l.conn.Write(l.wbuf); err != nil {
+			l.werr = err
+		}
+	}
+	putBuf(l.wbox, l.wbuf)
+	l.wbuf, l.wbox = nil, nil
+	if err == nil {
+		err = l.werr
+	}
+	return err
+}
+
+// deferFlush records that l's read loop left frames pending on t.
+func (l *leg) deferFlush(t *leg) {
+	if l.flushTo != nil && l.flushTo != t {
+		l.flushTo.flushPending()
+	}
+	l.flushTo = t
+}
+
+// flushDeferred flushes what l's read loop left pending; the loop calls it
+// when it returns.
+func (l *leg) flushDeferred() {
+	if t := l.flushTo; t != nil {
+		l.flushTo = nil
+		t.flushPending()
+	}
+}
+
+// flushPending writes the frames another leg's read loop left pending.
+func (l *leg) flushPending() {
+	l.lock()
+	_ = l.flushLocked(l.wt)
+	l.unlock()
+}
+
+// writeData writes one data message. seq is the session sequence number
+// of a client message (used for acknowledgement) or 0 for upstream
+// messages. It blocks while another frame is being written. With more
+// set (the caller's read loop has more input buffered), a small message
+// may be held back to go out with the next ones in one write; the caller
+// must then call from.deferFlush(l), and its loop flushes before it next
+// reads its socket.
+func (l *leg) writeData(op ws.OpCode, p []byte, seq uint64, more bool) error {
+	l.lock()
+	var err error
+	switch {
+	case l.closed:
+		err = errLegClosed
+	case more && !l.deflate && l.werr == nil && len(l.wbuf)+len(p)+14 <= coalesceBuf/2:
+		l.appendFrameLocked(op, false, p)
+	case l.deflate && len(p) >= minDeflate:
+		var z []byte
+		if l.zbuf == nil {
+			l.zbuf = new(bytes.Buffer)
+		}
+		if z, err = deflate(l.zbuf, p); err == nil {
+			err = l.writeFrameRSV(op, true, z, l.wt)
+		}
+		if l.zbuf.Cap() > 64<<10 {
+			l.zbuf = nil
+		}
+	default:
+		err = l.writeFrameLocked(op, p, l.wt)
+	}
+	if err == nil && seq >= l.ackMark {
+		l.ackMark = seq + 1
+	}
+	l.unlock()
+	return err
+}
+
+// flushControlLocked writes the pending control frames. Pongs go first:
+// they answer the peer; pings after.
+func (l *leg) flushControlLocked() {
+	f := l.pending.Swap(0)
+	if l.werr != nil || l.closed {
+		return
+	}
+	s := l.s
+	if f&pendPong != 0 {
+		l.ctl.Lock()
+		buf := ctlBufs.Get().(*[125]byte)
+		n := copy(buf[:], l.pong)
+		l.ctl.Unlock()
+		err := l.writeFrameLocked(ws.OpPong, buf[:n], l.wt)
+		ctlBufs.Put(buf)
+		if err != nil {
+			return
+		}
+	}
+	if f&pendJSONPong != 0 {
+		l.ctl.Lock()
+		p, box := l.jsonPong, l.jsonBox
+		l.jsonPong, l.jsonBox = nil, nil
+		l.ctl.Unlock()
+		if p != nil {
+			err := l.writeFrameLocked(ws.OpText, p, l.wt)
+			putBuf(box, p)
+			if err != nil {
+				return
+			}
+		}
+	}
+	if f&pendPingWS != 0 {
+		l.ctl.Lock()
+		id := l.tracker.SentWS(time.Now(), l.ackMark)
+		l.ctl.Unlock()
+		buf := ctlBufs.Get().(*[125]byte)
+		n := copy(buf[:], id[:])
+		err := l.writeFrameLocked(ws.OpPing, buf[:n], l.wt)
+		ctlBufs.Put(buf)
+		if err != nil {
+			return
+		}
+		s.pingSent(l)
+	}
+	if f&pendPingJSON != 0 {
+		l.ctl.Lock()
+		l.tracker.SentJSON(time.Now(), l.ackMark)
+		l.ctl.Unlock()
+		ping := s.env.Messages.Ping()
+		// writeFrameLocked masks in place; never mask the shared bytes:
+		// a masked leg writes a pooled copy.
+		tmp, box := ping, (*[]byte)(nil)
+		if l.mask {
+			tmp, box = getBuf(ping)
+		}
+		err := l.writeFrameLocked(ws.OpText, tmp, l.wt)
+		if box != nil {
+			putBuf(box, tmp)
+		}
+		if err != nil {
+			return
+		}
+		s.pingSent(l)
+	}
+}
+
+// queuePong records the latest RFC ping payload to answer (RFC 6455
+// §5.5.3: only the latest needs an answer, so a ping flood costs nothing).
+func (l *leg) queuePong(p []byte) {
+	l.ctl.Lock()
+	if l.pong == nil && len(p) > 0 {
+		l.pong = make([]byte, 0, 125) // once per leg: most legs never get a ping
+	}
+	l.pong = append(l.pong[:0], p...)
+	l.ctl.Unlock()
+	l.signal(pendPong)
+}
+
+// queueJSONPong records the JSON pong answering ping (latest wins), in a
+// pooled buffer that the writer returns once it has written it.
+func (l *leg) queueJSONPong(ping []byte) {
+	m := l.s.env.Messages
+	buf, box := takeBuf(len(ping) + len(m.Pong()) + 16) // room for the echoed members
+	pong := m.AppendPong(buf[:0], ping)
+	l.ctl.Lock()
+	old, oldBox := l.jsonPong, l.jsonBox
+	l.jsonPong, l.jsonBox = pong, box
+	l.ctl.Unlock()
+	putBuf(oldBox, old) // a pong not yet written is replaced, never sent
+	l.signal(pendJSONPong)
+}

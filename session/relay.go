@@ -1,0 +1,328 @@
+package session
+
+import (
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/tether-proxy/tether/heartbeat"
+)
+
+// toUpstream relays one client message (README "Upstream loss, reconnect
+// and the delivery guarantee"): sent at once while connected (and retained
+// in upLog until acknowledged when the upstream heartbeat is on), buffered
+// in upLog while reconnecting. p is the client reader's buffer and is only
+// valid during the call.
+func (s *Session) toUpstream(op ws.OpCode, p []byte, more bool) {
+	a := s.admit(op, p)
+	switch a.verdict {
+	case admitOverflow:
+		s.overflow()
+		return
+	case admitHeld, admitDropped:
+		return
+	}
+	if a.askAck {
+		a.up.earlyPing()
+	}
+	// Only a retained message may wait in the upstream leg's write buffer:
+	// if that connection fails before the write, the log re-sends it.
+	more = more && a.retained
+	for {
+		if err := a.up.writeData(op, p, a.seq, more); err == nil {
+			s.env.Metrics.Message(true, len(p))
+			if more {
+				s.client.deferFlush(a.up)
+			}
+			return
+		}
+		if a.retained {
+			return // held in the log: the reconnect re-sends it
+		}
+		// Not retained (upstream heartbeat off): this message was not
+		// delivered, so hold it for the next connection.
+		if a.up = s.holdUndelivered(a.up, a.seq, op, p); a.up == nil {
+			return
+		}
+	}
+}
+
+type admitVerdict uint8
+
+const (
+	admitSend     admitVerdict = iota // write it to up now
+	admitHeld                         // buffered in upLog for the next connection
+	admitDropped                      // the session is closed
+	admitOverflow                     // upLog is full while reconnecting: 1013
+)
+
+// admission is what admit decided for one client message.
+type admission struct {
+	verdict  admitVerdict
+	up       *leg   // the connection to write to (admitSend)
+	seq      uint64 // the message's sequence number
+	retained bool   // upLog holds a copy until acknowledged
+	askAck   bool   // ask up for an acknowledgement (a ping) now
+}
+
+// admit numbers a client message and decides, under mu, where it goes.
+// While connected with retention on and upLog full, it waits for
+// acknowledgements to make room (backpressure: the client leg is not read
+// meanwhile), asking for one at once.
+func (s *Session) admit(op ws.OpCode, p []byte) (a admission) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a.seq = s.upLog.newSeq()
+	s.replay.record(a.seq, op, p)
+	var waitStart time.Time
+	for {
+		switch s.state {
+		case stateClosed:
+			a.verdict = admitDropped
+			return a
+		case stateReconnecting:
+			if !s.upLog.fits(len(p)) {
+				a.verdict = admitOverflow
+				return a
+			}
+			s.upLog.push(a.seq, op, p, false)
+			s.env.Metrics.Buffered(1)
+			a.verdict = admitHeld
+			return a
+		}
+		if !s.retention() {
+			break
+		}
+		if !s.upLog.full(len(p)) {
+			s.upLog.push(a.seq, op, p, true)
+			s.env.Metrics.Buffered(1)
+			a.retained = true
+			break
+		}
+		if waitStart.IsZero() {
+			waitStart = time.Now()
+		} else if !s.upLog.stallWarned && time.Since(waitStart) > s.cfg.UpstreamHeartbeat.Timeout {
+			// Alive (its data keeps the leg open) but not answering
+			// pings: nothing can be acknowledged. Usually a JSON-mode
+			// upstream that does not speak the JSON pong.
+			s.upLog.stallWarned = true
+			s.log.Warn("upstream is not answering heartbeats; client reads paused", "session", s.id, "leg", LegUpstream, "held", s.upLog.len())
+		}
+		if s.state == stateConnected && s.up != nil && s.upLog.askAck() {
+			// Ask for an acknowledgement now, once per
+			// acknowledgement; pings may be written at once, and
+			// writes never happen under mu.
+			up := s.up
+			s.mu.Unlock()
+			up.earlyPing()
+			s.mu.Lock()
+			continue // the state may have changed meanwhile
+		}
+		s.waitForWindow(len(p))
+	}
+	a.verdict, a.up = admitSend, s.up
+	a.askAck = a.retained && s.upLog.halfFull() && s.upLog.askAck()
+	return a
+}
+
+// holdUndelivered puts a client message whose write to failed did not
+// happen (retention off) in upLog for the next connection. It returns the
+// connection to write it to instead when a new one is up already, or nil.
+func (s *Session) holdUndelivered(failed *leg, seq uint64, op ws.OpCode, p []byte) *leg {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.state == stateClosed:
+		return nil
+	case s.state == stateConnected && s.gen != failed.gen:
+		return s.up
+	}
+	s.upLog.push(seq, op, p, false)
+	s.env.Metrics.Buffered(1)
+	return nil
+}
+
+// waitForWindow waits on cond, releasing mu meanwhile, for room in upLog
+// for a message of n bytes. Acknowledgements from this session wake it; a
+// timer covers the rest.
+func (s *Session) waitForWindow(n int) {
+	// Only the process-wide limit needs polling (other sessions free it);
+	// otherwise wake once per upstream timeout, for the stall warning.
+	d := s.cfg.UpstreamHeartbeat.Timeout
+	if s.upLog.overBudget(n) || d <= 0 {
+		d = 50 * time.Millisecond
+	}
+	t := time.AfterFunc(d, func() {
+		s.mu.Lock()
+		s.cond.Broadcast()
+		s.mu.Unlock()
+	})
+	s.cond.Wait()
+	t.Stop()
+}
+
+// overflow closes the client with 1013 (README "Upstream loss, reconnect
+// and the delivery guarantee").
+func (s *Session) overflow() {
+	s.env.Metrics.Overflow()
+	s.log.Warn("buffer overflow", "session", s.id, "leg", LegClient)
+	s.end(act{kind: actSend, ce: CloseError{Code: CloseTryAgainLater, Reason: "tether buffer full"}},
+		act{kind: actSend, ce: CloseError{Code: CloseGoingAway, Reason: "client buffer overflow"}}, Outcome{Cause: CauseBufferOverflow})
+}
+
+// ack drops the retained messages that the upstream of generation gen has
+// provably received: those with seq < ackSeq.
+func (s *Session) ack(gen, ackSeq uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if gen != s.gen || s.state == stateClosed {
+		return
+	}
+	if n := s.upLog.ack(ackSeq); n > 0 {
+		s.env.Metrics.Buffered(-n)
+		s.cond.Broadcast()
+	}
+}
+
+// run runs l's read loop (either leg's: the direction is l.upstream())
+// until the leg parks or ends. When it ends, run classifies why, lets end
+// finish the leg's Close, closes the connection and finishes its part.
+func (s *Session) run(l *leg) {
+	err := s.guard(func() error { return s.readLoop(l) })
+	if err == errParked {
+		return // the leg is another goroutine's now: touch nothing
+	}
+	l.flushDeferred()
+	l.readDone()
+	s.legEnded(l, err)
+	s.waitActed(l.actedBit())
+	l.closeConn()
+	s.partDone()
+}
+
+// readLoop reads l until it ends or parks (errParked): it answers pings,
+// hands pongs and JSON heartbeats to the tracker, handles the peer's Close
+// and relays each data message to the other leg.
+func (s *Session) readLoop(l *leg) error {
+	l.acquireReader()
+	answerJSON := l.hb.Mode.AnswersJSON()
+	for {
+		if l.grow {
+			l.growReader()
+		}
+		ev, op, p, frag, ce, err := l.fr.next()
+		if err != nil {
+			if err == errIdle {
+				if l.park() {
+					return errParked
+				}
+				continue
+			}
+			return err
+		}
+		switch ev {
+		case evPing:
+			l.queuePong(p)
+		case evPong:
+			s.pong(l, p, false)
+		case evClose:
+			if !l.closing.Load() { // else the reply to our Close
+				s.peerClosed(l, ce)
+			}
+			return nil
+		case evData:
+			// Nothing is relayed once the session ends, nor from an
+			// upstream connection that is no longer current.
+			if s.closed.Load() || (l.upstream() && s.curGen.Load() != l.gen) {
+				continue
+			}
+			if answerJSON && op == ws.OpText && !frag {
+				switch s.env.Messages.Classify(p) {
+				case heartbeat.KindPing:
+					l.queueJSONPong(p)
+					continue
+				case heartbeat.KindPong:
+					s.pong(l, nil, true)
+					continue
+				}
+			}
+			l.quiet = false
+			if !l.upstream() {
+				s.toUpstream(op, p, l.moreInput())
+			} else if !s.toClient(l, op, p) {
+				continue
+			}
+			l.fr.release()
+		}
+	}
+}
+
+// toClient relays one message from the upstream connection u to the
+// client. It reports false for a message not written: dropped (TETHER_
+// REPLAY_DROP_REPLIES) or the client leg failing (its loop ends the
+// session).
+func (s *Session) toClient(u *leg, op ws.OpCode, p []byte) bool {
+	if s.replay.dropReply() {
+		return false
+	}
+	more := u.moreInput()
+	if err := s.client.writeData(op, p, 0, more); err != nil {
+		return false
+	}
+	if more {
+		u.deferFlush(s.client)
+	}
+	s.env.Metrics.Message(false, len(p))
+	return true
+}
+
+// peerClosed handles a Close from l's peer: the session ends, the other
+// leg getting the same Close, unless an upstream closed with a code of
+// TETHER_RECONNECT_ON_CODES, which is answered and reconnected.
+func (s *Session) peerClosed(l *leg, ce *CloseError) {
+	o := Outcome{Cause: CauseClosed, Leg: l.name}
+	if !l.upstream() {
+		s.end(act{kind: actReply, ce: *ce}, act{kind: actSend, ce: *ce}, o)
+		return
+	}
+	if s.cfg.Reconnect.OnCodes.Has(ce.code()) {
+		l.writeClose(*ce, s.goodbye())
+		o.Err = ce
+		s.upstreamLost(l, o)
+		return
+	}
+	s.end(act{kind: actSend, ce: *ce}, act{kind: actReply, ce: *ce}, o)
+}
+
+// legEnded handles the end of l's read loop with err (nil after a Close
+// exchange: nothing left to do). A client leg's end ends the session; an
+// upstream connection's end reconnects or ends it (README "Close codes").
+// Reports about a session that is ending, or about an upstream connection
+// that is no longer current, are ignored.
+func (s *Session) legEnded(l *leg, err error) {
+	if err == nil || s.closed.Load() || (l.upstream() && s.curGen.Load() != l.gen) {
+		return
+	}
+	e := classify(l, err)
+	o := Outcome{Cause: e.cause, Leg: l.name, Err: e.err}
+	if e.cause == CauseHeartbeatTimeout {
+		s.env.Metrics.HeartbeatTimeout(l.name)
+		s.log.Warn("heartbeat timeout", "session", s.id, "leg", l.name, "timeout", l.hb.Timeout)
+	}
+	if !l.upstream() {
+		s.end(e.own, act{kind: actSend, ce: CloseError{Code: CloseGoingAway, Reason: "client gone"}}, o)
+		return
+	}
+	switch e.cause {
+	case CauseWriteFailed, CauseHeartbeatTimeout:
+		s.upstreamLost(l, o)
+	case CauseProtocolError:
+		s.end(act{kind: actSend, ce: CloseError{Code: CloseBadGateway, Reason: "upstream protocol error"}}, e.own, o)
+	default:
+		if s.cfg.Reconnect.OnCodes.Has(CloseAbnormal) {
+			s.upstreamLost(l, o)
+			return
+		}
+		s.end(act{kind: actSend, ce: CloseError{Code: CloseBadGateway, Reason: "upstream connection lost"}}, e.own, o)
+	}
+}
