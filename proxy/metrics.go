@@ -33,6 +33,12 @@ type metrics struct {
 	buffered       prometheus.Gauge
 	overflows      prometheus.Counter
 	resent         prometheus.Counter
+	// Client session resume.
+	detached         prometheus.Gauge
+	resumeResumed    prometheus.Counter
+	resumeRefused    prometheus.Counter
+	resumeResentUp   prometheus.Counter
+	resumeResentDown prometheus.Counter
 }
 
 // newMetrics registers the metrics of README "Metrics and logs", among
@@ -74,6 +80,13 @@ func newMetrics(reg prometheus.Registerer, build buildinfo.Info, maxSessions int
 		overflows:      f(prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_buffer_overflows_total", Help: "Sessions closed with 1013 because their buffer was full."})).(prometheus.Counter),
 		resent:         f(prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_resent_messages_total", Help: "Client messages sent again on a new upstream connection."})).(prometheus.Counter),
 	}
+	resumes := f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_client_resumes_total", Help: "Client session resumes, by result."}, []string{"result"})).(*prometheus.CounterVec)
+	resumeResent := f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_resume_resent_messages_total", Help: "Messages sent again on a client session resume, by direction."}, []string{"direction"})).(*prometheus.CounterVec)
+	m.detached = f(prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_sessions_detached", Help: "Resumable sessions whose client leg dropped, waiting for their client."})).(prometheus.Gauge)
+	m.resumeResumed = resumes.WithLabelValues("resumed")
+	m.resumeRefused = resumes.WithLabelValues("refused")
+	m.resumeResentUp = resumeResent.WithLabelValues(dirClientToUpstream)
+	m.resumeResentDown = resumeResent.WithLabelValues(dirUpstreamToClient)
 	for i, leg := range []string{session.LegClient, session.LegUpstream} {
 		m.pings[i] = pings.WithLabelValues(leg)
 		m.pongs[i] = pongs.WithLabelValues(leg)
@@ -118,3 +131,21 @@ func (m *metrics) Reconnect(ok bool) {
 func (m *metrics) Buffered(d int) { m.buffered.Add(float64(d)) }
 func (m *metrics) Overflow()      { m.overflows.Inc() }
 func (m *metrics) Resent(n int)   { m.resent.Add(float64(n)) }
+
+// The session.ResumeMetrics implementation.
+
+func (m *metrics) Detached(d int) { m.detached.Add(float64(d)) }
+func (m *metrics) ClientResume(resumed bool) {
+	if resumed {
+		m.resumeResumed.Inc()
+	} else {
+		m.resumeRefused.Inc()
+	}
+}
+func (m *metrics) ResumeResent(toUpstream bool, n int) {
+	if toUpstream {
+		m.resumeResentUp.Add(float64(n))
+	} else {
+		m.resumeResentDown.Add(float64(n))
+	}
+}

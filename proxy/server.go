@@ -26,6 +26,7 @@ import (
 	"github.com/tether-proxy/tether/internal/buildinfo"
 	"github.com/tether-proxy/tether/internal/ctxtime"
 	"github.com/tether-proxy/tether/internal/memrelease"
+	"github.com/tether-proxy/tether/internal/resume"
 	"github.com/tether-proxy/tether/session"
 )
 
@@ -70,6 +71,9 @@ type Server struct {
 	slots    int // sessions counted against TETHER_MAX_SESSIONS
 	draining bool
 	wg       sync.WaitGroup
+	// tokens finds resumable sessions by token (README "Client session
+	// resume"); a session's key changes under mu.
+	tokens resume.Table[*entry]
 
 	ready atomic.Bool
 	http  *http.Server
@@ -237,6 +241,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !s.checkRequest(w, r, cc) {
 		return
 	}
+	req, badAck := s.resumeRequest(r)
+	if req.Token != "" && s.tryResume(w, r, req, badAck) {
+		return
+	}
 	e, unregister, status := s.register()
 	if status != 0 {
 		w.Header().Set("Retry-After", "1")
@@ -268,7 +276,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		log.Info("client upgrade failed", "err", err)
 		return
 	}
-	s.startSession(e, unregister, id, c, up, d)
+	origin := ""
+	if req.Asked() {
+		origin = r.Header.Get("Origin")
+	}
+	s.startSession(e, unregister, id, c, up, d, req.Asked(), origin)
 }
 
 // checkRequest answers a request that is not an acceptable WebSocket
@@ -353,13 +365,16 @@ func (s *Server) upgradeClient(w http.ResponseWriter, r *http.Request, id, proto
 // startSession starts the session of registry entry e and returns. The
 // session frees e's slot as soon as it ends and unregisters e once it has
 // finished.
-func (s *Server) startSession(e *entry, unregister func(), id string, c upgraded, up session.Upstream, d *upstreamDialer) {
+func (s *Server) startSession(e *entry, unregister func(), id string, c upgraded, up session.Upstream, d *upstreamDialer, resumable bool, origin string) {
 	sess := session.New(s.env, id, c.conn, c.buffered, up, func(ctx context.Context) (session.Upstream, error) {
 		up, _, err := d.dial(ctx, false)
 		return up, err
 	})
 	if c.deflate {
 		sess.EnableClientCompression()
+	}
+	if resumable {
+		s.enableResume(e, sess, origin)
 	}
 	s.metrics.sessionsTotal.Inc()
 	s.metrics.sessionsActive.Inc()
@@ -373,6 +388,9 @@ func (s *Server) startSession(e *entry, unregister func(), id string, c upgraded
 	sess.Start(context.Background(), func(st session.Stage, _ session.Outcome) {
 		if st == session.Ending {
 			s.releaseSlot(e) // before the goodbye handshakes finish
+			if resumable {
+				s.forgetToken(sess)
+			}
 			return
 		}
 		s.metrics.sessionsActive.Dec()

@@ -166,8 +166,8 @@ func (s *Server) readMetric(sm *sample, name string, m *dto.Metric) {
 	switch name {
 	case "tether_sessions_active":
 		sm.active = g
-	case "tether_sessions_detached": // client resume (README): absent until it exists
-		sm.detached, sm.resume = g, true
+	case "tether_sessions_detached": // client resume (README "Client session resume")
+		sm.detached, sm.resume = g, s.resumeOn()
 	case "tether_sessions_total":
 		sm.total = c
 	case "tether_sessions_max":

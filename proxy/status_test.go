@@ -132,8 +132,8 @@ func TestAdminStatusJSON(t *testing.T) {
 	if ss.Max != 77 || st.Build.GoVersion != runtime.Version() || st.Build.Version == "" {
 		t.Errorf("max sessions %v, build %+v; want 77 and this binary's build", ss.Max, st.Build)
 	}
-	if !st.Ready || ss.Active != 1 || ss.Connected != 1 || ss.Reconnecting != 0 || ss.Detached != 0 || ss.Resume || ss.Total != 1 {
-		t.Errorf("sessions %+v ready %v, want 1 active and connected, resume off", ss, st.Ready)
+	if !st.Ready || ss.Active != 1 || ss.Connected != 1 || ss.Reconnecting != 0 || ss.Detached != 0 || !ss.Resume || ss.Total != 1 {
+		t.Errorf("sessions %+v ready %v, want 1 active and connected, resume on (the default window)", ss, st.Ready)
 	}
 	// The upstream pings every 15 s: all three are retained, unacknowledged.
 	if bf := st.Buffer; bf.Messages != 3 || bf.Retained != 3 || bf.Buffered != 0 || bf.Bytes != 6 {

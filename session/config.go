@@ -38,6 +38,21 @@ type Config struct {
 	// NotifyClient sends the upstream status messages of README "Upstream loss,
 	// reconnect and the delivery guarantee".
 	NotifyClient bool `env:"NOTIFY_CLIENT" envDefault:"false" help:"send upstream status messages to the client"`
+
+	Resume ResumeConfig `envPrefix:"RESUME_"`
+}
+
+// ResumeConfig is README "Client session resume". Env tags are relative
+// to TETHER_RESUME_.
+type ResumeConfig struct {
+	// Window is how long a detached resumable session waits for its
+	// client; 0 turns resume off.
+	Window time.Duration `env:"WINDOW" envDefault:"2m" help:"how long a resumable session whose client leg dropped waits for its client to resume; 0 turns resume off"`
+	// MaxMessages and MaxBytes bound the upstream messages a resumable
+	// session holds for its client (sent and not acknowledged, plus those
+	// waiting while detached); the bytes count in TotalMaxBytes.
+	MaxMessages int   `env:"MAX_MESSAGES" envDefault:"1024" help:"upstream messages a resumable session holds (sent and not acknowledged by the client, plus those waiting while detached)"`
+	MaxBytes    int64 `env:"MAX_BYTES" envDefault:"1048576" help:"same, in bytes (also counted in TETHER_BUFFER_TOTAL_MAX_BYTES)"`
 }
 
 // ReconnectConfig is README "Upstream loss, reconnect and the delivery
@@ -145,6 +160,18 @@ func (c *Config) Validate() error {
 	}
 	if b.TotalMaxBytes < b.MaxBytes {
 		errs = append(errs, errors.New("TETHER_BUFFER_TOTAL_MAX_BYTES: must be at least TETHER_BUFFER_MAX_BYTES"))
+	}
+	if rc := &c.Resume; rc.Window < 0 {
+		errs = append(errs, errors.New("TETHER_RESUME_WINDOW: must be 0 (off) or more"))
+	} else if rc.Window > 0 {
+		if rc.MaxMessages <= 0 {
+			errs = append(errs, errors.New("TETHER_RESUME_MAX_MESSAGES: must be positive"))
+		}
+		if rc.MaxBytes <= 0 {
+			errs = append(errs, errors.New("TETHER_RESUME_MAX_BYTES: must be positive"))
+		} else if b.TotalMaxBytes < rc.MaxBytes {
+			errs = append(errs, errors.New("TETHER_BUFFER_TOTAL_MAX_BYTES: must be at least TETHER_RESUME_MAX_BYTES"))
+		}
 	}
 	if c.ReplayFirst < 0 {
 		errs = append(errs, errors.New("TETHER_REPLAY_FIRST: must be 0 or more"))

@@ -48,7 +48,8 @@ type Info struct {
 // Info returns a snapshot of the session. Safe from any goroutine, at any
 // time after New.
 func (s *Session) Info() Info {
-	in := Info{ID: s.id, Remote: s.client.conn.RemoteAddr().String()}
+	cl := s.clientLeg()
+	in := Info{ID: s.id, Remote: cl.conn.RemoteAddr().String()}
 	s.mu.Lock()
 	switch s.state {
 	case stateConnected:
@@ -67,7 +68,7 @@ func (s *Session) Info() Info {
 	in.Reconnects = int(s.gen) - 1
 	up := s.up
 	s.mu.Unlock()
-	in.ClientRTT = s.client.lastRTT()
+	in.ClientRTT = cl.lastRTT()
 	if up != nil {
 		in.UpstreamRTT = up.lastRTT()
 	}

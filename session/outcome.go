@@ -24,6 +24,8 @@ const (
 	CauseForced                              // Close: torn down at once
 	CausePanic                               // a bug in tether
 	CauseOperator                            // closed through the admin API (CloseWith)
+	CauseResumeExpired                       // a detached session's client did not resume within TETHER_RESUME_WINDOW
+	CauseResumeOverflow                      // the messages held for a detached client passed TETHER_RESUME_MAX_*
 )
 
 // Outcome is how a session ended, as a value: why, and the Close each leg
@@ -72,6 +74,10 @@ func (o Outcome) Why() string {
 		return "panic"
 	case CauseOperator:
 		return "closed by the admin API"
+	case CauseResumeExpired:
+		return "resume window passed"
+	case CauseResumeOverflow:
+		return "resume buffer full while detached"
 	}
 	return "unknown"
 }

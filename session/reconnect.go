@@ -268,5 +268,9 @@ func (s *Session) notify(msg []byte) {
 	if !s.cfg.NotifyClient || s.closed.Load() {
 		return
 	}
+	if s.rs != nil {
+		s.toClientHeld(nil, ws.OpText, msg, false)
+		return
+	}
 	_ = s.client.writeData(ws.OpText, msg, 0, false)
 }

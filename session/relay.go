@@ -13,7 +13,7 @@ import (
 // in upLog until acknowledged when the upstream heartbeat is on), buffered
 // in upLog while reconnecting. p is the client reader's buffer and is only
 // valid during the call.
-func (s *Session) toUpstream(op ws.OpCode, p []byte, more bool) {
+func (s *Session) toUpstream(c *leg, op ws.OpCode, p []byte, more bool) {
 	a := s.admit(op, p)
 	switch a.verdict {
 	case admitOverflow:
@@ -32,7 +32,7 @@ func (s *Session) toUpstream(op ws.OpCode, p []byte, more bool) {
 		if err := a.up.writeData(op, p, a.seq, more); err == nil {
 			s.env.Metrics.Message(true, len(p))
 			if more {
-				s.client.deferFlush(a.up)
+				c.deferFlush(a.up)
 			}
 			return
 		}
@@ -233,7 +233,7 @@ func (s *Session) readLoop(l *leg) error {
 		case evData:
 			// Nothing is relayed once the session ends, nor from an
 			// upstream connection that is no longer current.
-			if s.closed.Load() || (l.upstream() && s.curGen.Load() != l.gen) {
+			if s.closed.Load() || (l.upstream() && s.curGen.Load() != l.gen) || s.staleClient(l) {
 				continue
 			}
 			if answerJSON && op == ws.OpText && !frag {
@@ -248,7 +248,11 @@ func (s *Session) readLoop(l *leg) error {
 			}
 			l.quiet = false
 			if !l.upstream() {
-				s.toUpstream(op, p, l.moreInput())
+				if s.rs != nil {
+					s.fromClient(l, op, p, l.moreInput())
+				} else {
+					s.toUpstream(l, op, p, l.moreInput())
+				}
 			} else if !s.toClient(l, op, p) {
 				continue
 			}
@@ -266,6 +270,9 @@ func (s *Session) toClient(u *leg, op ws.OpCode, p []byte) bool {
 		return false
 	}
 	more := u.moreInput()
+	if s.rs != nil {
+		return s.toClientHeld(u, op, p, more)
+	}
 	if err := s.client.writeData(op, p, 0, more); err != nil {
 		return false
 	}
@@ -281,6 +288,9 @@ func (s *Session) toClient(u *leg, op ws.OpCode, p []byte) bool {
 // TETHER_RECONNECT_ON_CODES, which is answered and reconnected.
 func (s *Session) peerClosed(l *leg, ce *CloseError) {
 	o := Outcome{Cause: CauseClosed, Leg: l.name}
+	if s.staleClient(l) {
+		return // a client leg replaced by a resume
+	}
 	if !l.upstream() {
 		s.end(act{kind: actReply, ce: *ce}, act{kind: actSend, ce: *ce}, o)
 		return
@@ -310,6 +320,9 @@ func (s *Session) legEnded(l *leg, err error) {
 		s.log.Warn("heartbeat timeout", "session", s.id, "leg", l.name, "timeout", l.hb.Timeout)
 	}
 	if !l.upstream() {
+		if s.detach(l, e.cause, o.Why()) {
+			return
+		}
 		s.end(e.own, act{kind: actSend, ce: CloseError{Code: CloseGoingAway, Reason: "client gone"}}, o)
 		return
 	}

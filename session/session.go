@@ -189,7 +189,10 @@ type Session struct {
 	log      *slog.Logger
 	dial     DialFunc
 	protocol string // the subprotocol every upstream connection must choose
-	client   *leg
+	client   *leg   // the first client leg: the only one unless rs is set
+	// rs is the resume state (resume.go), nil unless the client asked
+	// for a resumable session; set before Start.
+	rs *resumeState
 
 	// Set by Start before its goroutines start; read only after.
 	stopDrain func() bool
@@ -382,7 +385,7 @@ func (s *Session) Close() {
 }
 
 func (s *Session) forceClose() {
-	s.client.closeConn()
+	s.clientLeg().closeConn()
 	s.mu.Lock()
 	up := s.up
 	s.mu.Unlock()
@@ -474,7 +477,7 @@ func (s *Session) end(client, upstream act, o Outcome) {
 	}
 	s.state = stateClosed
 	s.closed.Store(true)
-	up := s.up
+	up, cl := s.up, s.clientLeg()
 	if s.cancel != nil {
 		s.cancel()
 	}
@@ -494,14 +497,14 @@ func (s *Session) end(client, upstream act, o Outcome) {
 	s.force = time.AfterFunc(2*s.goodbye()+s.env.closeWait(), s.forceClose)
 	s.mu.Unlock()
 
-	s.client.stopHeartbeat()
+	cl.stopHeartbeat()
 	if up != nil {
 		up.stopHeartbeat()
 	}
 	if onEnd != nil {
 		onEnd(Ending, o)
 	}
-	s.apply(s.client, client)
+	s.apply(cl, client)
 	s.setActed(actedClient)
 	if up != nil {
 		s.apply(up, upstream)
@@ -510,7 +513,7 @@ func (s *Session) end(client, upstream act, o Outcome) {
 	// Last: lingering blocks the caller, the other leg's Close must not
 	// wait for it.
 	if client.kind == actSendLinger {
-		s.client.linger(s.env.closeWait())
+		cl.linger(s.env.closeWait())
 	}
 	if up != nil && upstream.kind == actSendLinger {
 		up.linger(s.env.closeWait())
@@ -574,5 +577,8 @@ func (s *Session) apply(l *leg, a act) {
 func (s *Session) releaseLocked() {
 	if n := s.upLog.release(); n > 0 {
 		s.env.Metrics.Buffered(-n)
+	}
+	if s.rs != nil {
+		s.releaseResumeLocked()
 	}
 }

@@ -1,0 +1,406 @@
+package proxy_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/tether-proxy/tether/internal/faultnet"
+	"github.com/tether-proxy/tether/proxy"
+)
+
+// resumeClient speaks README "Client session resume" by hand over
+// gorilla/websocket: it counts the data messages it receives, keeps what
+// it sent until tether's ack, acknowledges, and resumes with its token
+// and count.
+type resumeClient struct {
+	t      *testing.T
+	url    string // where it dials (tether, or a relay in front of it)
+	origin string
+	c      *websocket.Conn
+
+	token   string
+	resumed bool     // the last session message said resumed
+	recv    uint64   // data messages received
+	ackSent uint64   // recv as last acknowledged
+	sent    [][]byte // every data message sent; sent[i] is message i
+	acked   uint64   // tether's count of our messages
+	got     []string // data messages received, in order
+}
+
+func newResumeClient(t *testing.T, url, origin string) *resumeClient {
+	rc := &resumeClient{t: t, url: url, origin: origin}
+	t.Cleanup(func() {
+		if rc.c != nil {
+			rc.c.Close()
+		}
+	})
+	return rc
+}
+
+func (rc *resumeClient) header() http.Header {
+	if rc.origin == "" {
+		return nil
+	}
+	return http.Header{"Origin": {rc.origin}}
+}
+
+// open starts a new resumable session; it fails the test unless the
+// first message is a tether.session with resumed false.
+func (rc *resumeClient) open() {
+	rc.t.Helper()
+	if err := rc.dial(rc.url + "/?tether_resume=new"); err != nil {
+		rc.t.Fatal(err)
+	}
+	if rc.resumed {
+		rc.t.Fatal("a new session said resumed:true")
+	}
+}
+
+// dial connects to u and reads the session message.
+func (rc *resumeClient) dial(u string) error {
+	if rc.c != nil {
+		rc.c.Close()
+	}
+	c, resp, err := websocket.DefaultDialer.Dial(u, rc.header())
+	if err != nil {
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		return fmt.Errorf("dial: %v (status %d)", err, status)
+	}
+	rc.c = c
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, p, err := c.ReadMessage()
+	if err != nil {
+		return fmt.Errorf("session message: %v", err)
+	}
+	var m struct {
+		Type    string  `json:"type"`
+		Token   string  `json:"token"`
+		Resumed *bool   `json:"resumed"`
+		Ack     *uint64 `json:"ack"`
+	}
+	if err := json.Unmarshal(p, &m); err != nil || m.Type != "tether.session" || len(m.Token) < 22 || m.Resumed == nil || m.Ack == nil {
+		return fmt.Errorf("first message %q is not a tether.session message", p)
+	}
+	rc.token, rc.resumed = m.Token, *m.Resumed
+	if rc.resumed {
+		rc.acked = *m.Ack
+	} else {
+		rc.acked, rc.recv, rc.ackSent, rc.sent, rc.got = 0, 0, 0, nil, nil
+	}
+	return nil
+}
+
+// resume resumes with the token and count, and re-sends what tether has
+// not received. It reports whether tether resumed the session.
+func (rc *resumeClient) resume(u string) bool {
+	rc.t.Helper()
+	if u == "" {
+		u = rc.url
+	}
+	if err := rc.dial(u + "/?tether_resume=" + rc.token + "&tether_ack=" + strconv.FormatUint(rc.recv, 10)); err != nil {
+		rc.t.Fatal(err)
+	}
+	if !rc.resumed {
+		return false
+	}
+	if rc.acked > uint64(len(rc.sent)) {
+		rc.t.Fatalf("tether counts %d messages, %d were sent", rc.acked, len(rc.sent))
+	}
+	for _, p := range rc.sent[rc.acked:] {
+		if err := rc.c.WriteMessage(websocket.TextMessage, p); err != nil {
+			return true // the next read fails and resumes again
+		}
+	}
+	rc.ackSent = 0 // acknowledge on the new connection
+	return true
+}
+
+// send sends a data message, kept until tether acknowledges it.
+func (rc *resumeClient) send(p string) error {
+	rc.sent = append(rc.sent, []byte(p))
+	return rc.c.WriteMessage(websocket.TextMessage, []byte(p))
+}
+
+// next reads until a data message arrives, handling tether.ack, or an
+// error.
+func (rc *resumeClient) next(d time.Duration) (string, error) {
+	_ = rc.c.SetReadDeadline(time.Now().Add(d))
+	for {
+		_, p, err := rc.c.ReadMessage()
+		if err != nil {
+			return "", err
+		}
+		if bytes.Contains(p, []byte(`"tether.ack"`)) {
+			var m struct {
+				Ack uint64 `json:"ack"`
+			}
+			if json.Unmarshal(p, &m) == nil && m.Ack > rc.acked {
+				rc.acked = m.Ack
+			}
+			continue
+		}
+		if bytes.Contains(p, []byte(`"tether.session"`)) {
+			rc.t.Fatalf("a tether.session message mid-session: %s", p)
+		}
+		rc.recv++
+		rc.got = append(rc.got, string(p))
+		if rc.recv-rc.ackSent >= 16 {
+			rc.ackSent = rc.recv
+			_ = rc.c.WriteMessage(websocket.TextMessage, []byte(`{"type":"tether.ack","ack":`+strconv.FormatUint(rc.recv, 10)+`}`))
+		}
+		return string(p), nil
+	}
+}
+
+// numberedBackend echoes each client message "c<i>" as "u<i>" and keeps
+// what it received, per connection.
+type numberedBackend struct {
+	*backend
+	mu   sync.Mutex
+	recv [][]string // per connection
+}
+
+func newNumberedBackend(t *testing.T) *numberedBackend {
+	nb := &numberedBackend{}
+	anyOrigin := &websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
+	nb.backend = newBackend(t, anyOrigin, func(c *websocket.Conn, _ *http.Request) {
+		nb.mu.Lock()
+		i := len(nb.recv)
+		nb.recv = append(nb.recv, nil)
+		nb.mu.Unlock()
+		for {
+			mt, p, err := c.ReadMessage()
+			if err != nil {
+				return
+			}
+			nb.mu.Lock()
+			nb.recv[i] = append(nb.recv[i], string(p))
+			nb.mu.Unlock()
+			if after, ok := strings.CutPrefix(string(p), "c"); ok {
+				p = []byte("u" + after)
+			}
+			if err := c.WriteMessage(mt, p); err != nil {
+				return
+			}
+		}
+	})
+	return nb
+}
+
+func (nb *numberedBackend) received() [][]string {
+	nb.mu.Lock()
+	defer nb.mu.Unlock()
+	out := make([][]string, len(nb.recv))
+	for i := range nb.recv {
+		out[i] = append([]string(nil), nb.recv[i]...)
+	}
+	return out
+}
+
+// stream sends c0…c(n-1), keeping up to 8 unanswered, and reads u0…u(n-1);
+// drop(k) runs after the k-th answer and may cut the connection. Every
+// read error resumes. It fails the test on a gap, a duplicate or a
+// refusal.
+func (rc *resumeClient) stream(n int, drop func(k int), resumeURL string) {
+	rc.t.Helper()
+	for len(rc.got) < n {
+		for len(rc.sent) < n && len(rc.sent)-len(rc.got) < 8 {
+			if err := rc.send("c" + strconv.Itoa(len(rc.sent))); err != nil {
+				break // the read below fails too
+			}
+		}
+		before := len(rc.got)
+		if _, err := rc.next(10 * time.Second); err != nil {
+			if !rc.resume(resumeURL) {
+				rc.t.Fatalf("resume refused after %d messages (%v)", len(rc.got), err)
+			}
+			continue
+		}
+		if drop != nil && len(rc.got) > before {
+			drop(len(rc.got))
+		}
+	}
+	for i, m := range rc.got {
+		if m != "u"+strconv.Itoa(i) {
+			rc.t.Fatalf("message %d is %q: a gap or a duplicate (got %v)", i, m, rc.got)
+		}
+	}
+}
+
+func checkNumbered(t *testing.T, got []string, n int, prefix string) {
+	t.Helper()
+	if len(got) != n {
+		t.Fatalf("%d messages, want %d: %v", len(got), n, got)
+	}
+	for i, m := range got {
+		if m != prefix+strconv.Itoa(i) {
+			t.Fatalf("message %d is %q: a gap or a duplicate", i, m)
+		}
+	}
+}
+
+func newRelay(t *testing.T, addr string) *faultnet.Relay {
+	t.Helper()
+	r, err := faultnet.New(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+// TestResumeThroughDrops: numbered messages both ways survive client-leg
+// resets mid-stream, 100 in a row, with one upstream connection
+// throughout, and the tether_ parameters never reach the backend.
+func TestResumeThroughDrops(t *testing.T) {
+	nb := newNumberedBackend(t)
+	tt := startTether(t, nb.URL, nil)
+	relay := newRelay(t, tt.Addr)
+	rc := newResumeClient(t, "ws://"+relay.Addr(), "")
+	rc.open()
+	const n = 1200
+	drops := 0
+	rc.stream(n, func(k int) {
+		if k%10 == 5 && drops < 100 {
+			drops++
+			relay.ResetAll()
+		}
+	}, "")
+	if drops != 100 {
+		t.Fatalf("%d drops, want 100", drops)
+	}
+	got := nb.received()
+	if len(got) != 1 {
+		t.Fatalf("the backend saw %d connections, want 1", len(got))
+	}
+	checkNumbered(t, got[0], n, "c")
+	if q := nb.lastRequest().URL.RawQuery; strings.Contains(q, "tether_") {
+		t.Errorf("the backend got the query %q", q)
+	}
+	if v := metric(t, tt, "tether_client_resumes_total", "result=resumed"); v < 100 {
+		t.Errorf("tether_client_resumes_total{resumed} = %v, want at least 100", v)
+	}
+	if v := metric(t, tt, "tether_client_resumes_total", "result=refused"); v != 0 {
+		t.Errorf("tether_client_resumes_total{refused} = %v, want 0", v)
+	}
+}
+
+// TestResumeHalfOpen: the client's old connection is blackholed (tether
+// still thinks it alive); a resume over a new connection takes over at
+// once and the old leg is closed.
+func TestResumeHalfOpen(t *testing.T) {
+	nb := newNumberedBackend(t)
+	tt := startTether(t, nb.URL, nil)
+	relay := newRelay(t, tt.Addr)
+	rc := newResumeClient(t, "ws://"+relay.Addr(), "")
+	rc.open()
+	const n = 200
+	stalled := false
+	rc.stream(n, func(k int) {
+		if k == 50 {
+			stalled = true
+			relay.Stall()
+			// Messages sent into the blackhole: tether never gets
+			// them, the resume re-sends them.
+			for range 4 {
+				_ = rc.send("c" + strconv.Itoa(len(rc.sent)))
+			}
+			if !rc.resume(tt.URL) {
+				t.Fatal("resume over a half-open leg refused")
+			}
+		}
+	}, tt.URL)
+	if !stalled {
+		t.Fatal("never stalled")
+	}
+	got := nb.received()
+	if len(got) != 1 {
+		t.Fatalf("the backend saw %d connections, want 1", len(got))
+	}
+	checkNumbered(t, got[0], n, "c")
+	relay.Resume()
+	if v := metric(t, tt, "tether_sessions_detached"); v != 0 {
+		t.Errorf("tether_sessions_detached = %v, want 0", v)
+	}
+}
+
+// TestResumeRefusals: a used token, another Origin, an ack out of range
+// and an unknown token are refused: a new session with resumed:false, a
+// new upstream connection.
+func TestResumeRefusals(t *testing.T) {
+	nb := newNumberedBackend(t)
+	tt := startTether(t, nb.URL, nil)
+	rc := newResumeClient(t, tt.URL, "https://app.example")
+	rc.open()
+	rc.stream(10, nil, "")
+	first := rc.token
+
+	// A good resume: the token changes.
+	if !rc.resume("") {
+		t.Fatal("resume refused")
+	}
+	if rc.token == first {
+		t.Fatal("the token did not change on a resume")
+	}
+	second := rc.token
+	// The old token is used up.
+	other := newResumeClient(t, tt.URL, "https://app.example")
+	other.token = first
+	if other.resume("") {
+		t.Fatal("a used token resumed")
+	}
+	// Another Origin.
+	evil := newResumeClient(t, tt.URL, "https://evil.example")
+	evil.token = second
+	if evil.resume("") {
+		t.Fatal("a resume from another Origin was accepted")
+	}
+	// An ack past what tether sent.
+	rc.recv += 5
+	if rc.resume("") {
+		t.Fatal("an ack out of range was accepted")
+	}
+	// An unknown token.
+	guess := newResumeClient(t, tt.URL, "")
+	guess.token = "AAAAAAAAAAAAAAAAAAAAAAAA"
+	if guess.resume("") {
+		t.Fatal("a guessed token resumed")
+	}
+	if v := metric(t, tt, "tether_client_resumes_total", "result=refused"); v != 4 {
+		t.Errorf("tether_client_resumes_total{refused} = %v, want 4", v)
+	}
+	// Each refusal is a new session with its own upstream connection.
+	if got := len(nb.received()); got != 5 {
+		t.Errorf("the backend saw %d connections, want 5", got)
+	}
+}
+
+// TestResumeOffStripsParameters: with TETHER_RESUME_WINDOW=0, tether_
+// parameters are removed and no tether.session message is sent.
+func TestResumeOffStripsParameters(t *testing.T) {
+	b := newBackend(t, nil, nil)
+	tt := startTether(t, b.URL, func(c *proxy.Config) { c.Session.Resume.Window = 0 })
+	c := dial(t, tt.URL+"/x?a=1&tether_resume=new&b=2&tether_ack=3", nil)
+	if err := c.WriteMessage(websocket.TextMessage, []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	_, p, err := c.ReadMessage()
+	if err != nil || string(p) != "hello" {
+		t.Fatalf("first message %q, %v; want the echo", p, err)
+	}
+	if q := b.lastRequest().URL.RawQuery; q != "a=1&b=2" {
+		t.Errorf("the backend got the query %q, want a=1&b=2", q)
+	}
+}
