@@ -2,8 +2,11 @@ package proxy_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -170,10 +173,21 @@ type numberedBackend struct {
 	*backend
 	mu   sync.Mutex
 	recv [][]string // per connection
+	// dedupe: answer each c<i> once across connections, in order (an
+	// application that numbers its messages; across an upstream
+	// reconnect tether may send the last round trip's messages again).
+	dedupe bool
+	next   int
+	gap    string
 }
 
 func newNumberedBackend(t *testing.T) *numberedBackend {
 	nb := &numberedBackend{}
+	nb.init(t)
+	return nb
+}
+
+func (nb *numberedBackend) init(t *testing.T) {
 	anyOrigin := &websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
 	nb.backend = newBackend(t, anyOrigin, func(c *websocket.Conn, _ *http.Request) {
 		nb.mu.Lock()
@@ -187,16 +201,29 @@ func newNumberedBackend(t *testing.T) *numberedBackend {
 			}
 			nb.mu.Lock()
 			nb.recv[i] = append(nb.recv[i], string(p))
-			nb.mu.Unlock()
+			skip := false
 			if after, ok := strings.CutPrefix(string(p), "c"); ok {
 				p = []byte("u" + after)
+				if nb.dedupe {
+					k, _ := strconv.Atoi(after)
+					switch {
+					case k < nb.next:
+						skip = true
+					case k > nb.next && nb.gap == "":
+						nb.gap = fmt.Sprintf("c%d after c%d", k, nb.next-1)
+					}
+					nb.next = max(nb.next, k+1)
+				}
+			}
+			nb.mu.Unlock()
+			if skip {
+				continue
 			}
 			if err := c.WriteMessage(mt, p); err != nil {
 				return
 			}
 		}
 	})
-	return nb
 }
 
 func (nb *numberedBackend) received() [][]string {
@@ -215,14 +242,17 @@ func (nb *numberedBackend) received() [][]string {
 // refusal.
 func (rc *resumeClient) stream(n int, drop func(k int), resumeURL string) {
 	rc.t.Helper()
-	for len(rc.got) < n {
-		for len(rc.sent) < n && len(rc.sent)-len(rc.got) < 8 {
+	for len(rc.data()) < n {
+		for len(rc.sent) < n && len(rc.sent)-len(rc.data()) < 8 {
 			if err := rc.send("c" + strconv.Itoa(len(rc.sent))); err != nil {
 				break // the read below fails too
 			}
 		}
 		before := len(rc.got)
-		if _, err := rc.next(10 * time.Second); err != nil {
+		if _, err := rc.next(5 * time.Second); err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				rc.t.Fatalf("nothing arrived for 5 s after %d messages: lost messages", len(rc.data()))
+			}
 			if !rc.resume(resumeURL) {
 				rc.t.Fatalf("resume refused after %d messages (%v)", len(rc.got), err)
 			}
@@ -232,11 +262,19 @@ func (rc *resumeClient) stream(n int, drop func(k int), resumeURL string) {
 			drop(len(rc.got))
 		}
 	}
-	for i, m := range rc.got {
-		if m != "u"+strconv.Itoa(i) {
-			rc.t.Fatalf("message %d is %q: a gap or a duplicate (got %v)", i, m, rc.got)
+	checkNumbered(rc.t, rc.data(), n, "u")
+}
+
+// data is what the client received less tether's upstream status
+// messages.
+func (rc *resumeClient) data() []string {
+	var out []string
+	for _, m := range rc.got {
+		if !strings.HasPrefix(m, `{"type":"upstream"`) {
+			out = append(out, m)
 		}
 	}
+	return out
 }
 
 func checkNumbered(t *testing.T, got []string, n int, prefix string) {
@@ -357,13 +395,13 @@ func TestResumeRefusals(t *testing.T) {
 	second := rc.token
 	// The old token is used up.
 	other := newResumeClient(t, tt.URL, "https://app.example")
-	other.token = first
+	other.token, other.recv = first, rc.recv
 	if other.resume("") {
 		t.Fatal("a used token resumed")
 	}
 	// Another Origin.
 	evil := newResumeClient(t, tt.URL, "https://evil.example")
-	evil.token = second
+	evil.token, evil.recv = second, rc.recv
 	if evil.resume("") {
 		t.Fatal("a resume from another Origin was accepted")
 	}
@@ -403,4 +441,247 @@ func TestResumeOffStripsParameters(t *testing.T) {
 	if q := b.lastRequest().URL.RawQuery; q != "a=1&b=2" {
 		t.Errorf("the backend got the query %q, want a=1&b=2", q)
 	}
+}
+
+// waitMetric waits until a metric has the value want.
+func waitMetric(t *testing.T, tt *tether, want float64, name string, labels ...string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		v := metric(t, tt, name, labels...)
+		if v == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s%v = %v, want %v", name, labels, v, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// endsBackend reports the close code each upstream connection ends with
+// (-1: broken without a Close) and runs f on it first.
+func endsBackend(t *testing.T, f func(c *websocket.Conn)) (*backend, chan int) {
+	ends := make(chan int, 16)
+	anyOrigin := &websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
+	b := newBackend(t, anyOrigin, func(c *websocket.Conn, _ *http.Request) {
+		if f != nil {
+			f(c)
+		}
+		for {
+			if _, _, err := c.ReadMessage(); err != nil {
+				code, _ := closeCode(err)
+				ends <- code
+				return
+			}
+		}
+	})
+	return b, ends
+}
+
+// TestResumeExpiry: a detached session whose client does not come back
+// within TETHER_RESUME_WINDOW ends (upstream Close 1001, nothing held),
+// and its token is refused afterwards.
+func TestResumeExpiry(t *testing.T) {
+	b, ends := endsBackend(t, nil)
+	tt := startTether(t, b.URL, func(c *proxy.Config) { c.Session.Resume.Window = 200 * time.Millisecond })
+	relay := newRelay(t, tt.Addr)
+	rc := newResumeClient(t, "ws://"+relay.Addr(), "")
+	rc.open()
+	relay.ResetAll()
+	waitMetric(t, tt, 1, "tether_sessions_detached")
+	if code := coreRecv(t, ends, 10*time.Second, "upstream end"); code != 1001 {
+		t.Fatalf("the upstream got %d, want 1001", code)
+	}
+	waitMetric(t, tt, 0, "tether_sessions_detached")
+	if rc.resume(tt.URL) {
+		t.Fatal("an expired session resumed")
+	}
+}
+
+// TestResumeOverflowWhileDetached: upstream messages held for a detached
+// client pass TETHER_RESUME_MAX_MESSAGES: the session ends at once
+// (upstream Close 1001).
+func TestResumeOverflowWhileDetached(t *testing.T) {
+	burst := make(chan struct{})
+	b, ends := endsBackend(t, func(c *websocket.Conn) {
+		<-burst
+		for i := range 10 {
+			if c.WriteMessage(websocket.TextMessage, []byte("m"+strconv.Itoa(i))) != nil {
+				return
+			}
+		}
+	})
+	tt := startTether(t, b.URL, func(c *proxy.Config) { c.Session.Resume.MaxMessages = 4 })
+	relay := newRelay(t, tt.Addr)
+	rc := newResumeClient(t, "ws://"+relay.Addr(), "")
+	rc.open()
+	relay.ResetAll()
+	waitMetric(t, tt, 1, "tether_sessions_detached")
+	close(burst)
+	if code := coreRecv(t, ends, 10*time.Second, "upstream end"); code != 1001 {
+		t.Fatalf("the upstream got %d, want 1001", code)
+	}
+	waitMetric(t, tt, 0, "tether_sessions_detached")
+}
+
+// TestResumeDrain: on a drain, a detached session ends at once (upstream
+// 1001) and an attached resumable one closes with 1012.
+func TestResumeDrain(t *testing.T) {
+	b, ends := endsBackend(t, nil)
+	tt := startTether(t, b.URL, func(c *proxy.Config) { c.ShutdownSpread = 0 })
+	relay := newRelay(t, tt.Addr)
+	gone := newResumeClient(t, "ws://"+relay.Addr(), "")
+	gone.open()
+	relay.ResetAll()
+	waitMetric(t, tt, 1, "tether_sessions_detached")
+	here := newResumeClient(t, tt.URL, "")
+	here.open()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := tt.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if code := coreRecv(t, ends, 5*time.Second, "upstream end"); code != 1001 {
+			t.Fatalf("an upstream got %d, want 1001", code)
+		}
+	}
+	if _, err := here.next(5 * time.Second); err == nil {
+		t.Fatal("a data message after the drain")
+	} else if code, _ := closeCode(err); code != 1012 {
+		t.Fatalf("the attached client got %v, want 1012", err)
+	}
+}
+
+// TestResumeRace: two resumes with the same token at once: one resumes,
+// the other gets a new session.
+func TestResumeRace(t *testing.T) {
+	nb := newNumberedBackend(t)
+	tt := startTether(t, nb.URL, nil)
+	rc := newResumeClient(t, tt.URL, "")
+	rc.open()
+	rc.stream(20, nil, "")
+	results := make(chan bool, 2)
+	for range 2 {
+		c := newResumeClient(t, tt.URL, "")
+		c.token, c.recv, c.sent = rc.token, rc.recv, rc.sent
+		go func() { results <- c.resume("") }()
+	}
+	a, b := <-results, <-results
+	if a == b {
+		t.Fatalf("resumed %v and %v: want exactly one", a, b)
+	}
+	if v := metric(t, tt, "tether_client_resumes_total", "result=refused"); v != 1 {
+		t.Errorf("refused %v, want 1", v)
+	}
+}
+
+// TestResumeDuringUpstreamReconnect: the client leg drops while the
+// upstream reconnects: the status messages and the stream arrive once
+// each, in order.
+func TestResumeDuringUpstreamReconnect(t *testing.T) {
+	nb := &numberedBackend{dedupe: true}
+	nb.init(t)
+	tt := startTether(t, nb.URL, func(c *proxy.Config) {
+		c.Session.NotifyClient = true
+		c.Session.Reconnect.InitialDelay = 50 * time.Millisecond
+	})
+	relay := newRelay(t, tt.Addr)
+	rc := newResumeClient(t, "ws://"+relay.Addr(), "")
+	rc.open()
+	const n = 300
+	rc.stream(n, func(k int) {
+		if k == 100 {
+			// Quiet first: an answer the backend writes into its dying
+			// connection is lost (README "Upstream loss, reconnect and
+			// the delivery guarantee"), which is not what this tests.
+			for len(rc.data()) < len(rc.sent) {
+				if _, err := rc.next(10 * time.Second); err != nil {
+					t.Fatal(err)
+				}
+			}
+			nb.mu.Lock()
+			for _, c := range nb.conns {
+				_ = c.UnderlyingConn().Close() // broken: 1006, reconnect
+			}
+			nb.mu.Unlock()
+			relay.ResetAll()
+		}
+	}, "")
+	if nb.gap != "" {
+		t.Fatalf("the backend saw a gap: %s", nb.gap)
+	}
+	var status []string
+	for _, m := range rc.got {
+		if strings.HasPrefix(m, `{"type":"upstream"`) {
+			status = append(status, m)
+		}
+	}
+	want := []string{`{"type":"upstream","status":"reconnecting","attempt":1}`, `{"type":"upstream","status":"connected"}`}
+	if strings.Join(status, " ") != strings.Join(want, " ") {
+		t.Fatalf("status messages %v, want %v", status, want)
+	}
+	if got := len(nb.received()); got != 2 {
+		t.Errorf("%d upstream connections, want 2", got)
+	}
+}
+
+// TestResumeTokensNeverLogged: the JSON log of a session that is
+// created, detached and resumed tells each step and never a token.
+func TestResumeTokensNeverLogged(t *testing.T) {
+	var buf syncBuffer
+	log := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	nb := newNumberedBackend(t)
+	tt := startTetherOpts(t, nb.URL, proxy.Options{Logger: log}, nil)
+	relay := newRelay(t, tt.Addr)
+	rc := newResumeClient(t, "ws://"+relay.Addr(), "")
+	rc.open()
+	tokens := []string{rc.token}
+	rc.stream(40, func(k int) {
+		if k%10 == 0 {
+			relay.ResetAll()
+		}
+	}, "")
+	tokens = append(tokens, rc.token)
+	other := newResumeClient(t, tt.URL, "")
+	other.token = tokens[0]
+	if other.resume("") {
+		t.Fatal("a used token resumed")
+	}
+	tokens = append(tokens, other.token)
+	rc.c.Close()
+	other.c.Close()
+	waitMetric(t, tt, 2, "tether_sessions_detached")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = tt.Shutdown(ctx)
+	out := buf.String()
+	for _, w := range []string{"client detached", "client resumed", "resume refused", "detached session ended"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("no %q in the log", w)
+		}
+	}
+	for _, tok := range tokens {
+		if strings.Contains(out, tok) {
+			t.Fatalf("a token is in the log")
+		}
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/gobwas/ws"
 
+	"github.com/tether-proxy/tether/heartbeat"
 	"github.com/tether-proxy/tether/internal/jsonscan"
 	"github.com/tether-proxy/tether/internal/resume"
 )
@@ -155,6 +156,10 @@ func (s *Session) fromClient(l *leg, op ws.OpCode, p []byte, more bool) {
 			s.clientAck(l, n)
 			return
 		}
+		if s.uncounted(p) {
+			s.toUpstream(l, op, p, more)
+			return
+		}
 	}
 	rs.fwd.Lock()
 	s.mu.Lock()
@@ -260,6 +265,14 @@ func parseCount(v []byte) (uint64, bool) {
 	return n, true
 }
 
+// uncounted reports whether a text message is a JSON heartbeat (the
+// configured ping or pong type): never counted on a resumable client leg,
+// in either direction and whatever the heartbeat modes, so that both ends
+// count the same messages (README "Client session resume").
+func (s *Session) uncounted(p []byte) bool {
+	return s.env.Messages.Classify(p) != heartbeat.KindData
+}
+
 // toClientHeld relays one message to the client of a resumable session
 // (README "Client session resume"): numbered and kept until the client
 // acknowledges it; while detached, only kept. u is the upstream leg whose
@@ -267,6 +280,15 @@ func parseCount(v []byte) (uint64, bool) {
 // false for a message not written.
 func (s *Session) toClientHeld(u *leg, op ws.OpCode, p []byte, more bool) bool {
 	rs := s.rs
+	if op == ws.OpText && s.uncounted(p) {
+		// Not counted, not kept: a heartbeat lost with a connection
+		// is not missed.
+		c := rs.cur.Load()
+		if c == nil {
+			return false
+		}
+		return c.writeData(op, p, 0, false) == nil
+	}
 	rs.send.Lock()
 	defer rs.send.Unlock()
 	c := s.holdForClient(op, p)
@@ -391,13 +413,12 @@ func (s *Session) windowPassed() {
 // detachedEnd ends a detached session: its client did not come back in
 // time, or the messages held for it passed their bounds.
 func (s *Session) detachedEnd(c Cause) {
-	o := Outcome{Cause: c}
-	s.log.Info("detached session ended", "session", s.id, "why", o.Why())
-	s.end(act{kind: actDrop}, act{kind: actSend, ce: CloseError{Code: CloseGoingAway, Reason: "client gone"}}, o)
+	s.end(act{kind: actDrop}, act{kind: actSend, ce: CloseError{Code: CloseGoingAway, Reason: "client gone"}}, Outcome{Cause: c})
 }
 
-// releaseResumeLocked frees what the resume state holds, at the end.
-func (s *Session) releaseResumeLocked() {
+// endResumeLocked frees what the resume state holds when the session
+// ends with o.
+func (s *Session) endResumeLocked(o Outcome) {
 	rs := s.rs
 	rs.log.release()
 	rs.ackT.Stop()
@@ -406,6 +427,7 @@ func (s *Session) releaseResumeLocked() {
 	}
 	if rs.detached {
 		rs.detached = false
+		s.log.Info("detached session ended", "session", s.id, "why", o.Why())
 		if m := s.resumeMetrics(); m != nil {
 			m.Detached(-1)
 		}

@@ -491,6 +491,9 @@ func (s *Session) end(client, upstream act, o Outcome) {
 		o.Upstream = CloseError{Code: CloseAbnormal}
 	}
 	s.outcome = o
+	if s.rs != nil {
+		s.endResumeLocked(o)
+	}
 	onEnd := s.onEnd
 	// Backstop: whatever a peer does, both connections are closed after
 	// the goodbye writes and the close wait.
@@ -577,8 +580,5 @@ func (s *Session) apply(l *leg, a act) {
 func (s *Session) releaseLocked() {
 	if n := s.upLog.release(); n > 0 {
 		s.env.Metrics.Buffered(-n)
-	}
-	if s.rs != nil {
-		s.releaseResumeLocked()
 	}
 }
