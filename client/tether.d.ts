@@ -89,6 +89,22 @@ export interface TetherOptions {
   upstreamType?: string;
   /** Close policy: whether to reconnect after the server closed with this code. Default: shouldReconnect. */
   shouldReconnect?: (close: CloseInfo) => boolean;
+  /**
+   * Ask tether for a resumable session (README "Client session resume"):
+   * after a loss that was not close(), the session is resumed with
+   * nothing lost or doubled either way. Default true.
+   */
+  resume?: boolean;
+  /**
+   * When a resume is refused (the session is gone), re-send the messages
+   * tether never confirmed into the new session, before the queue.
+   * Default false: they are dropped, and the "session" event carries them.
+   */
+  resendUnconfirmed?: boolean;
+  /** Acknowledge tether's messages after this many. Default 32. */
+  ackEvery?: number;
+  /** ...or this many ms after the first unacknowledged one. Default 100. */
+  ackDelay?: number;
 
   // Injection points, for tests.
   /** WebSocket class. Default globalThis.WebSocket. */
@@ -137,7 +153,20 @@ export interface PongEvent {
   at: number;
 }
 
+/** tether's tether.session message was handled (resumable sessions). */
+export interface SessionEvent {
+  /** The session was resumed: nothing was lost either way. */
+  resumed: boolean;
+  /** A resume was asked for and refused: the session, and its state at the backend, are gone. */
+  refused: boolean;
+  /** Messages sent again because tether had not received them (resumed). */
+  resent: number;
+  /** On a refusal: the messages sent that tether never confirmed (dropped unless resendUnconfirmed). */
+  unconfirmed: unknown[];
+}
+
 export interface TetherEventMap {
+  session: SessionEvent;
   status: StatusEvent;
   upstream: UpstreamEvent;
   message: MessageEvent;
@@ -167,6 +196,10 @@ export declare class TetherClient {
   /** Number of the current reconnect attempt during an outage, else 0. */
   readonly attempt: number;
   readonly socket: WebSocketLike | null;
+  /** Whether the current session is resumable (tether sent its token). */
+  readonly resumable: boolean;
+  /** Data messages sent that tether has not acknowledged yet. */
+  readonly unconfirmed: number;
 
   /** Adds a listener; returns a function that removes it. */
   on<K extends keyof TetherEventMap>(type: K, listener: (detail: TetherEventMap[K]) => void): () => void;
@@ -184,7 +217,11 @@ export declare class TetherClient {
   send(data: string | ArrayBufferLike | ArrayBufferView | Blob): boolean;
   /** Closes with code (default 1000) and never reconnects afterwards. */
   close(code?: number, reason?: string): void;
-  /** Kills the socket as a network failure would (code 3000) and reconnects by itself. */
+  /**
+   * Kills the socket as a network failure would and reconnects by itself:
+   * on a resumable session without a Close (a Close would end the session
+   * at tether) and the session resumes; otherwise with code (default 3000).
+   */
   drop(code?: number, reason?: string): boolean;
 }
 

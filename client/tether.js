@@ -14,7 +14,14 @@
 //   - upstream status: tether's TETHER_NOTIFY_CLIENT messages
 //     ({"type":"upstream","status":...}) become "upstream" events;
 //   - a bounded send queue for messages sent while not open, flushed in
-//     order on the next open.
+//     order on the next open;
+//   - session resume (README "Client session resume"; the wire protocol is
+//     in client/README.md): it asks tether for a resumable session, keeps
+//     what it sent until tether's tether.ack, acknowledges what it
+//     receives, and after a loss that was not its own close() resumes the
+//     session with its token and count, re-sending what tether had not
+//     received. A refused resume emits a "session" event with the messages
+//     tether never confirmed.
 //
 // Heartbeats and upstream status messages are consumed: the app's
 // "message" listeners never see them.
@@ -76,7 +83,15 @@ export const defaults = Object.freeze({
   pongMessage: Object.freeze({ type: "pong" }),
   upstreamType: "upstream",
   shouldReconnect: undefined,
+  resume: true,
+  resendUnconfirmed: false,
+  ackEvery: 32,
+  ackDelay: 100,
 });
+
+/** Resume messages (README "Client session resume"). */
+const SESSION_TYPE = "tether.session";
+const ACK_TYPE = "tether.ack";
 
 // A close reason from tether that says it gave up on the upstream.
 const gaveUpReason = /unavailable|gave up|give up|exhausted/i;
@@ -138,6 +153,10 @@ export class TetherClient {
     this._pongMessage = { ...o.pongMessage };
     this._upstreamType = o.upstreamType;
     this._shouldReconnect = o.shouldReconnect ?? shouldReconnect;
+    this._resume = o.resume !== false;
+    this._resendUnconfirmed = !!o.resendUnconfirmed;
+    this._ackEvery = o.ackEvery ?? defaults.ackEvery;
+    this._ackDelay = o.ackDelay ?? defaults.ackDelay;
 
     this._WebSocket = o.WebSocket ?? globalThis.WebSocket;
     this._setTimeout = o.setTimeout ?? globalThis.setTimeout.bind(globalThis);
@@ -167,6 +186,20 @@ export class TetherClient {
     this._pending = new Map(); // ping id -> time sent
     this._queue = [];
     this._closedByApp = false;
+
+    // Session resume. _token is null until tether's tether.session
+    // message; _recv counts the data messages received in the session;
+    // _unconfirmed holds the data messages sent that tether has not
+    // acknowledged, the first of them being message number _confirmed.
+    this._token = null;
+    this._resumable = false; // the current socket's session is resumable
+    this._awaitSession = false; // the current socket waits for tether.session
+    this._recv = 0;
+    this._ackSent = 0;
+    this._ackTimer = null;
+    this._unconfirmed = [];
+    this._confirmed = 0;
+    this._stale = null; // a socket given up without a Close (resume closes it)
   }
 
   /** The current status, one of Status. */
@@ -179,6 +212,10 @@ export class TetherClient {
   get attempt() { return this._reconnecting ? this._retries : 0; }
   /** The underlying WebSocket, or null. For inspection only. */
   get socket() { return this._ws; }
+  /** Whether the current session is resumable (tether sent its token). */
+  get resumable() { return this._resumable; }
+  /** Data messages sent that tether has not acknowledged yet. */
+  get unconfirmed() { return this._unconfirmed.length; }
 
   /**
    * on adds a listener for one event type and returns a function that
@@ -216,7 +253,7 @@ export class TetherClient {
   reconnect() {
     if (this._closedByApp) return false;
     this._clearRetry();
-    this._abandon(CloseCode.CLIENT_DROP, "reconnect");
+    this._abandon(CloseCode.CLIENT_DROP, "reconnect", true);
     this._reconnecting = false;
     this._retries = 0;
     this._dial();
@@ -234,7 +271,7 @@ export class TetherClient {
   send(data) {
     if (this._closedByApp) return false;
     if (this._status === Status.OPEN && this._ws) {
-      this._ws.send(data);
+      this._sendData(data);
       return true;
     }
     if (this._queue.length >= this._maxQueue) return false;
@@ -253,6 +290,7 @@ export class TetherClient {
     this._clearRetry();
     this._queue.length = 0;
     this._abandon(code, reason);
+    this._forgetSession();
     this._setStatus(Status.CLOSED, { code, reason, byClient: true });
   }
 
@@ -263,7 +301,7 @@ export class TetherClient {
    */
   drop(code = CloseCode.CLIENT_DROP, reason = "dropped by client") {
     if (!this._ws || this._closedByApp) return false;
-    this._abandon(code, reason);
+    this._abandon(code, reason, true);
     this._lost({ code, reason, wasClean: false, dropped: true });
     return true;
   }
@@ -289,7 +327,8 @@ export class TetherClient {
   }
 
   _dial() {
-    const url = typeof this._url === "function" ? this._url() : this._url;
+    let url = typeof this._url === "function" ? this._url() : this._url;
+    if (this._resume) url = withResume(url, this._token, this._recv);
     let ws;
     try {
       ws = this._protocols === undefined
@@ -304,6 +343,8 @@ export class TetherClient {
     this._ws = ws;
     this._opened = false;
     this._upstreamUnavailable = false;
+    this._resumable = false;
+    this._awaitSession = this._resume;
     ws.onopen = () => { if (ws === this._ws) this._onOpen(); };
     ws.onmessage = (ev) => { if (ws === this._ws) this._onMessage(ev.data); };
     ws.onclose = (ev) => {
@@ -317,13 +358,21 @@ export class TetherClient {
   }
 
   // _abandon detaches and closes the current socket, if any, without
-  // reacting to its end.
-  _abandon(code, reason) {
+  // reacting to its end. silent, on a resumable session, leaves it
+  // unclosed: a Close would end the session on tether; the resume closes
+  // it instead.
+  _abandon(code, reason, silent = false) {
     const ws = this._ws;
     this._ws = null;
     this._stopHeartbeat();
+    this._stopAck();
     if (!ws) return;
     ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    if (silent && this._resumable && this._token !== null) {
+      this._closeStale();
+      this._stale = ws;
+      return;
+    }
     try {
       ws.close(code, reason);
     } catch {
@@ -335,6 +384,13 @@ export class TetherClient {
 
   _onOpen() {
     this._opened = true;
+    // A resumable dial waits for tether.session before it counts as open:
+    // a resume re-sends first, and the queue goes after.
+    if (this._awaitSession) return;
+    this._opened_();
+  }
+
+  _opened_() {
     const attempt = this.attempt;
     this._reconnecting = false;
     this._retries = 0;
@@ -348,7 +404,7 @@ export class TetherClient {
     // Flush first, so messages queued while down go before anything the
     // app sends from its "open" listener.
     const queued = this._queue.splice(0);
-    for (const data of queued) this._ws.send(data);
+    for (const data of queued) this._sendData(data);
     this._setStatus(Status.OPEN, { attempt, flushed: queued.length, protocol: this._ws.protocol ?? "" });
   }
 
@@ -394,15 +450,118 @@ export class TetherClient {
   }
 
   _onMessage(data) {
-    if (typeof data === "string") {
-      const msg = parseControl(data);
-      if (msg !== null) {
-        if (msg.type === this._pingMessage.type) return this._onPing(msg);
-        if (msg.type === this._pongMessage.type) return this._onPong(msg);
-        if (msg.type === this._upstreamType && upstreamStatuses.has(msg.status)) return this._onUpstream(msg);
+    const msg = typeof data === "string" ? parseControl(data) : null;
+    if (this._awaitSession) {
+      this._awaitSession = false;
+      if (msg !== null && msg.type === SESSION_TYPE && typeof msg.token === "string") {
+        this._onSession(msg);
+        return;
       }
+      // No tether.session first: resume is off at tether.
+      this._forgetSession();
+      if (this._opened) this._opened_();
     }
+    if (msg !== null) {
+      if (msg.type === this._pingMessage.type) return this._onPing(msg);
+      if (msg.type === this._pongMessage.type) return this._onPong(msg);
+      if (this._resumable && msg.type === ACK_TYPE && Number.isSafeInteger(msg.ack)) return this._onAck(msg.ack);
+    }
+    if (this._resumable) this._counted();
+    if (msg !== null && msg.type === this._upstreamType && upstreamStatuses.has(msg.status)) return this._onUpstream(msg);
     this._emit("message", { data });
+  }
+
+  // _onSession handles tether's tether.session message: a new session,
+  // a resumed one (re-send what tether lacks), or a refused resume.
+  _onSession(msg) {
+    this._closeStale();
+    const hadSession = this._token !== null;
+    this._token = msg.token;
+    this._resumable = true;
+    let resent = 0;
+    let unconfirmed = [];
+    if (msg.resumed === true && Number.isSafeInteger(msg.ack) && msg.ack >= this._confirmed
+      && msg.ack <= this._confirmed + this._unconfirmed.length) {
+      this._confirm(msg.ack);
+      this._ackSent = this._recv; // tether has our count from tether_ack
+      const again = this._unconfirmed;
+      for (const data of again) this._ws.send(data);
+      resent = again.length;
+    } else {
+      unconfirmed = this._unconfirmed;
+      this._unconfirmed = [];
+      this._confirmed = 0;
+      this._recv = 0;
+      this._ackSent = 0;
+      // Re-sent into the new session only if the app says so, before
+      // what it queued meanwhile.
+      if (this._resendUnconfirmed) this._queue.unshift(...unconfirmed);
+    }
+    const resumed = msg.resumed === true && hadSession;
+    this._opened_();
+    this._emit("session", { resumed, refused: hadSession && !resumed, resent, unconfirmed: [...unconfirmed] });
+  }
+
+  _sendData(data) {
+    this._ws.send(data);
+    if (this._resumable) this._unconfirmed.push(data);
+  }
+
+  _onAck(n) {
+    if (n >= this._confirmed && n <= this._confirmed + this._unconfirmed.length) this._confirm(n);
+  }
+
+  // _confirm drops the messages tether has: those numbered below n.
+  _confirm(n) {
+    this._unconfirmed.splice(0, n - this._confirmed);
+    this._confirmed = n;
+  }
+
+  // _counted counts a data message received and acknowledges in time:
+  // at once every ackEvery messages, else ackDelay after the first
+  // unacknowledged one.
+  _counted() {
+    this._recv++;
+    if (this._recv - this._ackSent >= this._ackEvery) {
+      this._sendAck();
+    } else if (this._ackTimer === null) {
+      this._ackTimer = this._setTimeout(() => {
+        this._ackTimer = null;
+        this._sendAck();
+      }, this._ackDelay);
+    }
+  }
+
+  _sendAck() {
+    this._stopAck();
+    if (!this._ws || this._recv === this._ackSent) return;
+    this._ackSent = this._recv;
+    this._ws.send(JSON.stringify({ type: ACK_TYPE, ack: this._recv }));
+  }
+
+  _stopAck() {
+    if (this._ackTimer !== null) {
+      this._clearTimeout(this._ackTimer);
+      this._ackTimer = null;
+    }
+  }
+
+  _closeStale() {
+    const ws = this._stale;
+    this._stale = null;
+    if (ws) {
+      try { ws.close(); } catch { /* already closed */ }
+    }
+  }
+
+  // _forgetSession drops the resume state: the next connection is a new
+  // session.
+  _forgetSession() {
+    this._closeStale();
+    this._token = null;
+    this._resumable = false;
+    this._recv = this._ackSent = this._confirmed = 0;
+    this._unconfirmed = [];
   }
 
   // _onPing answers one of tether's JSON pings: the configured pong, with
@@ -456,7 +615,7 @@ export class TetherClient {
     this._deadlineTimer = this._setTimeout(() => {
       this._deadlineTimer = null;
       const reason = "no pong from tether";
-      this._abandon(CloseCode.CLIENT_HEARTBEAT_TIMEOUT, reason);
+      this._abandon(CloseCode.CLIENT_HEARTBEAT_TIMEOUT, reason, true);
       this._lost({ code: CloseCode.CLIENT_HEARTBEAT_TIMEOUT, reason, wasClean: false, dropped: true });
     }, this._pongTimeout);
   }
@@ -492,6 +651,17 @@ function parseControl(s) {
   }
   if (v === null || typeof v !== "object" || Array.isArray(v) || typeof v.type !== "string") return null;
   return v;
+}
+
+// withResume adds tether's resume parameters to url: a new resumable
+// session, or a resume of token after recv messages.
+function withResume(url, token, recv) {
+  const q = token === null
+    ? "tether_resume=new"
+    : `tether_resume=${encodeURIComponent(token)}&tether_ack=${recv}`;
+  const hash = url.indexOf("#");
+  const base = hash < 0 ? url : url.slice(0, hash);
+  return base + (base.includes("?") ? "&" : "?") + q;
 }
 
 function utf8Length(s) {

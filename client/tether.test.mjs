@@ -110,9 +110,10 @@ function setup(options = {}) {
     initialDelay: 100,
     maxDelay: 1000,
     maxAttempts: 5,
+    resume: false, // the resume tests below turn it on
     ...options.client,
   });
-  const events = { status: [], upstream: [], message: [], ping: [], pong: [] };
+  const events = { status: [], upstream: [], message: [], ping: [], pong: [], session: [] };
   for (const type of Object.keys(events)) client.on(type, (d) => events[type].push(d));
   const last = () => instances[instances.length - 1];
   const statuses = () => events.status.map((e) => e.status);
@@ -557,8 +558,167 @@ test("options: protocols, binaryType and a URL function", () => {
     setTimeout: () => 0, clearTimeout: () => {},
   });
   client.connect();
-  assert.equal(instances[0].url, "ws://t/1");
+  assert.equal(instances[0].url, "ws://t/1?tether_resume=new"); // resume is on by default
   assert.deepEqual(instances[0].protocols, ["v1"]);
   assert.equal(instances[0].binaryType, "arraybuffer");
   assert.throws(() => new TetherClient("ws://x", { WebSocket: FakeWebSocket, pingMessage: { type: "a" }, pongMessage: { type: "a" } }));
+});
+
+// Session resume (README "Client session resume", wire protocol in
+// client/README.md).
+
+function resumable(options = {}) {
+  const t = setup({ ...options, client: { resume: true, pingInterval: 0, ...options.client } });
+  t.client.connect();
+  t.last().serverOpen();
+  return t;
+}
+
+const session = (token, resumed, ack) => ({ type: "tether.session", token, resumed, ack });
+const dataSent = (ws) => ws.sent.filter((m) => typeof m !== "string" || !m.includes('"tether.ack"'));
+
+test("resume: asks for a resumable session and opens on tether.session", () => {
+  const { client, last, statuses, events } = resumable();
+  assert.equal(last().url, "ws://tether.test/?tether_resume=new");
+  assert.deepEqual(statuses(), ["connecting"], "not open before tether.session");
+  client.send("early");
+  assert.deepEqual(last().sent, [], "queued until the session message");
+  last().serverSendJSON(session("tok1", false, 0));
+  assert.deepEqual(statuses(), ["connecting", "open"]);
+  assert.deepEqual(last().sent, ["early"]);
+  assert.equal(client.resumable, true);
+  assert.equal(client.unconfirmed, 1);
+  assert.equal(events.message.length, 0, "tether.session is not delivered");
+  assert.deepEqual(events.session, [{ resumed: false, refused: false, resent: 0, unconfirmed: [] }]);
+});
+
+test("resume: tether.ack frees what tether has; the client acknowledges in time and never when idle", () => {
+  const { client, last, clock, events } = resumable({ client: { ackEvery: 4, ackDelay: 50 } });
+  const ws = last();
+  ws.serverSendJSON(session("tok1", false, 0));
+  for (const m of ["a", "b", "c"]) client.send(m);
+  ws.serverSendJSON({ type: "tether.ack", ack: 2 });
+  assert.equal(client.unconfirmed, 1);
+  assert.equal(events.message.length, 0, "tether.ack is not delivered");
+  // Four messages: an ack at once.
+  for (const m of ["1", "2", "3", "4"]) ws.serverSend(m);
+  assert.deepEqual(ws.sent.slice(3), ['{"type":"tether.ack","ack":4}']);
+  // One more: an ack after the delay, then nothing while idle.
+  ws.serverSend("5");
+  assert.equal(ws.sent.length, 4);
+  clock.advance(50);
+  assert.deepEqual(ws.sent.slice(4), ['{"type":"tether.ack","ack":5}']);
+  clock.advance(10000);
+  assert.equal(ws.sent.length, 5, "no ack on an idle session");
+  assert.deepEqual(clock.delays(), [], "no timer on an idle session");
+});
+
+test("resume: after a loss, resumes with token and count and re-sends what tether lacks, before the queue", () => {
+  const { client, last, clock, events, instances } = resumable({ client: { ackEvery: 100 } });
+  let ws = last();
+  ws.serverSendJSON(session("tok1", false, 0));
+  for (const m of ["m0", "m1", "m2"]) client.send(m);
+  ws.serverSend("u0");
+  ws.serverSend("u1");
+  ws.fail(); // broken, not closed
+  client.send("m3"); // queued while down
+  clock.advance(1000);
+  ws = last();
+  assert.equal(instances.length, 2);
+  assert.equal(ws.url, "ws://tether.test/?tether_resume=tok1&tether_ack=2");
+  ws.serverOpen();
+  ws.serverSendJSON(session("tok2", true, 1)); // tether has m0 only
+  assert.deepEqual(dataSent(ws), ["m1", "m2", "m3"]);
+  assert.equal(events.session.at(-1).resumed, true);
+  assert.equal(events.session.at(-1).resent, 2);
+  ws.serverSend("u2");
+  assert.deepEqual(events.message.map((e) => e.data), ["u0", "u1", "u2"]);
+  // The next loss resumes with the new token and the whole count.
+  ws.fail();
+  clock.advance(1000);
+  assert.equal(last().url, "ws://tether.test/?tether_resume=tok2&tether_ack=3");
+});
+
+test("resume: a refusal tells the app what tether never confirmed and drops it by default", () => {
+  const { client, last, clock, events } = resumable();
+  let ws = last();
+  ws.serverSendJSON(session("tok1", false, 0));
+  client.send("m0");
+  client.send("m1");
+  ws.serverSendJSON({ type: "tether.ack", ack: 1 });
+  ws.fail();
+  clock.advance(1000);
+  ws = last();
+  ws.serverOpen();
+  ws.serverSendJSON(session("tok9", false, 0));
+  assert.deepEqual(events.session.at(-1), { resumed: false, refused: true, resent: 0, unconfirmed: ["m1"] });
+  assert.deepEqual(dataSent(ws), [], "dropped by default");
+  assert.equal(client.unconfirmed, 0);
+});
+
+test("resume: resendUnconfirmed re-sends the unconfirmed messages into the new session first", () => {
+  const { client, last, clock } = resumable({ client: { resendUnconfirmed: true } });
+  let ws = last();
+  ws.serverSendJSON(session("tok1", false, 0));
+  client.send("m0");
+  ws.fail();
+  client.send("m1");
+  clock.advance(1000);
+  ws = last();
+  ws.serverOpen();
+  ws.serverSendJSON(session("tok9", false, 0));
+  assert.deepEqual(dataSent(ws), ["m0", "m1"]);
+});
+
+test("resume: drop() and a pong timeout give the socket up without a Close; the resume closes it", () => {
+  const { client, last, clock } = resumable({ client: { pingInterval: 100 } });
+  const ws = last();
+  ws.serverSendJSON(session("tok1", false, 0));
+  client.drop();
+  assert.equal(ws.closedWith, null, "a Close would end the session at tether");
+  clock.advance(1000);
+  last().serverOpen();
+  last().serverSendJSON(session("tok2", true, 0));
+  assert.notEqual(ws.closedWith, null, "closed once resumed");
+  // A pong timeout does the same.
+  const ws2 = last();
+  clock.advance(300); // no pong
+  assert.equal(ws2.closedWith, null);
+  clock.advance(1000);
+  assert.notEqual(last(), ws2);
+  assert.match(last().url, /tether_resume=tok2&tether_ack=0$/);
+});
+
+test("resume: heartbeats and upstream status messages are counted as the wire protocol says", () => {
+  const { client, last, clock } = resumable({ client: { ackEvery: 1000 } });
+  let ws = last();
+  ws.serverSendJSON(session("tok1", false, 0));
+  ws.serverSendJSON({ type: "ping", id: 1 }); // heartbeat: not counted
+  ws.serverSendJSON({ type: "upstream", status: "reconnecting", attempt: 1 }); // data
+  ws.serverSend("x"); // data
+  ws.fail();
+  clock.advance(1000);
+  assert.match(last().url, /tether_ack=2$/);
+  void client;
+});
+
+test("resume: no tether.session first means resume is off at tether", () => {
+  const { client, last, events, statuses } = resumable();
+  last().serverSend("hello");
+  assert.deepEqual(statuses(), ["connecting", "open"]);
+  assert.deepEqual(events.message.map((e) => e.data), ["hello"]);
+  assert.equal(client.resumable, false);
+  client.send("m");
+  assert.equal(client.unconfirmed, 0);
+});
+
+test("resume: close() sends a Close and forgets the session; resume: false asks for nothing", () => {
+  const { client, last } = resumable();
+  const ws = last();
+  ws.serverSendJSON(session("tok1", false, 0));
+  client.close();
+  assert.equal(ws.closedWith.code, 1000);
+  const plain = setup({ client: { resume: false } });
+  plain.client.connect();
+  assert.equal(plain.last().url, "ws://tether.test/");
 });
