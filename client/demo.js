@@ -28,6 +28,7 @@ class EchoCheck {
     this.duplicated = 0;
     this.outOfOrder = 0;
     this.maxEchoed = 0;
+    this.givenUp = 0; // in flight when a resume was refused
   }
 
   next() {
@@ -58,6 +59,17 @@ class EchoCheck {
   // Numbers sent after the highest echoed one: still on their way.
   get pending() { return this.sent - this.maxEchoed; }
   get ok() { return this.missing === 0 && this.duplicated === 0 && this.outOfOrder === 0; }
+
+  // resync gives up the numbers still on their way when a resume was
+  // refused (the old session, and what it had in flight, is gone) and
+  // returns how many.
+  resync() {
+    const gone = this.sent - this.distinct;
+    this.givenUp += gone;
+    for (let n = 1; n <= this.sent; n++) if (!this.counts.has(n)) this.counts.set(n, 1);
+    this.distinct = this.maxEchoed = this.sent;
+    return gone;
+  }
 }
 
 function timeOfDay(d = new Date()) {
@@ -120,12 +132,17 @@ async function main() {
   const url = tetherURL(cfg, params);
   $("ws-url").textContent = url;
 
-  const client = new TetherClient(url, clientOptions(cfg, params));
+  // "Go offline" points the client at a port nothing listens on until
+  // offlineUntil: every attempt fails as on a dead network.
+  let offlineUntil = 0;
+  const client = new TetherClient(() => (Date.now() < offlineUntil ? "ws://127.0.0.1:9/" : url), clientOptions(cfg, params));
   const check = new EchoCheck();
   // Every status and upstream event, in order, for tests and the curious.
   const history = [];
   const stats = {
     opens: 0,
+    resumes: 0,
+    refusals: 0,
     serverPings: 0,
     lastServerPing: 0,
     clientPings: 0,
@@ -292,7 +309,35 @@ async function main() {
   $("stop-backend").addEventListener("click", () => backendAction("stop"));
   $("start-backend").addEventListener("click", () => backendAction("start"));
   $("drop-connection").addEventListener("click", () => {
-    if (client.drop()) log("event-log", "client dropped its connection (code 3000)", "warn");
+    if (client.drop()) {
+      log("event-log", client.resumable
+        ? "client cut its connection (no Close): the session resumes"
+        : "client dropped its connection (code 3000)", "warn");
+    }
+  });
+  $("offline-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const seconds = Math.max(1, Number($("offline-seconds").value) || 5);
+    offlineUntil = Date.now() + seconds * 1000;
+    client.drop();
+    log("event-log", `page offline for ${seconds} s`, "warn");
+    setTimeout(() => {
+      log("event-log", "page back online", "ok");
+      if (client.status === Status.OFFLINE || client.status === Status.CLOSED) client.reconnect();
+    }, seconds * 1000);
+  });
+  client.on("session", (e) => {
+    history.push({ kind: "session", resumed: e.resumed, refused: e.refused });
+    if (e.resumed) {
+      stats.resumes++;
+      log("event-log", `session resumed: ${e.resent} message(s) sent again, nothing lost`, "ok");
+    } else if (e.refused) {
+      stats.refusals++;
+      const gone = check.resync();
+      log("event-log", `resume refused (the session is gone): ${e.unconfirmed.length} unconfirmed message(s) dropped, resync gives up ${gone} in flight`, "bad");
+      renderCheck();
+    }
+    $("resume-count").textContent = `${stats.resumes} resumed, ${stats.refusals} refused`;
   });
   $("reconnect").addEventListener("click", () => {
     client.reconnect();
@@ -327,6 +372,8 @@ async function main() {
       missing: check.missing,
       duplicated: check.duplicated,
       outOfOrder: check.outOfOrder,
+      givenUp: check.givenUp,
+      resumable: client.resumable,
       ok: check.ok,
       ...stats,
     }),

@@ -5,7 +5,8 @@
 //
 // The demo's tether uses the README defaults except: TETHER_NOTIFY_CLIENT=true,
 // client heartbeats in `both` mode every 5 s (timeout 15 s) so pings are
-// visible, and upstream heartbeats in `ws` mode every 2 s (timeout 6 s).
+// visible, upstream heartbeats in `ws` mode every 2 s (timeout 6 s), and
+// TETHER_RESUME_WINDOW=15s so that the page can outlast it.
 //
 // Goroutines: Start starts one Serve goroutine per listener (tether, admin,
 // page) and the backend's accept loop and connection goroutines; Close
@@ -88,6 +89,9 @@ func DefaultConfig(upstreamURL string) (proxy.Config, error) {
 		return cfg, err
 	}
 	cfg.Session.NotifyClient = true
+	// Short enough that the page's "go offline" can outlast it and show
+	// a refused resume (README "Client session resume").
+	cfg.Session.Resume.Window = 15 * time.Second
 	cfg.Session.ClientHeartbeat.Mode = heartbeat.ModeBoth
 	cfg.Session.ClientHeartbeat.Interval = 5 * time.Second
 	cfg.Session.ClientHeartbeat.Timeout = 15 * time.Second

@@ -72,6 +72,9 @@ type snapshot struct {
 	ClientPings int      `json:"clientPings"`
 	ClientPongs int      `json:"clientPongs"`
 	RTTLast     *float64 `json:"rttLast"`
+	Resumes     int      `json:"resumes"`
+	Refusals    int      `json:"refusals"`
+	Resumable   bool     `json:"resumable"`
 }
 
 func (b *browser) snapshot() snapshot {
@@ -242,21 +245,31 @@ func TestBrowser(t *testing.T) {
 		return
 	}
 
-	ok = t.Run("dropped connection reconnects by itself", func(t *testing.T) {
+	ok = t.Run("dropped connection resumes by itself", func(t *testing.T) {
 		b.t = t
 		before := b.snapshot()
+		if !before.Resumable {
+			t.Fatal("the demo's session is not resumable")
+		}
 		mark := b.historyLen()
+		// Messages in flight both ways while the connection is cut.
+		for range 5 {
+			b.click("send-numbered")
+		}
 		b.click("drop-connection")
 		b.poll("the client open again", fmt.Sprintf(
 			`(s => s.status === "open" && s.opens === %d)(tetherDemo.snapshot())`, before.Opens+1), 10*time.Second)
 		if h := b.historySince(mark); !containsInOrder(h, "status:reconnecting:3000", "status:connecting", "status:open") {
 			t.Errorf("history %v, want reconnecting (3000), connecting, open", h)
 		}
+		if s := b.snapshot(); s.Resumes != before.Resumes+1 || s.Refusals != 0 {
+			t.Errorf("%d resumes and %d refusals, want %d and 0", s.Resumes, s.Refusals, before.Resumes+1)
+		}
 		for range 3 {
 			b.click("send-numbered")
 		}
-		b.poll("echoes on the new connection", fmt.Sprintf(
-			`(s => s.sent === %d && s.pending === 0 && s.ok)(tetherDemo.snapshot())`, before.Sent+3), 10*time.Second)
+		b.poll("every echo once, in order, across the resume", fmt.Sprintf(
+			`(s => s.sent === %d && s.pending === 0 && s.ok && s.missing === 0 && s.duplicated === 0)(tetherDemo.snapshot())`, before.Sent+8), 10*time.Second)
 	})
 	b.t = t
 	if !ok {
