@@ -352,7 +352,7 @@ func BenchmarkRelay(b *testing.B) {
 // newHBTCPRelay is a session between two peers over loopback TCP, for
 // allocation counts. (Not net.Pipe: its deadlines allocate a timer per
 // call, sockets' do not.)
-func newHBTCPRelay(t *testing.T, cfg Config) (client, up *hbWirePeer) {
+func newHBTCPRelay(t testing.TB, cfg Config) (client, up *hbWirePeer) {
 	t.Helper()
 	env, err := NewEnv(cfg, nil, nil)
 	if err != nil {
@@ -442,5 +442,77 @@ func TestRelaySteadyStateAllocs(t *testing.T) {
 			}
 			t.Logf("%v allocations per message", got)
 		})
+	}
+}
+
+// BenchmarkResumableRelay compares a resumable session (README "Client
+// session resume": upstream messages kept until the client's tether.ack,
+// client messages counted and acknowledged) with a plain one, 1 KiB
+// messages each way over loopback TCP. On a shared machine only the
+// allocation counts mean anything; time it on a quiet one.
+func BenchmarkResumableRelay(b *testing.B) {
+	// The upstream heartbeat off: nothing here answers pings, so client
+	// messages are not retained for the upstream (BenchmarkRelay has that).
+	cfg := hbCfg(hbLeg(heartbeat.ModeBoth, 15*time.Second, 0), hbOff)
+	msg := make([]byte, 1<<10)
+	for i := range msg {
+		msg[i] = 'a' + byte(i%26)
+	}
+	for _, resumable := range []bool{false, true} {
+		for _, toUpstream := range []bool{false, true} {
+			name := map[bool]string{false: "plain", true: "resumable"}[resumable] + map[bool]string{false: "/upstream-to-client", true: "/client-to-upstream"}[toUpstream]
+			b.Run(name, func(b *testing.B) {
+				var client, up *hbWirePeer
+				if resumable {
+					client, up = newResumableTCPRelay(b, cfg)
+				} else {
+					client, up = newHBTCPRelay(b, cfg)
+				}
+				from, to := up, client
+				if toUpstream {
+					from, to = client, up
+					// tether's tether.acks (and pings) come back on
+					// the client connection: read them.
+					go func() {
+						for {
+							if _, _, err := client.frame(); err != nil {
+								return
+							}
+						}
+					}()
+				}
+				frame := append([]byte(nil), from.encode(ws.OpText, msg)...)
+				b.SetBytes(int64(len(msg)))
+				b.ReportAllocs()
+				b.ResetTimer()
+				errc := make(chan error, 1)
+				go func() {
+					for range b.N {
+						if _, err := from.conn.Write(frame); err != nil {
+							errc <- err
+							return
+						}
+					}
+					errc <- nil
+				}()
+				ack := make([]byte, 0, 64)
+				for i := range b.N {
+					p, err := readData(to)
+					if err != nil || len(p) != len(msg) {
+						b.Fatalf("message %d: %d bytes, %v", i, len(p), err)
+					}
+					if resumable && !toUpstream && (i+1)%32 == 0 {
+						ack = client.appendAck(ack[:0], uint64(i+1))
+						if _, err := client.conn.Write(ack); err != nil {
+							b.Fatal(err)
+						}
+					}
+				}
+				b.StopTimer()
+				if err := <-errc; err != nil {
+					b.Fatal(err)
+				}
+			})
+		}
 	}
 }
