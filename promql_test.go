@@ -10,8 +10,7 @@ import (
 )
 
 // notYetImplementedMetrics are metrics the dashboard and the alerts already
-// use for features tether does not have yet (client session resume and
-// state replay). The checks against a live /metrics skip them, saying so;
+// use for features tether does not have yet (state replay). The checks against a live /metrics skip them, saying so;
 // they fail once tether serves one of them, so remove it from this list
 // when its feature lands.
 var notYetImplementedMetrics = []string{

@@ -133,6 +133,7 @@ func (s *Server) takeSample() sample {
 			sm.connected++
 		case session.StateReconnecting:
 			sm.reconnecting++
+		case session.StateDetached: // counted by tether_sessions_detached
 		default:
 			sm.closing++
 		}

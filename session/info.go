@@ -12,9 +12,9 @@ const (
 	// StateReconnecting: the client leg is up and the upstream leg is
 	// being re-established (including re-sending on a new connection).
 	StateReconnecting State = "reconnecting"
-	// StateDetached: the upstream leg is kept while the client is away.
-	// Not produced yet: it belongs to client resume, which tether does
-	// not implement; listings never show it today.
+	// StateDetached: a resumable session whose client leg dropped; the
+	// upstream leg is kept while the client is away (README "Client
+	// session resume").
 	StateDetached State = "detached"
 	// StateClosing: the session has ended and its Close handshakes are
 	// finishing.
@@ -58,6 +58,9 @@ func (s *Session) Info() Info {
 		in.State = StateReconnecting
 	default:
 		in.State = StateClosing
+	}
+	if s.rs != nil && s.rs.detached && s.state != stateClosed {
+		in.State = StateDetached
 	}
 	in.Upstream = s.upHost
 	in.Retained = s.upLog.next
