@@ -443,22 +443,6 @@ func TestResumeOffStripsParameters(t *testing.T) {
 	}
 }
 
-// waitMetric waits until a metric has the value want.
-func waitMetric(t *testing.T, tt *tether, want float64, name string, labels ...string) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		v := metric(t, tt, name, labels...)
-		if v == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s%v = %v, want %v", name, labels, v, want)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // endsBackend reports the close code each upstream connection ends with
 // (-1: broken without a Close) and runs f on it first.
 func endsBackend(t *testing.T, f func(c *websocket.Conn)) (*backend, chan int) {
@@ -489,11 +473,11 @@ func TestResumeExpiry(t *testing.T) {
 	rc := newResumeClient(t, "ws://"+relay.Addr(), "")
 	rc.open()
 	relay.ResetAll()
-	waitMetric(t, tt, 1, "tether_sessions_detached")
+	rcWaitMetric(t, tt, 1, "tether_sessions_detached")
 	if code := coreRecv(t, ends, 10*time.Second, "upstream end"); code != 1001 {
 		t.Fatalf("the upstream got %d, want 1001", code)
 	}
-	waitMetric(t, tt, 0, "tether_sessions_detached")
+	rcWaitMetric(t, tt, 0, "tether_sessions_detached")
 	if rc.resume(tt.URL) {
 		t.Fatal("an expired session resumed")
 	}
@@ -517,12 +501,12 @@ func TestResumeOverflowWhileDetached(t *testing.T) {
 	rc := newResumeClient(t, "ws://"+relay.Addr(), "")
 	rc.open()
 	relay.ResetAll()
-	waitMetric(t, tt, 1, "tether_sessions_detached")
+	rcWaitMetric(t, tt, 1, "tether_sessions_detached")
 	close(burst)
 	if code := coreRecv(t, ends, 10*time.Second, "upstream end"); code != 1001 {
 		t.Fatalf("the upstream got %d, want 1001", code)
 	}
-	waitMetric(t, tt, 0, "tether_sessions_detached")
+	rcWaitMetric(t, tt, 0, "tether_sessions_detached")
 }
 
 // TestResumeDrain: on a drain, a detached session ends at once (upstream
@@ -534,7 +518,7 @@ func TestResumeDrain(t *testing.T) {
 	gone := newResumeClient(t, "ws://"+relay.Addr(), "")
 	gone.open()
 	relay.ResetAll()
-	waitMetric(t, tt, 1, "tether_sessions_detached")
+	rcWaitMetric(t, tt, 1, "tether_sessions_detached")
 	here := newResumeClient(t, tt.URL, "")
 	here.open()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -652,7 +636,7 @@ func TestResumeTokensNeverLogged(t *testing.T) {
 	tokens = append(tokens, other.token)
 	rc.c.Close()
 	other.c.Close()
-	waitMetric(t, tt, 2, "tether_sessions_detached")
+	rcWaitMetric(t, tt, 2, "tether_sessions_detached")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = tt.Shutdown(ctx)
