@@ -345,22 +345,23 @@ func TestResumeHalfOpen(t *testing.T) {
 	rc := newResumeClient(t, "ws://"+relay.Addr(), "")
 	rc.open()
 	const n = 200
-	stalled := false
+	var old *websocket.Conn
 	rc.stream(n, func(k int) {
 		if k == 50 {
-			stalled = true
 			relay.Stall()
 			// Messages sent into the blackhole: tether never gets
 			// them, the resume re-sends them.
 			for range 4 {
 				_ = rc.send("c" + strconv.Itoa(len(rc.sent)))
 			}
+			old, rc.c = rc.c, nil // given up, not closed: tether must close it
+			t.Cleanup(func() { old.Close() })
 			if !rc.resume(tt.URL) {
 				t.Fatal("resume over a half-open leg refused")
 			}
 		}
 	}, tt.URL)
-	if !stalled {
+	if old == nil {
 		t.Fatal("never stalled")
 	}
 	got := nb.received()
@@ -368,7 +369,20 @@ func TestResumeHalfOpen(t *testing.T) {
 		t.Fatalf("the backend saw %d connections, want 1", len(got))
 	}
 	checkNumbered(t, got[0], n, "c")
+	// Once the blackhole lets go, the old connection turns out closed by
+	// tether (it would otherwise live until its heartbeat timeout).
 	relay.Resume()
+	_ = old.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		_, _, err := old.ReadMessage()
+		if err == nil {
+			continue
+		}
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Fatal("the half-open leg is still open at tether")
+		}
+		break
+	}
 	if v := metric(t, tt, "tether_sessions_detached"); v != 0 {
 		t.Errorf("tether_sessions_detached = %v, want 0", v)
 	}
