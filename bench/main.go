@@ -53,7 +53,7 @@ func main() {
 	}
 }
 
-const usage = "usage: bench backend|relay|throughput|latency|idle|table [flags] (bench CMD -h for flags)"
+const usage = "usage: bench backend|relay|throughput|latency|idle|floor|table [flags] (bench CMD -h for flags)"
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
@@ -87,6 +87,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(stderr, "bench relay %s -> %s\n", ln.Addr(), *to)
 		return serveRelay(ctx, ln, *to, *noSplice)
+	case "floor":
+		n := fs.Int("n", 200000, "writes and reads to time")
+		asJSON := fs.Bool("json", false, "print the result as one JSON line on stdout")
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		r, err := floor(*n)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stderr, "syscall floor: %.0f ns CPU per 6-byte write, %.0f per read, %.0f per ping round trip (write + read; %d each)\n",
+			r.WriteNs, r.ReadNs, r.RoundTripNs, r.N)
+		if *asJSON {
+			b, _ := json.Marshal(r)
+			fmt.Fprintln(stdout, string(b))
+		}
+		return nil
 	case "table":
 		in := fs.String("in", "-", "JSON lines from -json runs (- for stdin)")
 		ref := fs.String("ref", "tether", "target the ratios compare against every other target")

@@ -306,3 +306,14 @@ func TestTableMedianOfRuns(t *testing.T) {
 		}
 	}
 }
+
+// TestFloor: the syscall floor measures something for both halves.
+func TestFloor(t *testing.T) {
+	r, err := floor(2000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.N != 2000 || r.WriteNs <= 0 || r.ReadNs <= 0 || r.RoundTripNs != r.WriteNs+r.ReadNs {
+		t.Fatalf("floor: %+v", r)
+	}
+}

@@ -986,7 +986,8 @@ func TestRcNotifications(t *testing.T) {
 }
 
 // Several upstream URLs: when the first one's backend dies, the reconnect
-// rotates to the second, replaying the original request.
+// rotates to the second (its first attempt already), replaying the
+// original request.
 func TestRcRotation(t *testing.T) {
 	t.Parallel()
 	first := rcNewBackend(t, nil)
@@ -998,12 +999,18 @@ func TestRcRotation(t *testing.T) {
 	rcExpect(t, c, "a")
 	rcAcked(t, tt)
 	relay.Refuse(true)
+	base := relay.Accepted()
 	relay.ResetAll()
 	second.waitHandshake(1)
 	rcSend(t, c, "b")
 	rcExpect(t, c, "b")
 	if got := first.handshakes(); got != 1 {
 		t.Fatalf("first backend: %d handshakes, want 1", got)
+	}
+	// The URL whose connection was lost is not dialled first again: the
+	// first attempt goes to the next URL in rotation.
+	if got := relay.Accepted() - base; got != 0 {
+		t.Fatalf("%d dials to the URL that had just failed, want 0", got)
 	}
 	r := second.request(1)
 	if r.URL.Path != "/room/7" || r.URL.RawQuery != "x=1" || r.Header.Get("X-Token") != "secret" {

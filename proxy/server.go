@@ -481,6 +481,10 @@ func (d *upstreamDialer) dial(ctx context.Context, first bool) (session.Upstream
 		up, cookies, err := d.dialOne(ctx, idx, first)
 		if err == nil {
 			d.s.preferred.Store(int64(idx))
+			// When this connection is lost, its URL has just failed: the
+			// reconnect's first attempt dials the next one in rotation
+			// (with one URL, the same).
+			d.next = idx + 1
 			return up, cookies, nil
 		}
 		lastErr = err
