@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,6 +33,7 @@ type dialOpts struct {
 	url     string
 	sources int  // source addresses 127.0.0.1 .. 127.0.0.<sources>
 	deflate bool // offer permessage-deflate (no context takeover)
+	resume  bool // ask tether for a resumable session (tether_resume=new)
 	readBuf int  // bufio.Reader size per connection
 	// onConn, if set, is called with each connection as soon as it is
 	// open (idle starts its reader there: a session left unread while
@@ -112,6 +114,13 @@ type client struct {
 	conn    net.Conn
 	br      *bufio.Reader
 	deflate bool // permessage-deflate was negotiated
+	// resume: the session is resumable (README "Client session resume"):
+	// tether's tether.session and tether.ack messages are consumed, and
+	// the data messages received are acknowledged every resumeAckEvery.
+	resume      bool
+	resumable   atomic.Bool // tether's tether.session message arrived
+	recv, acked uint64
+	ackBuf      []byte
 
 	wmu  sync.Mutex
 	bw   *bufio.Writer
@@ -148,12 +157,17 @@ func dial(ctx context.Context, o dialOpts, i int, cnt *counters) (*client, error
 	if o.deflate {
 		d.Extensions = []httphead.Option{wsflate.DefaultParameters.Option()}
 	}
+	if o.resume {
+		q := u.Query()
+		q.Set("tether_resume", "new")
+		u.RawQuery = q.Encode()
+	}
 	conn, br, hs, err := d.Dial(ctx, u.String())
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", u.Host, err)
 	}
 	size := max(o.readBuf, 512)
-	c := &client{conn: conn, bw: bufio.NewWriterSize(conn, 64<<10)}
+	c := &client{conn: conn, bw: bufio.NewWriterSize(conn, 64<<10), resume: o.resume}
 	if br != nil {
 		// Frames the server sent right after its 101 are already in br.
 		c.br = br
@@ -215,6 +229,16 @@ func (c *client) flush() error {
 	defer c.wmu.Unlock()
 	return c.bw.Flush()
 }
+
+// tetherMsg starts tether's own messages on a resumable session.
+var (
+	tetherMsg     = []byte(`{"type":"tether.`)
+	tetherSession = []byte(`{"type":"tether.session"`)
+)
+
+// resumeAckEvery is how often a resumable client acknowledges what it
+// received (tether.js acknowledges every 32 messages or 100 ms).
+const resumeAckEvery = 32
 
 // errClosed is a Close frame from the server.
 var errClosed = errors.New("server sent close")
@@ -356,6 +380,24 @@ func (c *client) read() ([]byte, error) {
 			}
 			c.msg = c.msg[:0]
 			continue
+		}
+		if c.resume {
+			if bytes.HasPrefix(msg, tetherMsg) {
+				if bytes.HasPrefix(msg, tetherSession) {
+					c.resumable.Store(true)
+				}
+				c.msg = c.msg[:0] // tether.session, tether.ack: not data
+				continue
+			}
+			c.recv++
+			if c.recv-c.acked >= resumeAckEvery {
+				c.acked = c.recv
+				c.ackBuf = strconv.AppendUint(append(c.ackBuf[:0], `{"type":"tether.ack","ack":`...), c.recv, 10)
+				c.ackBuf = append(c.ackBuf, '}')
+				if err := c.writeFrame(ws.OpText, c.ackBuf, true); err != nil {
+					return nil, err
+				}
+			}
 		}
 		return msg, nil
 	}

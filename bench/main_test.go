@@ -317,3 +317,20 @@ func TestFloor(t *testing.T) {
 		t.Fatalf("floor: %+v", r)
 	}
 }
+
+// TestResumeThroughput: -resume asks tether for resumable sessions, the
+// tool consumes tether's own messages and acknowledges what it receives,
+// so a run longer than tether's resume window (1,024 messages per
+// session) keeps going.
+func TestResumeThroughput(t *testing.T) {
+	backend := startBackend(t)
+	tether := startTether(t, backend, false)
+	r := runJSON(t, "throughput", "-url", "ws://"+tether+"/", "-resume", "-conns", "2", "-size", "256", "-inflight", "8",
+		"-duration", "500ms", "-sources", "1")
+	if r.Resumable != 2 {
+		t.Fatalf("%d of 2 connections resumable", r.Resumable)
+	}
+	if r.Msgs < 2*1024 {
+		t.Fatalf("%d messages: a resumable run stalled at tether's window (acknowledgements missing?)", r.Msgs)
+	}
+}

@@ -17,16 +17,18 @@ import (
 // Result is what one workload against one target measured. It is printed
 // as one JSON line with -json; `bench table` turns lines into a table.
 type Result struct {
-	Label    string  `json:"label"`  // workload name in the table, e.g. "tput-1k"
-	Target   string  `json:"target"` // direct, relay, nginx, haproxy, caddy, tether ...
-	Mode     string  `json:"mode"`   // throughput, latency, idle
-	Conns    int     `json:"conns"`
-	Size     int     `json:"size,omitempty"`
-	InFlight int     `json:"inflight,omitempty"`
-	Rate     int     `json:"rate,omitempty"`
-	Deflate  bool    `json:"deflate,omitempty"` // permessage-deflate negotiated
-	Seconds  float64 `json:"seconds"`           // measured window
-	Error    string  `json:"error,omitempty"`   // the run failed: its figures are not comparable
+	Label    string `json:"label"`  // workload name in the table, e.g. "tput-1k"
+	Target   string `json:"target"` // direct, relay, nginx, haproxy, caddy, tether ...
+	Mode     string `json:"mode"`   // throughput, latency, idle
+	Conns    int    `json:"conns"`
+	Size     int    `json:"size,omitempty"`
+	InFlight int    `json:"inflight,omitempty"`
+	Rate     int    `json:"rate,omitempty"`
+	Deflate  bool   `json:"deflate,omitempty"` // permessage-deflate negotiated
+	// Resumable counts the connections tether made resumable (-resume).
+	Resumable int     `json:"resumable,omitempty"`
+	Seconds   float64 `json:"seconds"`         // measured window
+	Error     string  `json:"error,omitempty"` // the run failed: its figures are not comparable
 
 	Msgs       int64   `json:"msgs,omitempty"` // echoes received in the window
 	MsgsPerSec float64 `json:"msgs_per_sec,omitempty"`
@@ -231,6 +233,11 @@ func throughput(ctx context.Context, o common, conns, size, inflight int) (*Resu
 	res := &Result{WirePerMsg: wirePerMsg, Label: o.label, Target: o.target, Mode: "throughput", Conns: conns, Size: size, InFlight: inflight,
 		Seconds: elapsed.Seconds(), Msgs: inWindow.Load(), CPU: after.since(before), WireBytes: (r1 - r0) + (w1 - w0)}
 	res.Deflate = len(cs) > 0 && cs[0].deflate
+	for _, c := range cs {
+		if c.resumable.Load() {
+			res.Resumable++
+		}
+	}
 	res.MsgsPerSec = float64(res.Msgs) / res.Seconds
 	res.MBPerSec = res.MsgsPerSec * float64(size) / 1e6
 	percentiles(res, all)
