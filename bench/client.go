@@ -315,6 +315,14 @@ func (c *client) read() ([]byte, error) {
 	c.msg = c.msg[:0]
 	compressed := false
 	for {
+		// A pump's queued writes go out before this read can block: a
+		// frame read consumes (a heartbeat, tether's own messages) must
+		// not leave them waiting for the next ping.
+		if c.pumping && c.br.Buffered() == 0 && c.bw.Buffered() > 0 {
+			if err := c.bw.Flush(); err != nil {
+				return nil, err
+			}
+		}
 		h, err := readHeader(c.br)
 		if err != nil {
 			return nil, err
