@@ -20,6 +20,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/tether-proxy/tether/heartbeat"
+	"github.com/tether-proxy/tether/replay"
 )
 
 // hbCfg returns README "Configuration"'s defaults with the given heartbeat
@@ -40,6 +41,7 @@ func hbCfg(client, upstream heartbeat.Config) Config {
 			OnCodes:      CloseCodes{1001, 1006, 1011, 1012, 1013, 1014},
 		},
 		Buffer: BufferConfig{MaxMessages: 1024, MaxBytes: 4 << 20, TotalMaxBytes: 256 << 20},
+		Replay: replay.Defaults(),
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/tether-proxy/tether/heartbeat"
+	"github.com/tether-proxy/tether/replay"
 )
 
 // The tests in this file drive the reconnect state machine of
@@ -75,6 +76,7 @@ func rcConfig() Config {
 			OnCodes:      CloseCodes{1001, 1006, 1011, 1012, 1013, 1014},
 		},
 		Buffer: BufferConfig{MaxMessages: 1024, MaxBytes: 4 << 20, TotalMaxBytes: 256 << 20},
+		Replay: replay.Defaults(),
 	}
 }
 
