@@ -18,7 +18,6 @@ var notYetImplementedMetrics = []string{
 	"tether_sessions_detached",            // client session resume
 	"tether_client_resumes_total",         // client session resume
 	"tether_resume_resent_messages_total", // client session resume
-	"tether_replayed_messages_total",      // state replay on upstream reconnect
 }
 
 // prometheusOwnMetrics are series Prometheus makes itself while scraping.

@@ -33,6 +33,7 @@ type metrics struct {
 	buffered       prometheus.Gauge
 	overflows      prometheus.Counter
 	resent         prometheus.Counter
+	replayed       prometheus.Counter
 }
 
 // newMetrics registers the metrics of README "Metrics and logs", among
@@ -73,6 +74,7 @@ func newMetrics(reg prometheus.Registerer, build buildinfo.Info, maxSessions int
 		buffered:       f(prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_buffered_messages", Help: "Client messages held: buffered while reconnecting or retained until acknowledged."})).(prometheus.Gauge),
 		overflows:      f(prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_buffer_overflows_total", Help: "Sessions closed with 1013 because their buffer was full."})).(prometheus.Counter),
 		resent:         f(prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_resent_messages_total", Help: "Client messages sent again on a new upstream connection."})).(prometheus.Counter),
+		replayed:       f(prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_replayed_messages_total", Help: "State messages (openings, subscriptions) replayed on a new upstream connection."})).(prometheus.Counter),
 	}
 	for i, leg := range []string{session.LegClient, session.LegUpstream} {
 		m.pings[i] = pings.WithLabelValues(leg)
@@ -118,3 +120,6 @@ func (m *metrics) Reconnect(ok bool) {
 func (m *metrics) Buffered(d int) { m.buffered.Add(float64(d)) }
 func (m *metrics) Overflow()      { m.overflows.Inc() }
 func (m *metrics) Resent(n int)   { m.resent.Add(float64(n)) }
+
+// Replayed counts state messages replayed (session.ReplayMetrics).
+func (m *metrics) Replayed(n int) { m.replayed.Add(float64(n)) }

@@ -24,6 +24,7 @@ const (
 	CauseForced                              // Close: torn down at once
 	CausePanic                               // a bug in tether
 	CauseOperator                            // closed through the admin API (CloseWith)
+	CauseReplayStateFull                     // the client's kept replay state passed TETHER_REPLAY_MAX_BYTES
 )
 
 // Outcome is how a session ended, as a value: why, and the Close each leg
@@ -72,6 +73,8 @@ func (o Outcome) Why() string {
 		return "panic"
 	case CauseOperator:
 		return "closed by the admin API"
+	case CauseReplayStateFull:
+		return "replay state full"
 	}
 	return "unknown"
 }

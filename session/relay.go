@@ -19,6 +19,9 @@ func (s *Session) toUpstream(op ws.OpCode, p []byte, more bool) {
 	case admitOverflow:
 		s.overflow()
 		return
+	case admitStateFull:
+		s.stateFull()
+		return
 	case admitHeld, admitDropped:
 		return
 	}
@@ -74,6 +77,12 @@ func (s *Session) admit(op ws.OpCode, p []byte) (a admission) {
 	defer s.mu.Unlock()
 	a.seq = s.upLog.newSeq()
 	s.replay.record(a.seq, op, p)
+	if s.rs.st != nil || a.seq == 0 {
+		if s.replayFromClientLocked(op, p, a.seq) != nil {
+			a.verdict = admitStateFull
+			return a
+		}
+	}
 	var waitStart time.Time
 	for {
 		switch s.state {
@@ -178,7 +187,7 @@ func (s *Session) ack(gen, ackSeq uint64) {
 	if gen != s.gen || s.state == stateClosed {
 		return
 	}
-	if n := s.upLog.ack(ackSeq); n > 0 {
+	if n := s.upLog.ack(s.ackLimitLocked(ackSeq)); n > 0 {
 		s.env.Metrics.Buffered(-n)
 		s.cond.Broadcast()
 	}
@@ -262,9 +271,18 @@ func (s *Session) readLoop(l *leg) error {
 // REPLAY_DROP_REPLIES) or the client leg failing (its loop ends the
 // session).
 func (s *Session) toClient(u *leg, op ws.OpCode, p []byte) bool {
+	if s.rs.st != nil {
+		return s.toClientState(u, op, p)
+	}
 	if s.replay.dropReply() {
 		return false
 	}
+	return s.writeToClient(u, op, p)
+}
+
+// writeToClient writes one message of the upstream connection u to the
+// client.
+func (s *Session) writeToClient(u *leg, op ws.OpCode, p []byte) bool {
 	more := u.moreInput()
 	if err := s.client.writeData(op, p, 0, more); err != nil {
 		return false
