@@ -930,7 +930,9 @@ func TestRcReplayFirst(t *testing.T) {
 	tt := rcStartTether(t, relay.Addr(), proxy.Options{}, func(c *proxy.Config) {
 		c.Session.ReplayFirst = 1
 		c.Session.ReplayDropReplies = 1
-		// No acknowledgement within the test: everything is re-sent.
+		// No acknowledgement within the test (json mode sends no
+		// acknowledgement pings): everything is re-sent.
+		c.Session.UpstreamHeartbeat.Mode = heartbeat.ModeJSON
 		c.Session.UpstreamHeartbeat.Interval = 10 * time.Second
 		c.Session.UpstreamHeartbeat.Timeout = 30 * time.Second
 	})

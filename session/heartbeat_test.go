@@ -279,6 +279,8 @@ type hbOpts struct {
 	// dialOK makes reconnect dials succeed with a new upstream peer that
 	// answers pings; by default they are rejected.
 	dialOK bool
+	// upAutoPong: the first upstream peer answers pings.
+	upAutoPong bool
 }
 
 // newHBRig starts a session. Its DialFunc records each attempt and, unless
@@ -297,7 +299,7 @@ func newHBRig(t *testing.T, cfg Config, o hbOpts) *hbRig {
 	cs, cp := net.Pipe()
 	us, up := net.Pipe()
 	r.client = newHBPeer(t, cp, true, false, o.clientPaused)
-	r.up = newHBPeer(t, up, false, false, false)
+	r.up = newHBPeer(t, up, false, o.upAutoPong, false)
 	r.s = New(env, "hbtest", cs, nil, Upstream{Conn: us, Host: "upstream.test"}, func(ctx context.Context) (Upstream, error) {
 		r.mu.Lock()
 		defer r.mu.Unlock()

@@ -195,6 +195,7 @@ func (s *Session) resume(up Upstream) resumeResult {
 	if r := s.sendPlan(u, &plan); r != resumeOK {
 		return r
 	}
+	resent := false // a retained message was written to u
 	for {
 		m, ok, r := s.nextResend(u)
 		switch {
@@ -203,7 +204,12 @@ func (s *Session) resume(up Upstream) resumeResult {
 		case r != resumeOK:
 			return r
 		case !ok:
-			return resumeOK // everything is written: connected again
+			// Everything is written: connected again. Have the re-sent
+			// messages acknowledged soon (ack.go).
+			if resent {
+				u.armAck()
+			}
+			return resumeOK
 		}
 		if m.seq >= covered && !plan.Skip(m.seq) { // else the replay above covered it
 			if u.writeData(m.op, m.p, m.seq, false) != nil {
@@ -218,6 +224,8 @@ func (s *Session) resume(up Upstream) resumeResult {
 		}
 		if !s.retention() {
 			s.dropWritten(m.seq)
+		} else {
+			resent = true
 		}
 	}
 }

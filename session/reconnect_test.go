@@ -563,8 +563,9 @@ func TestRcSingleLoop(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		cfg := rcConfig()
 		// Heartbeat on with a long interval: messages stay retained, so
-		// every resume has something to re-send.
-		cfg.UpstreamHeartbeat = heartbeat.Config{Mode: heartbeat.ModeWS, Interval: time.Hour, Timeout: 3 * time.Hour}
+		// every resume has something to re-send (json mode: no
+		// acknowledgement pings either).
+		cfg.UpstreamHeartbeat = heartbeat.Config{Mode: heartbeat.ModeJSON, Interval: time.Hour, Timeout: 3 * time.Hour}
 		env, m := rcEnv(t, cfg, func(n int64) int64 { return n / 2 })
 		var inFlight, maxInFlight atomic.Int32
 		type dialReq struct {

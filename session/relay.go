@@ -34,6 +34,9 @@ func (s *Session) toUpstream(op ws.OpCode, p []byte, more bool) {
 	for {
 		if err := a.up.writeData(op, p, a.seq, more); err == nil {
 			s.env.Metrics.Message(true, len(p))
+			if a.retained {
+				a.up.armAck()
+			}
 			if more {
 				s.client.deferFlush(a.up)
 			}
@@ -180,17 +183,19 @@ func (s *Session) overflow() {
 }
 
 // ack drops the retained messages that the upstream of generation gen has
-// provably received: those with seq < ackSeq.
-func (s *Session) ack(gen, ackSeq uint64) {
+// provably received: those with seq < ackSeq. It reports whether messages
+// written to that connection are still retained.
+func (s *Session) ack(gen, ackSeq uint64) (held bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if gen != s.gen || s.state == stateClosed {
-		return
+		return false
 	}
 	if n := s.upLog.ack(s.ackLimitLocked(ackSeq)); n > 0 {
 		s.env.Metrics.Buffered(-n)
 		s.cond.Broadcast()
 	}
+	return s.upLog.next > 0
 }
 
 // run runs l's read loop (either leg's: the direction is l.upstream())

@@ -435,7 +435,7 @@ func (s *Session) pong(l *leg, payload []byte, isJSON bool) {
 		s.log.Debug("pong received", "session", s.id, "leg", l.name, "rtt", rtt)
 	}
 	if l.upstream() {
-		s.ack(l.gen, ack)
+		l.ackAnswered(s.ack(l.gen, ack))
 	}
 }
 
