@@ -417,3 +417,72 @@ func TestAckFewDuplicatesOnRestart(t *testing.T) {
 	}
 	t.Logf("%d duplicates over %d sessions", total, sessions)
 }
+
+// srJSON is a backend of a custom JSON protocol: hello → welcome; watch
+// (id) → watching (id), then one event naming the connection; unwatch
+// (id) ends a watch. Every message is recorded per connection as type:id.
+type srJSON struct{ *srGQL }
+
+func (j *srJSON) handle(c *websocket.Conn, n int) {
+	for {
+		_, p, err := c.ReadMessage()
+		if err != nil {
+			return
+		}
+		var m srMsg
+		if json.Unmarshal(p, &m) != nil {
+			return
+		}
+		j.mu.Lock()
+		j.got[n] = append(j.got[n], m.Type+":"+m.ID)
+		j.mu.Unlock()
+		select {
+		case j.seen <- struct{}{}:
+		default:
+		}
+		var out []string
+		switch m.Type {
+		case "hello":
+			out = []string{`{"type":"welcome"}`}
+		case "watch":
+			out = []string{`{"type":"watching","id":"` + m.ID + `"}`, `{"type":"event","id":"` + m.ID + `","conn":` + strconv.Itoa(n) + `}`}
+		}
+		for _, o := range out {
+			if c.WriteMessage(websocket.TextMessage, []byte(o)) != nil {
+				return
+			}
+		}
+	}
+}
+
+// TETHER_REPLAY_PROTOCOL=json with rules for that protocol: after a
+// backend restart the new connection gets hello and the live watch (not
+// the ended one), in order; its welcome and watching never reach the
+// client, its events do.
+func TestStateReplayJSONRules(t *testing.T) {
+	t.Parallel()
+	j := &srJSON{newSRGQL()}
+	b := rcNewBackend(t, func(b *rcBackend) { b.handle = j.handle })
+	tt := rcStartTether(t, b.URL, proxy.Options{}, func(c *proxy.Config) {
+		c.Session.Replay = replay.Config{Protocol: replay.JSON, JSONKeep: []string{"hello", "watch"}, JSONEnd: []string{"unwatch"},
+			JSONReplies: []string{"welcome", "watching"}, JSONID: "id", MaxBytes: 1 << 16}
+	})
+	c := dial(t, tt.URL, nil)
+	rcSend(t, c, `{"type":"hello","token":"t"}`)
+	rcExpect(t, c, `{"type":"welcome"}`)
+	rcSend(t, c, `{"type":"watch","id":"a"}`, `{"type":"watch","id":"b"}`)
+	rcExpect(t, c, `{"type":"watching","id":"a"}`, `{"type":"event","id":"a","conn":1}`,
+		`{"type":"watching","id":"b"}`, `{"type":"event","id":"b","conn":1}`)
+	rcSend(t, c, `{"type":"unwatch","id":"b"}`)
+	j.waitConn(t, 1, 4)
+	rcAcked(t, tt)
+	b.restart()
+	b.waitHandshake(2)
+	rcExpect(t, c, `{"type":"event","id":"a","conn":2}`)
+	if got, want := j.waitConn(t, 2, 2), []string{"hello:", "watch:a"}; !slices.Equal(got, want) {
+		t.Fatalf("new connection got %q, want %q", got, want)
+	}
+	// A new watch on the new connection is answered as usual.
+	rcSend(t, c, `{"type":"watch","id":"c"}`)
+	rcExpect(t, c, `{"type":"watching","id":"c"}`, `{"type":"event","id":"c","conn":2}`)
+}
