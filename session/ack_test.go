@@ -9,6 +9,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/tether-proxy/tether/heartbeat"
+	"github.com/tether-proxy/tether/replay"
 )
 
 // retained returns how many client messages the session holds.
@@ -100,6 +101,49 @@ func TestAckPingNotInJSONMode(t *testing.T) {
 			if f.op == ws.OpPing || string(f.p) == `{"type":"ping"}` {
 				t.Fatalf("upstream got %v before the interval", f)
 			}
+		}
+	})
+}
+
+// MQTT (README "State replay on upstream reconnect"): a retained message
+// that ends inside a packet is not acknowledged until the packet's end is
+// acknowledged too, so a re-send never starts in the middle of a packet.
+func TestAckMQTTPacketBoundary(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		cfg := hbCfg(hbOff, hbLeg(heartbeat.ModeWS, 10*time.Second, 0))
+		cfg.Replay.Protocol = replay.MQTT
+		r := newHBRig(t, cfg, hbOpts{})
+		// MQTT 3.1.1 CONNECT, keep-alive 60 s, empty client id, cut in two.
+		connect := []byte{0x10, 12, 0, 4, 'M', 'Q', 'T', 'T', 4, 2, 0, 60, 0, 0}
+		pong := func() {
+			t.Helper()
+			time.Sleep(ackDelay + ackSpacing)
+			synctest.Wait()
+			pings := hbOps(r.up.take(), ws.OpPing)
+			if len(pings) != 1 {
+				t.Fatalf("%d pings, want one acknowledgement ping", len(pings))
+			}
+			if err := r.up.send(ws.NewPongFrame(pings[0].p)); err != nil {
+				t.Fatal(err)
+			}
+			synctest.Wait()
+		}
+		if err := r.client.send(ws.NewBinaryFrame(connect[:6])); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		pong()
+		if n := r.retained(); n != 1 {
+			t.Fatalf("%d messages retained after the pong, want 1: its packet is not complete", n)
+		}
+		if err := r.client.send(ws.NewBinaryFrame(connect[6:])); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		pong()
+		if n := r.retained(); n != 0 {
+			t.Fatalf("%d messages retained after the packet's end was acknowledged, want 0", n)
 		}
 	})
 }
