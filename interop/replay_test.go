@@ -257,7 +257,9 @@ func TestReplaySocketIOOpaque(t *testing.T) {
 	if dis["reason"] != "transport close" {
 		t.Fatalf("disconnect %v, want transport close (tether's Close 1012)", dis)
 	}
-	cl.until(t, "the client's own reconnect", nil, evIs("connected"))
+	if ev := cl.until(t, "the client's own reconnect", nil, evIs("connected")); ev["recovered"] != false {
+		t.Fatalf("reconnect %v: a crashed server cannot have recovered the session", ev)
+	}
 	cl.until(t, "a tick from server 2", nil, evIs("tick", "data", "2"))
 	cl.command(t, "emit")
 	cl.until(t, "the emit acknowledged by server 2", func(ev map[string]any) {
