@@ -1,11 +1,6 @@
 package interop
 
 import (
-	"bufio"
-	"encoding/json"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,82 +20,22 @@ import (
 // and started again on the same port while events flow.
 
 var replayNodeCheck = sync.OnceValues(func() (string, string) {
-	node, err := exec.LookPath("node")
-	if err != nil {
-		return "", "node not found on PATH; install it with `apt-get install -y nodejs` to run the state replay interop tests"
-	}
-	if _, err := os.Stat(filepath.Join("replaynode", "node_modules", "graphql-ws", "package.json")); err != nil {
-		return "", "interop/replaynode/node_modules missing; run `(cd interop/replaynode && npm ci --no-audit --no-fund)` to run the state replay interop tests"
-	}
-	return node, ""
+	return nodeModuleCheck("replaynode", "graphql-ws", "state replay interop tests")
 })
 
-// rpeer is a running peers.js process; its events are JSON objects.
-type rpeer struct {
-	name   string
-	cmd    *exec.Cmd
-	stdin  interface{ Write([]byte) (int, error) }
-	events chan map[string]any // closed when stdout ends
-	stderr *testkit.LockedBuffer
-	done   chan struct{}
-}
-
-func startRPeer(t *testing.T, name string, args ...string) *rpeer {
+// startRPeer runs peers.js in the given mode with args.
+func startRPeer(t *testing.T, name string, args ...string) *peer {
 	t.Helper()
-	node, why := replayNodeCheck()
-	if why != "" {
-		testkit.Missing(t, why)
-	}
-	cmd := exec.Command(node, append([]string{filepath.Join("replaynode", "peers.js")}, args...)...)
-	p := &rpeer{name: name, cmd: cmd, events: make(chan map[string]any, 4096), stderr: &testkit.LockedBuffer{}, done: make(chan struct{})}
-	cmd.Stderr = p.stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p.stdin = stdin
-	go func() {
-		defer close(p.done)
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			var ev map[string]any
-			if json.Unmarshal(sc.Bytes(), &ev) != nil {
-				ev = map[string]any{"ev": "unparsable", "line": sc.Text()}
-			}
-			p.events <- ev
-		}
-		close(p.events)
-		_ = cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		_ = stdin.Close()
-		select {
-		case <-p.done:
-		case <-time.After(5 * time.Second):
-			_ = cmd.Process.Kill()
-			<-p.done
-		}
-		if t.Failed() {
-			t.Logf("%s stderr:\n%s", p.name, p.stderr.String())
-		}
-	})
-	return p
+	return startPeer(t, name, "replaynode", nil, args...)
 }
 
 // crash kills the process without a goodbye, as a crashing backend.
-func (p *rpeer) crash() {
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+func (p *peer) crash() {
+	_ = p.proc.Signal(syscall.SIGKILL)
 	<-p.done
 }
 
-func (p *rpeer) command(t *testing.T, line string) {
+func (p *peer) command(t *testing.T, line string) {
 	t.Helper()
 	if _, err := p.stdin.Write([]byte(line + "\n")); err != nil {
 		t.Fatalf("%s: %v", p.name, err)
@@ -109,7 +44,7 @@ func (p *rpeer) command(t *testing.T, line string) {
 
 // until reads events until match returns true, calling seen for each
 // event read (the matching one included). It fails after 15 s.
-func (p *rpeer) until(t *testing.T, what string, seen func(ev map[string]any), match func(ev map[string]any) bool) map[string]any {
+func (p *peer) until(t *testing.T, what string, seen func(ev event), match func(ev event) bool) event {
 	t.Helper()
 	deadline := time.After(15 * time.Second)
 	for {
@@ -130,27 +65,20 @@ func (p *rpeer) until(t *testing.T, what string, seen func(ev map[string]any), m
 	}
 }
 
-func evIs(kind string, kv ...string) func(map[string]any) bool {
-	return func(ev map[string]any) bool {
-		if ev["ev"] != kind {
-			return false
-		}
-		for i := 0; i+1 < len(kv); i += 2 {
-			if s, _ := ev[kv[i]].(string); !strings.HasPrefix(s, kv[i+1]) {
-				return false
-			}
-		}
-		return true
+// evIs matches events of kind whose name, data and id (where given, not
+// empty) start with those.
+func evIs(kind string, name, data, id string) func(event) bool {
+	return func(ev event) bool {
+		return ev.Ev == kind && strings.HasPrefix(ev.Name, name) && strings.HasPrefix(ev.Data, data) && strings.HasPrefix(ev.ID, id)
 	}
 }
 
 // startRServer starts a server mode of peers.js on port (0: any) as
 // generation gen and returns it with its port.
-func startRServer(t *testing.T, mode string, port, gen int) (*rpeer, int) {
+func startRServer(t *testing.T, mode string, port, gen int) (*peer, int) {
 	t.Helper()
 	p := startRPeer(t, mode+" "+strconv.Itoa(gen), mode, strconv.Itoa(port), strconv.Itoa(gen))
-	ev := p.until(t, "listening", nil, evIs("listening"))
-	return p, int(ev["port"].(float64))
+	return p, p.until(t, "listening", nil, evIs("listening", "", "", "")).Port
 }
 
 // The GraphQL clients through tether with its defaults, the backend
@@ -173,46 +101,46 @@ func TestReplayGraphQL(t *testing.T) {
 			})
 			cl := startRPeer(t, tc.client, tc.client, tt.URL)
 			connected := 0
-			count := func(ev map[string]any) {
-				switch ev["ev"] {
+			count := func(ev event) {
+				switch ev.Ev {
 				case "connected", "reconnected":
 					connected++
 				case "complete":
-					if ev["name"] != "b" { // b: the client ended it
-						t.Fatalf("client: %v", ev)
+					if ev.Name != "b" { // b: the client ended it
+						t.Fatalf("client: %s", ev.line)
 					}
 				case "closed", "error", "unparsable":
-					t.Fatalf("client: %v", ev)
+					t.Fatalf("client: %s", ev.line)
 				}
 			}
-			cl.until(t, "events of a and b from server 1", count, evIs("next", "name", "b", "data", "b:1:"))
-			cl.until(t, "an event of a from server 1", count, evIs("next", "name", "a", "data", "a:1:"))
+			cl.until(t, "events of a and b from server 1", count, evIs("next", "b", "b:1:", ""))
+			cl.until(t, "an event of a from server 1", count, evIs("next", "a", "a:1:", ""))
 			ids := map[string]string{} // server 1's subscription ids by name
 			for len(ids) < 2 {
-				ev := srv1.until(t, "the subscribes", nil, evIs("subscribe"))
-				ids[ev["name"].(string)] = ev["id"].(string)
+				ev := srv1.until(t, "the subscribes", nil, evIs("subscribe", "", "", ""))
+				ids[ev.Name] = ev.ID
 			}
 			cl.command(t, "complete b")
-			srv1.until(t, "b completed", nil, evIs("complete", "id", ids["b"]))
+			srv1.until(t, "b completed", nil, evIs("complete", "", "", ids["b"]))
 			// Drain b's events in flight, then nothing more of b.
 			time.Sleep(100 * time.Millisecond)
 			srv1.crash()
 			srv2, _ := startRServer(t, tc.server, port, 2)
 			bAfter := 0
-			cl.until(t, "events of a from server 2", func(ev map[string]any) {
+			cl.until(t, "events of a from server 2", func(ev event) {
 				count(ev)
-				if evIs("next", "name", "b")(ev) {
+				if evIs("next", "b", "", "")(ev) {
 					bAfter++
 				}
-			}, evIs("next", "name", "a", "data", "a:2:"))
+			}, evIs("next", "a", "a:2:", ""))
 			// Some more of a from server 2, and still nothing of b.
 			for range 5 {
-				cl.until(t, "more of a", func(ev map[string]any) {
+				cl.until(t, "more of a", func(ev event) {
 					count(ev)
-					if evIs("next", "name", "b", "data", "b:2:")(ev) {
-						t.Fatalf("completed subscription b revived: %v", ev)
+					if evIs("next", "b", "b:2:", "")(ev) {
+						t.Fatalf("completed subscription b revived: %s", ev.line)
 					}
-				}, evIs("next", "name", "a", "data", "a:2:"))
+				}, evIs("next", "a", "a:2:", ""))
 			}
 			if connected != 1 {
 				t.Fatalf("client heard of %d connections (connection_ack), want 1", connected)
@@ -220,14 +148,14 @@ func TestReplayGraphQL(t *testing.T) {
 			if bAfter > 0 {
 				t.Logf("%d events of b were in flight at the completion", bAfter)
 			}
-			srv2.until(t, "one connection", nil, evIs("connect"))
-			sub := srv2.until(t, "the replayed subscribe", nil, evIs("subscribe"))
-			if sub["name"] != "a" {
-				t.Fatalf("server 2 got subscribe %v, want a only", sub)
+			srv2.until(t, "one connection", nil, evIs("connect", "", "", ""))
+			sub := srv2.until(t, "the replayed subscribe", nil, evIs("subscribe", "", "", ""))
+			if sub.Name != "a" {
+				t.Fatalf("server 2 got %s, want the subscribe of a only", sub.line)
 			}
 			select {
 			case ev := <-srv2.events:
-				t.Fatalf("server 2 got %v after the replay, want nothing more", ev)
+				t.Fatalf("server 2 got %s after the replay, want nothing more", ev.line)
 			case <-time.After(200 * time.Millisecond):
 			}
 			if got := testkit.Metric(t, tt.reg, "tether_replayed_messages_total"); got != 2 {
@@ -247,37 +175,37 @@ func TestReplaySocketIOOpaque(t *testing.T) {
 	srv1, port := startRServer(t, "sio-server", 0, 1)
 	tt := startTether(t, "ws://127.0.0.1:"+strconv.Itoa(port), nil)
 	cl := startRPeer(t, "sio-client", "sio-client", tt.URL)
-	cl.until(t, "connected", nil, evIs("connected"))
-	cl.until(t, "a tick from server 1", nil, evIs("tick", "data", "1"))
+	cl.until(t, "connected", nil, evIs("connected", "", "", ""))
+	cl.until(t, "a tick from server 1", nil, evIs("tick", "", "1", ""))
 	cl.command(t, "emit")
-	cl.until(t, "the emit acknowledged by server 1", nil, evIs("emitted", "data", "1:1"))
+	cl.until(t, "the emit acknowledged by server 1", nil, evIs("emitted", "", "1:1", ""))
 	srv1.crash()
 	srv2, _ := startRServer(t, "sio-server", port, 2)
-	dis := cl.until(t, "the disconnect", nil, evIs("disconnect"))
-	if dis["reason"] != "transport close" {
-		t.Fatalf("disconnect %v, want transport close (tether's Close 1012)", dis)
+	dis := cl.until(t, "the disconnect", nil, evIs("disconnect", "", "", ""))
+	if dis.Reason != "transport close" {
+		t.Fatalf("disconnect %s, want transport close (tether's Close 1012)", dis.line)
 	}
-	if ev := cl.until(t, "the client's own reconnect", nil, evIs("connected")); ev["recovered"] != false {
-		t.Fatalf("reconnect %v: a crashed server cannot have recovered the session", ev)
+	if ev := cl.until(t, "the client's own reconnect", nil, evIs("connected", "", "", "")); ev.Recovered == nil || *ev.Recovered {
+		t.Fatalf("reconnect %s: a crashed server cannot have recovered the session", ev.line)
 	}
-	cl.until(t, "a tick from server 2", nil, evIs("tick", "data", "2"))
+	cl.until(t, "a tick from server 2", nil, evIs("tick", "", "2", ""))
 	cl.command(t, "emit")
-	cl.until(t, "the emit acknowledged by server 2", func(ev map[string]any) {
-		if ev["ev"] == "emit-failed" {
-			t.Fatalf("emit failed: %v", ev)
+	cl.until(t, "the emit acknowledged by server 2", func(ev event) {
+		if ev.Ev == "emit-failed" {
+			t.Fatalf("emit failed: %s", ev.line)
 		}
-	}, evIs("emitted", "data", "2:2"))
+	}, evIs("emitted", "", "2:2", ""))
 	// Server 2 saw one Engine.IO connection, the client's own, which
 	// connected its namespace: tether swapped nothing under the client.
-	srv2.until(t, "the client's connection", nil, evIs("engine"))
-	srv2.until(t, "its namespace connect", func(ev map[string]any) {
-		if ev["ev"] == "engine" {
+	srv2.until(t, "the client's connection", nil, evIs("engine", "", "", ""))
+	srv2.until(t, "its namespace connect", func(ev event) {
+		if ev.Ev == "engine" {
 			t.Fatalf("server 2 got a second Engine.IO connection before the namespace connect: a silent swap")
 		}
-	}, evIs("connect"))
+	}, evIs("connect", "", "", ""))
 	select {
 	case ev := <-srv2.events:
-		t.Fatalf("server 2 got %v, want nothing more", ev)
+		t.Fatalf("server 2 got %s, want nothing more", ev.line)
 	case <-time.After(100 * time.Millisecond):
 	}
 }

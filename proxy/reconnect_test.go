@@ -415,13 +415,7 @@ func (rr *rcRecorder) handle(c *websocket.Conn, n int) {
 			}
 			continue
 		}
-		rr.mu.Lock()
-		rr.byCon[n] = append(rr.byCon[n], msg)
-		rr.mu.Unlock()
-		select {
-		case rr.got <- struct{}{}:
-		default:
-		}
+		rr.add(n, msg)
 		if rr.reply != nil {
 			if r := rr.reply(msg, n); r != "" {
 				if c.WriteMessage(websocket.TextMessage, []byte(r)) != nil {
@@ -429,6 +423,17 @@ func (rr *rcRecorder) handle(c *websocket.Conn, n int) {
 				}
 			}
 		}
+	}
+}
+
+// add records msg as received by connection n.
+func (rr *rcRecorder) add(n int, msg string) {
+	rr.mu.Lock()
+	rr.byCon[n] = append(rr.byCon[n], msg)
+	rr.mu.Unlock()
+	select {
+	case rr.got <- struct{}{}:
+	default:
 	}
 }
 

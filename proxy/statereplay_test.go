@@ -26,23 +26,31 @@ import (
 // connection_init with 4429, and the ack comes 20 ms after the init (the
 // library authenticates asynchronously), so a proxy that pipelines the
 // replay is closed. Each subscribe is answered with one next event naming
-// the connection, and every message is recorded per connection.
+// the connection, and every message is recorded per connection as
+// type:id.
 type srGQL struct {
-	mu   sync.Mutex
-	got  map[int][]string // message type:id, per connection
-	seen chan struct{}
+	*rcRecorder
 	// ack decides whether connection n answers connection_init (false:
 	// it stays silent) or refuses it (an error message).
 	ack func(n int) string
 }
 
-func newSRGQL() *srGQL {
-	return &srGQL{got: make(map[int][]string), seen: make(chan struct{}, 1)}
-}
+func newSRGQL() *srGQL { return &srGQL{rcRecorder: rcNewRecorder()} }
 
 type srMsg struct {
 	Type string `json:"type"`
 	ID   string `json:"id,omitempty"`
+}
+
+// readMsg reads the next JSON message of connection n and records it.
+func (rr *rcRecorder) readMsg(c *websocket.Conn, n int) (srMsg, bool) {
+	var m srMsg
+	_, p, err := c.ReadMessage()
+	if err != nil || json.Unmarshal(p, &m) != nil {
+		return m, false
+	}
+	rr.add(n, m.Type+":"+m.ID)
+	return m, true
 }
 
 func (g *srGQL) handle(c *websocket.Conn, n int) {
@@ -59,20 +67,9 @@ func (g *srGQL) handle(c *websocket.Conn, n int) {
 		_ = c.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(code, why))
 	}
 	for {
-		_, p, err := c.ReadMessage()
-		if err != nil {
+		m, ok := g.readMsg(c, n)
+		if !ok {
 			return
-		}
-		var m srMsg
-		if json.Unmarshal(p, &m) != nil {
-			return
-		}
-		g.mu.Lock()
-		g.got[n] = append(g.got[n], m.Type+":"+m.ID)
-		g.mu.Unlock()
-		select {
-		case g.seen <- struct{}{}:
-		default:
 		}
 		var out string
 		switch m.Type {
@@ -108,28 +105,6 @@ func (g *srGQL) handle(c *websocket.Conn, n int) {
 		}
 		if out != "" && write(out) != nil {
 			return
-		}
-	}
-}
-
-func (g *srGQL) conn(n int) []string {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return slices.Clone(g.got[n])
-}
-
-// waitConn waits until connection n has received k messages.
-func (g *srGQL) waitConn(t *testing.T, n, k int) []string {
-	t.Helper()
-	deadline := time.After(10 * time.Second)
-	for {
-		if got := g.conn(n); len(got) >= k {
-			return got
-		}
-		select {
-		case <-g.seen:
-		case <-deadline:
-			t.Fatalf("backend connection %d got %q, want %d messages", n, g.conn(n), k)
 		}
 	}
 }
@@ -421,24 +396,13 @@ func TestAckFewDuplicatesOnRestart(t *testing.T) {
 // srJSON is a backend of a custom JSON protocol: hello → welcome; watch
 // (id) → watching (id), then one event naming the connection; unwatch
 // (id) ends a watch. Every message is recorded per connection as type:id.
-type srJSON struct{ *srGQL }
+type srJSON struct{ *rcRecorder }
 
 func (j *srJSON) handle(c *websocket.Conn, n int) {
 	for {
-		_, p, err := c.ReadMessage()
-		if err != nil {
+		m, ok := j.readMsg(c, n)
+		if !ok {
 			return
-		}
-		var m srMsg
-		if json.Unmarshal(p, &m) != nil {
-			return
-		}
-		j.mu.Lock()
-		j.got[n] = append(j.got[n], m.Type+":"+m.ID)
-		j.mu.Unlock()
-		select {
-		case j.seen <- struct{}{}:
-		default:
 		}
 		var out []string
 		switch m.Type {
@@ -461,7 +425,7 @@ func (j *srJSON) handle(c *websocket.Conn, n int) {
 // client, its events do.
 func TestStateReplayJSONRules(t *testing.T) {
 	t.Parallel()
-	j := &srJSON{newSRGQL()}
+	j := &srJSON{rcNewRecorder()}
 	b := rcNewBackend(t, func(b *rcBackend) { b.handle = j.handle })
 	tt := rcStartTether(t, b.URL, proxy.Options{}, func(c *proxy.Config) {
 		c.Session.Replay = replay.Config{Protocol: replay.JSON, JSONKeep: []string{"hello", "watch"}, JSONEnd: []string{"unwatch"},
