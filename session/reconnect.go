@@ -24,8 +24,9 @@ func (s *Session) upstreamLost(u *leg, why Outcome) {
 		return
 	}
 	if s.opaqueLocked() {
+		proto := s.rs.proto
 		s.mu.Unlock()
-		s.endOpaque(why)
+		s.endOpaque(proto, why)
 		return
 	}
 	if s.state == stateReconnecting {

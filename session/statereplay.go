@@ -69,13 +69,6 @@ func (s *Session) SetRequestQuery(rawQuery string) {
 	}
 }
 
-// ReplayProtocol returns the replay protocol resolved for the session.
-func (s *Session) ReplayProtocol() replay.Protocol {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.rs.proto
-}
-
 // replayFromClientLocked shows client message seq to the State (the
 // caller holds mu, and calls it only when st is set or seq is 0). Under
 // auto, a session left at none whose first message is a SignalR
@@ -124,9 +117,9 @@ func (s *Session) opaqueLocked() bool {
 // endOpaque ends a session whose upstream was lost and whose state no
 // replay can rebuild: the client gets Close 1012, and its library's own
 // reconnect (and recovery) takes over.
-func (s *Session) endOpaque(why Outcome) {
+func (s *Session) endOpaque(proto replay.Protocol, why Outcome) {
 	s.log.Info("upstream lost; its session cannot be replayed: client closed with 1012", "session", s.id,
-		"upstream", s.upHost, "protocol", s.rs.proto.String(), "err", why.Why())
+		"upstream", s.upHost, "protocol", proto.String(), "err", why.Why())
 	s.end(act{kind: actSend, ce: CloseError{Code: CloseServiceRestart, Reason: "upstream restarted"}},
 		act{kind: actDrop}, why)
 }
