@@ -312,6 +312,9 @@ func BenchmarkRelay(b *testing.B) {
 			{"direct", true, def},
 			{"tether", false, def},
 			{"tether-upstream-hb-off", false, noRetain},
+			// A preset recognising messages that are not state
+			// (README "State replay on upstream reconnect").
+			{"tether-graphql-transport-ws", false, withReplay(def, replay.GraphQLTransportWS)},
 		} {
 			b.Run(fmt.Sprintf("%s/%dB", v.name, size), func(b *testing.B) {
 				r := newHBRelay(b, v.direct, v.cfg)
