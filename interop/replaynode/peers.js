@@ -9,11 +9,20 @@
 //   node peers.js gql-client URL          graphql-ws client: subscriptions a and b
 //   node peers.js stws-client URL         subscriptions-transport-ws client: a and b
 //   node peers.js sio-client URL          socket.io-client, websocket transport
+//   node peers.js stomp-client URL        @stomp/stompjs: subscribes /topic/a and /topic/b
+//   node peers.js stomp-pub URL           @stomp/stompjs: publishes to both every 50 ms, reconnecting
+//   node peers.js mqtt-client URL         mqtt.js: subscribes a (QoS 1) and b (QoS 0)
+//   node peers.js mqtt-pub URL            mqtt.js: publishes to both every 50 ms, reconnecting
 //
 // Servers: PORT 0 picks one ("listening" says which); GEN names the server
 // process in the events it sends, so the test tells a restarted server's
 // events from the first one's. Client commands: "complete b" ends
-// subscription b; "emit" (socket.io) emits with an acknowledgement.
+// subscription b (STOMP, MQTT: "unsubscribe b", answered by
+// "unsubscribed" once the broker confirmed); "emit" (socket.io) emits with
+// an acknowledgement; "publish" (mqtt-client) publishes with QoS 1 and
+// says "published" at the PUBACK. Publishers send "topic:CONN:i", CONN
+// counting their connections, so the test tells messages published after
+// a broker restart.
 "use strict";
 
 const http = require("http");
@@ -186,6 +195,91 @@ function sioClient() {
   });
 }
 
+function stompClient() {
+  const { Client } = require("@stomp/stompjs");
+  const client = new Client({
+    webSocketFactory: () => new WebSocket(arg, ["v12.stomp", "v11.stomp", "v10.stomp"]),
+    reconnectDelay: 0, // a close is the end: tether must not need it
+    heartbeatIncoming: 0,
+    heartbeatOutgoing: 0,
+  });
+  const subs = {};
+  client.onConnect = () => {
+    out({ ev: "connected" });
+    for (const name of ["a", "b"]) {
+      subs[name] = client.subscribe(`/topic/${name}`, (m) => out({ ev: "message", name, data: m.body }));
+    }
+  };
+  client.onStompError = (f) => out({ ev: "error", message: f.headers.message });
+  client.onWebSocketClose = (e) => out({ ev: "closed", code: e.code, reason: e.reason });
+  client.activate();
+  commands((line) => {
+    if (line === "unsubscribe b") {
+      client.watchForReceipt("unsub-b", () => out({ ev: "unsubscribed" }));
+      subs.b.unsubscribe({ receipt: "unsub-b" });
+    }
+  });
+}
+
+function stompPub() {
+  const { Client } = require("@stomp/stompjs");
+  let conn = 0;
+  let timer;
+  const client = new Client({
+    webSocketFactory: () => new WebSocket(arg, ["v12.stomp"]),
+    reconnectDelay: 100,
+    heartbeatIncoming: 0,
+    heartbeatOutgoing: 0,
+  });
+  client.onConnect = () => {
+    conn++;
+    out({ ev: "connected", data: String(conn) });
+    let i = 0;
+    clearInterval(timer);
+    timer = setInterval(() => {
+      if (!client.connected) return;
+      for (const name of ["a", "b"]) client.publish({ destination: `/topic/${name}`, body: `${name}:${conn}:${i}` });
+      i++;
+    }, 50);
+  };
+  client.activate();
+  commands(() => {});
+}
+
+function mqttClient() {
+  const mqtt = require("mqtt");
+  const client = mqtt.connect(arg, { protocolVersion: 4, reconnectPeriod: 0, clientId: "tether-test-sub", clean: true });
+  client.on("connect", () => {
+    out({ ev: "connected" });
+    client.subscribe({ a: { qos: 1 }, b: { qos: 0 } }, (err) => out(err ? { ev: "error", message: String(err) } : { ev: "subscribed" }));
+  });
+  client.on("message", (topic, payload) => out({ ev: "message", name: topic, data: payload.toString() }));
+  client.on("close", () => out({ ev: "closed" }));
+  client.on("error", (e) => out({ ev: "error", message: String(e) }));
+  commands((line) => {
+    if (line === "unsubscribe b") client.unsubscribe("b", (err) => out(err ? { ev: "error", message: String(err) } : { ev: "unsubscribed" }));
+    if (line === "publish") client.publish("c", "x", { qos: 1 }, (err) => out(err ? { ev: "error", message: String(err) } : { ev: "published" }));
+  });
+}
+
+function mqttPub() {
+  const mqtt = require("mqtt");
+  const client = mqtt.connect(arg, { protocolVersion: 4, reconnectPeriod: 100, clientId: "tether-test-pub", clean: true });
+  let conn = 0;
+  let i = 0;
+  client.on("connect", () => {
+    conn++;
+    i = 0;
+    out({ ev: "connected", data: String(conn) });
+  });
+  setInterval(() => {
+    if (!client.connected) return;
+    for (const name of ["a", "b"]) client.publish(name, `${name}:${conn}:${i}`, { qos: 0 });
+    i++;
+  }, 50);
+  commands(() => {});
+}
+
 function commands(f) {
   const rl = readline.createInterface({ input: process.stdin });
   rl.on("line", f);
@@ -199,6 +293,10 @@ const modes = {
   "gql-client": gqlClient,
   "stws-client": stwsClient,
   "sio-client": sioClient,
+  "stomp-client": stompClient,
+  "stomp-pub": stompPub,
+  "mqtt-client": mqttClient,
+  "mqtt-pub": mqttPub,
 };
 if (!modes[mode]) {
   process.stderr.write(`unknown mode ${mode}\n`);
