@@ -43,14 +43,7 @@ func missing(t *testing.T, why string) {
 
 var (
 	nodeCheck = sync.OnceValues(func() (string, string) {
-		node, err := exec.LookPath("node")
-		if err != nil {
-			return "", "node not found on PATH; install it with `apt-get install -y nodejs` to run the Node ws interop tests"
-		}
-		if _, err := os.Stat(filepath.Join("node", "node_modules", "ws", "package.json")); err != nil {
-			return "", "interop/node/node_modules/ws missing; run `(cd interop/node && npm ci --no-audit --no-fund)` to run the Node ws interop tests"
-		}
-		return node, ""
+		return nodeModuleCheck("node", "ws", "Node ws interop tests")
 	})
 	pythonCheck = sync.OnceValues(func() (string, string) {
 		if _, err := os.Stat(pythonPath); err != nil {
@@ -63,6 +56,19 @@ var (
 		return pythonPath, ""
 	})
 )
+
+// nodeModuleCheck finds node and the npm module installed in dir (under
+// interop), or says how to install them to run what.
+func nodeModuleCheck(dir, module, what string) (string, string) {
+	node, err := exec.LookPath("node")
+	if err != nil {
+		return "", "node not found on PATH; install it with `apt-get install -y nodejs` to run the " + what
+	}
+	if _, err := os.Stat(filepath.Join(dir, "node_modules", module, "package.json")); err != nil {
+		return "", "interop/" + dir + "/node_modules/" + module + " missing; run `(cd interop/" + dir + " && npm ci --no-audit --no-fund)` to run the " + what
+	}
+	return node, ""
+}
 
 // peerCommand returns the command line that runs lang's peer script
 // ("node" or "python") with args, or skips t when that peer is missing.
@@ -81,6 +87,12 @@ func peerCommand(t *testing.T, lang string, args ...string) []string {
 			missing(t, why)
 		}
 		return append([]string{py, filepath.Join("python", "peer.py")}, args...)
+	case "replaynode":
+		node, why := replayNodeCheck()
+		if why != "" {
+			missing(t, why)
+		}
+		return append([]string{node, filepath.Join("replaynode", "peers.js")}, args...)
 	}
 	t.Fatalf("unknown peer %q", lang)
 	return nil
@@ -104,6 +116,10 @@ type event struct {
 	Pings      int     `json:"pings"`
 	Message    string  `json:"message"`
 	Data       string  `json:"data"`
+	// replaynode/peers.js
+	Name      string `json:"name"`
+	ID        string `json:"id"`
+	Recovered *bool  `json:"recovered"`
 
 	line string
 }

@@ -87,6 +87,7 @@ func TestCoreAdminEndpoints(t *testing.T) {
 		"tether_buffered_messages":              "gauge",
 		"tether_buffer_overflows_total":         "counter",
 		"tether_resent_messages_total":          "counter",
+		"tether_replayed_messages_total":        "counter",
 	} {
 		if types[name] != typ {
 			t.Errorf("%s: type %q, want %q", name, types[name], typ)

@@ -39,6 +39,7 @@ type metrics struct {
 	resumeRefused    prometheus.Counter
 	resumeResentUp   prometheus.Counter
 	resumeResentDown prometheus.Counter
+	replayed         prometheus.Counter
 }
 
 // newMetrics registers the metrics of README "Metrics and logs", among
@@ -79,6 +80,7 @@ func newMetrics(reg prometheus.Registerer, build buildinfo.Info, maxSessions int
 		buffered:       f(prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_buffered_messages", Help: "Client messages held: buffered while reconnecting or retained until acknowledged."})).(prometheus.Gauge),
 		overflows:      f(prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_buffer_overflows_total", Help: "Sessions closed with 1013 because their buffer was full."})).(prometheus.Counter),
 		resent:         f(prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_resent_messages_total", Help: "Client messages sent again on a new upstream connection."})).(prometheus.Counter),
+		replayed:       f(prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_replayed_messages_total", Help: "State messages (openings, subscriptions) replayed on a new upstream connection."})).(prometheus.Counter),
 	}
 	resumes := f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_client_resumes_total", Help: "Client session resumes, by result."}, []string{"result"})).(*prometheus.CounterVec)
 	resumeResent := f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_resume_resent_messages_total", Help: "Messages sent again on a client session resume, by direction."}, []string{"direction"})).(*prometheus.CounterVec)
@@ -149,3 +151,6 @@ func (m *metrics) ResumeResent(toUpstream bool, n int) {
 		m.resumeResentDown.Add(float64(n))
 	}
 }
+
+// Replayed counts state messages replayed (session.ReplayMetrics).
+func (m *metrics) Replayed(n int) { m.replayed.Add(float64(n)) }

@@ -415,13 +415,7 @@ func (rr *rcRecorder) handle(c *websocket.Conn, n int) {
 			}
 			continue
 		}
-		rr.mu.Lock()
-		rr.byCon[n] = append(rr.byCon[n], msg)
-		rr.mu.Unlock()
-		select {
-		case rr.got <- struct{}{}:
-		default:
-		}
+		rr.add(n, msg)
 		if rr.reply != nil {
 			if r := rr.reply(msg, n); r != "" {
 				if c.WriteMessage(websocket.TextMessage, []byte(r)) != nil {
@@ -429,6 +423,17 @@ func (rr *rcRecorder) handle(c *websocket.Conn, n int) {
 				}
 			}
 		}
+	}
+}
+
+// add records msg as received by connection n.
+func (rr *rcRecorder) add(n int, msg string) {
+	rr.mu.Lock()
+	rr.byCon[n] = append(rr.byCon[n], msg)
+	rr.mu.Unlock()
+	select {
+	case rr.got <- struct{}{}:
+	default:
 	}
 }
 
@@ -930,7 +935,9 @@ func TestRcReplayFirst(t *testing.T) {
 	tt := rcStartTether(t, relay.Addr(), proxy.Options{}, func(c *proxy.Config) {
 		c.Session.ReplayFirst = 1
 		c.Session.ReplayDropReplies = 1
-		// No acknowledgement within the test: everything is re-sent.
+		// No acknowledgement within the test (json mode sends no
+		// acknowledgement pings): everything is re-sent.
+		c.Session.UpstreamHeartbeat.Mode = heartbeat.ModeJSON
 		c.Session.UpstreamHeartbeat.Interval = 10 * time.Second
 		c.Session.UpstreamHeartbeat.Timeout = 30 * time.Second
 	})

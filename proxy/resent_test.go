@@ -9,6 +9,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/tether-proxy/tether/heartbeat"
 	"github.com/tether-proxy/tether/proxy"
 )
 
@@ -51,7 +52,9 @@ func TestResentCountsCutReplay(t *testing.T) {
 	t.Cleanup(func() { close(release) })
 	tt := startTether(t, b.URL, func(c *proxy.Config) {
 		c.Session.WriteTimeout = time.Second
-		// No acknowledgement during the test: every message is retained.
+		// No acknowledgement during the test (json mode sends no
+		// acknowledgement pings): every message is retained.
+		c.Session.UpstreamHeartbeat.Mode = heartbeat.ModeJSON
 		c.Session.UpstreamHeartbeat.Interval = time.Minute
 		c.Session.UpstreamHeartbeat.Timeout = 3 * time.Minute
 		c.Session.Buffer.MaxBytes = 64 << 20

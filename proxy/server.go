@@ -117,6 +117,7 @@ func New(cfg Config, opts Options) (*Server, error) {
 	}
 	env.Jitter = opts.Jitter
 	env.CloseWait = opts.CloseWait
+	env.DialTimeout = cfg.DialTimeout
 	s := &Server{
 		cfg:       cfg,
 		log:       log,
@@ -376,6 +377,7 @@ func (s *Server) startSession(e *entry, unregister func(), id string, c upgraded
 	if resumable {
 		s.enableResume(e, sess, origin)
 	}
+	sess.SetRequestQuery(d.reqURL.RawQuery)
 	s.metrics.sessionsTotal.Inc()
 	s.metrics.sessionsActive.Inc()
 	// The session starts and the handler returns: net/http's

@@ -303,8 +303,10 @@ func TestAdminSessionInfo(t *testing.T) {
 	tt := startTetherOpts(t, "ws"+strings.TrimPrefix(b.URL, "http"), proxy.Options{Jitter: rcTopJitter}, func(c *proxy.Config) {
 		c.Session.ClientHeartbeat.Mode = heartbeat.ModeWS // gorilla answers RFC pings only
 		c.Session.ClientHeartbeat.Interval = 50 * time.Millisecond
-		// Upstream pings far apart: nothing is acknowledged during the
+		// Upstream JSON pings far apart (json mode sends no
+		// acknowledgement pings): nothing is acknowledged during the
 		// test, so what was sent stays retained.
+		c.Session.UpstreamHeartbeat.Mode = heartbeat.ModeJSON
 		c.Session.UpstreamHeartbeat.Interval = time.Minute
 		c.Session.UpstreamHeartbeat.Timeout = 3 * time.Minute
 		c.Session.Reconnect.InitialDelay = 20 * time.Millisecond

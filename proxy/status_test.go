@@ -83,6 +83,9 @@ func TestAdminStatusJSON(t *testing.T) {
 	tt := startTether(t, secretURL(b.URL), func(c *proxy.Config) {
 		c.Session.ClientHeartbeat.Mode = heartbeat.ModeWS
 		c.Session.ClientHeartbeat.Interval = 50 * time.Millisecond
+		// Upstream JSON pings every 15 s (json mode sends no
+		// acknowledgement pings): what the client sends stays retained.
+		c.Session.UpstreamHeartbeat.Mode = heartbeat.ModeJSON
 		c.MaxSessions = 77
 	})
 	admin := startAdmin(t, tt)
@@ -143,7 +146,7 @@ func TestAdminStatusJSON(t *testing.T) {
 	if cl.Mode != "ws" || cl.PongsReceived < 2 || cl.RTT.P50MS == nil || *cl.RTT.P50MS <= 0 || *cl.RTT.P99MS < *cl.RTT.P50MS {
 		t.Errorf("client heartbeats %+v", cl)
 	}
-	if up := st.Heartbeats["upstream"]; up.Mode != "ws" || up.RTT.Count != 0 || up.RTT.P50MS != nil {
+	if up := st.Heartbeats["upstream"]; up.Mode != "json" || up.RTT.Count != 0 || up.RTT.P50MS != nil {
 		t.Errorf("upstream heartbeats %+v, want no round trip yet (null percentiles)", up)
 	}
 	if len(st.History.T) == 0 || st.History.Active[len(st.History.Active)-1] != 1 {

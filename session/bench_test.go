@@ -25,6 +25,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/tether-proxy/tether/heartbeat"
+	"github.com/tether-proxy/tether/replay"
 )
 
 // hbBenchConn is a net.Conn for idle legs: writes are counted and
@@ -311,6 +312,9 @@ func BenchmarkRelay(b *testing.B) {
 			{"direct", true, def},
 			{"tether", false, def},
 			{"tether-upstream-hb-off", false, noRetain},
+			// A preset recognising messages that are not state
+			// (README "State replay on upstream reconnect").
+			{"tether-graphql-transport-ws", false, withReplay(def, replay.GraphQLTransportWS)},
 		} {
 			b.Run(fmt.Sprintf("%s/%dB", v.name, size), func(b *testing.B) {
 				r := newHBRelay(b, v.direct, v.cfg)
@@ -375,6 +379,16 @@ func newHBTCPRelay(t testing.TB, cfg Config) (client, up *hbWirePeer) {
 	return newHBWirePeer(cc, true), newHBWirePeer(uc, false)
 }
 
+// withReplay sets TETHER_REPLAY_PROTOCOL (json: keep subscribe, end
+// complete).
+func withReplay(c Config, p replay.Protocol) Config {
+	c.Replay.Protocol = p
+	if p == replay.JSON {
+		c.Replay.JSONKeep, c.Replay.JSONEnd = []string{"subscribe"}, []string{"complete"}
+	}
+	return c
+}
+
 // TestRelaySteadyStateAllocs pins the steady-state allocations of relaying one
 // text message: upstream → client allocates nothing, with and without JSON
 // heartbeat recognition on the upstream leg; client → upstream allocates
@@ -403,6 +417,14 @@ func TestRelaySteadyStateAllocs(t *testing.T) {
 		{"client-to-upstream/retained", hbCfg(hbLeg(heartbeat.ModeBoth, long, 0), hbLeg(heartbeat.ModeWS, long, 0)), true, -1, 0},
 		{"upstream-rfc-ping-answered", hbCfg(hbOff, hbLeg(heartbeat.ModeWS, long, 0)), false, 0, ws.OpPing},
 		{"upstream-json-ping-answered", hbCfg(hbOff, hbLeg(heartbeat.ModeJSON, long, 0)), false, 0, ws.OpText},
+		// README "State replay on upstream reconnect": a message that is
+		// not state costs no allocation under a preset.
+		{"upstream-to-client/graphql-transport-ws", withReplay(hbCfg(hbLeg(heartbeat.ModeBoth, long, 0), hbLeg(heartbeat.ModeWS, long, 0)), replay.GraphQLTransportWS), false, 0, 0},
+		{"client-to-upstream/graphql-transport-ws", withReplay(hbCfg(hbLeg(heartbeat.ModeBoth, long, 0), hbOff), replay.GraphQLTransportWS), true, 0, 0},
+		{"upstream-to-client/stomp", withReplay(hbCfg(hbLeg(heartbeat.ModeBoth, long, 0), hbLeg(heartbeat.ModeWS, long, 0)), replay.STOMP), false, 0, 0},
+		{"client-to-upstream/stomp", withReplay(hbCfg(hbLeg(heartbeat.ModeBoth, long, 0), hbOff), replay.STOMP), true, 0, 0},
+		{"upstream-to-client/replay-json", withReplay(hbCfg(hbLeg(heartbeat.ModeBoth, long, 0), hbLeg(heartbeat.ModeWS, long, 0)), replay.JSON), false, 0, 0},
+		{"client-to-upstream/replay-json", withReplay(hbCfg(hbLeg(heartbeat.ModeBoth, long, 0), hbOff), replay.JSON), true, 0, 0},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			client, up := newHBTCPRelay(t, c.cfg)
@@ -428,7 +450,11 @@ func TestRelaySteadyStateAllocs(t *testing.T) {
 				if _, err := from.conn.Write(frame); err != nil {
 					t.Fatal(err)
 				}
-				if _, p, err := to.frame(); err != nil || string(p) != string(want) {
+				next := to.frame
+				if c.toUpstream {
+					next = to.read // past an acknowledgement ping
+				}
+				if _, p, err := next(); err != nil || string(p) != string(want) {
 					t.Fatalf("read: %q, %v", p, err)
 				}
 			}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/tether-proxy/tether/heartbeat"
+	"github.com/tether-proxy/tether/replay"
 )
 
 // Config is the per-session behaviour of README "Configuration". Its env tags
@@ -39,6 +40,9 @@ type Config struct {
 	// reconnect and the delivery guarantee".
 	NotifyClient bool `env:"NOTIFY_CLIENT" envDefault:"false" help:"send upstream status messages to the client"`
 
+	// Replay is README "State replay on upstream reconnect"
+	// (TETHER_REPLAY_PROTOCOL, TETHER_REPLAY_JSON_*, TETHER_REPLAY_MAX_BYTES).
+	Replay replay.Config
 	Resume ResumeConfig `envPrefix:"RESUME_"`
 }
 
@@ -178,6 +182,12 @@ func (c *Config) Validate() error {
 	}
 	if c.ReplayDropReplies < 0 {
 		errs = append(errs, errors.New("TETHER_REPLAY_DROP_REPLIES: must be 0 or more"))
+	}
+	if err := c.Replay.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Replay.CheckFixedReplay(c.ReplayFirst, c.ReplayDropReplies); err != nil {
+		errs = append(errs, err)
 	}
 	if len(errs) > 0 {
 		return errs[0]

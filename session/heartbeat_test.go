@@ -20,6 +20,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/tether-proxy/tether/heartbeat"
+	"github.com/tether-proxy/tether/replay"
 )
 
 // hbCfg returns README "Configuration"'s defaults with the given heartbeat
@@ -40,6 +41,7 @@ func hbCfg(client, upstream heartbeat.Config) Config {
 			OnCodes:      CloseCodes{1001, 1006, 1011, 1012, 1013, 1014},
 		},
 		Buffer: BufferConfig{MaxMessages: 1024, MaxBytes: 4 << 20, TotalMaxBytes: 256 << 20},
+		Replay: replay.Defaults(),
 	}
 }
 
@@ -277,6 +279,8 @@ type hbOpts struct {
 	// dialOK makes reconnect dials succeed with a new upstream peer that
 	// answers pings; by default they are rejected.
 	dialOK bool
+	// upAutoPong: the first upstream peer answers pings.
+	upAutoPong bool
 }
 
 // newHBRig starts a session. Its DialFunc records each attempt and, unless
@@ -295,7 +299,7 @@ func newHBRig(t *testing.T, cfg Config, o hbOpts) *hbRig {
 	cs, cp := net.Pipe()
 	us, up := net.Pipe()
 	r.client = newHBPeer(t, cp, true, false, o.clientPaused)
-	r.up = newHBPeer(t, up, false, false, false)
+	r.up = newHBPeer(t, up, false, o.upAutoPong, false)
 	r.s = New(env, "hbtest", cs, nil, Upstream{Conn: us, Host: "upstream.test"}, func(ctx context.Context) (Upstream, error) {
 		r.mu.Lock()
 		defer r.mu.Unlock()

@@ -128,13 +128,18 @@ type legParkState struct {
 	state     atomic.Uint32 // legRunning, legParked, legDone, or legParking and its wakes
 	expired   atomic.Bool   // woken because the heartbeat timeout passed
 	lastRead  atomic.Int64  // unix nano of the last bytes read (parking legs)
-	closing   atomic.Bool   // a Close was sent or the leg is being torn down
 	closeDL   atomic.Int64  // read deadline (unix nano) once closing
+	closing   atomic.Bool   // a Close was sent or the leg is being torn down
 	timerStop atomic.Bool
+	// ackDue is the acknowledgement ping of an upstream leg (ack.go): 0
+	// none, > 0 armed for that time (unix nano), < 0 one in flight.
+	// Written under ctl; read without it on the per-message path.
+	ackDue atomic.Int64
 
 	// Under ctl.
 	timer   *time.Timer
 	pingDue int64 // unix nano of the next heartbeat ping
+	ackLast int64 // unix nano of the last acknowledgement ping
 	tracker heartbeat.Tracker
 }
 

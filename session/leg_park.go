@@ -120,7 +120,11 @@ func (l *leg) tick() {
 	if ping {
 		l.pingDue = now + int64(l.hb.Interval)
 	}
+	ack := l.ackTickLocked(now, ping)
 	l.ctl.Unlock()
+	if ack {
+		l.signal(pendPingWS)
+	}
 	if ping {
 		var f uint32
 		if l.hb.Mode.SendsWS() {
@@ -142,9 +146,13 @@ func (l *leg) tick() {
 }
 
 // nextTickLocked is the time from now to the timer's next firing: the next
-// ping, or the heartbeat timeout of a parked leg if that comes first.
+// ping, an armed acknowledgement ping (ack.go), or the heartbeat timeout of
+// a parked leg, whichever comes first.
 func (l *leg) nextTickLocked(now int64) int64 {
 	next := l.pingDue
+	if d := l.ackDue.Load(); d > 0 && d < next {
+		next = d
+	}
 	if l.state.Load() == legParked && l.hb.Timeout > 0 {
 		if due := l.lastRead.Load() + int64(l.hb.Timeout); due < next {
 			next = due

@@ -26,6 +26,7 @@ const (
 	CauseOperator                            // closed through the admin API (CloseWith)
 	CauseResumeExpired                       // a detached session's client did not resume within TETHER_RESUME_WINDOW
 	CauseResumeOverflow                      // the messages held for a detached client passed TETHER_RESUME_MAX_*
+	CauseReplayStateFull                     // the client's kept replay state passed TETHER_REPLAY_MAX_BYTES
 )
 
 // Outcome is how a session ended, as a value: why, and the Close each leg
@@ -78,6 +79,8 @@ func (o Outcome) Why() string {
 		return "resume window passed"
 	case CauseResumeOverflow:
 		return "resume buffer full while detached"
+	case CauseReplayStateFull:
+		return "replay state full"
 	}
 	return "unknown"
 }

@@ -23,10 +23,18 @@ func (s *Session) upstreamLost(u *leg, why Outcome) {
 		s.mu.Unlock()
 		return
 	}
+	if s.opaqueLocked() {
+		proto := s.sr.proto
+		s.mu.Unlock()
+		s.endOpaque(proto, why)
+		return
+	}
 	if s.state == stateReconnecting {
-		// Lost while the reconnect loop re-sends on it: that loop
-		// notices and dials again.
+		// Lost while the reconnect loop re-sends on it (or waits for
+		// the answer to a replayed opening): that loop notices and
+		// dials again.
 		s.lostInFlush = true
+		s.cond.Broadcast()
 		s.mu.Unlock()
 		return
 	}
@@ -121,12 +129,18 @@ func (s *Session) reconnect() {
 			s.mu.Lock()
 			down := time.Since(s.lostAt)
 			s.mu.Unlock()
-			s.log.Info("upstream reconnected", "session", s.id, "attempt", attempt+1, "upstream", up.Host, "downtime", down)
+			s.log.Info("upstream reconnected", "session", s.id, "attempt", attempt+1, "upstream", up.Host, "downtime", down, "replayed", s.sr.replayed)
 			return
 		case resumeClosed:
 			return
 		case resumeLost:
 			attempt = -1 // the upgrade completed: the counter restarts
+		case resumeNoAnswer:
+			s.log.Info("upstream reconnect failed", "session", s.id, "attempt", attempt+1, "err", "no answer to the replayed opening within TETHER_DIAL_TIMEOUT")
+		case resumeRefused:
+			s.log.Error("upstream reconnect rejected", "session", s.id, "attempt", attempt+1, "err", "the upstream refused the replayed opening")
+			s.giveUp(CauseRejected, attempt+1)
+			return
 		}
 	}
 }
@@ -166,6 +180,7 @@ func (s *Session) resume(up Upstream) resumeResult {
 	// The replay covers the opening messages received so far; one that
 	// arrives later is in the log and sent from there.
 	replay, covered := s.replay.start()
+	plan := s.replayPlanLocked(u) // before u's read loop starts
 	s.addPart()
 	s.mu.Unlock()
 	// Tell the client first: anything the new upstream sends comes after.
@@ -178,6 +193,10 @@ func (s *Session) resume(up Upstream) resumeResult {
 			return s.resumeFailed(u)
 		}
 	}
+	if r := s.sendPlan(u, &plan); r != resumeOK {
+		return r
+	}
+	resent := false // a retained message was written to u
 	for {
 		m, ok, r := s.nextResend(u)
 		switch {
@@ -186,9 +205,14 @@ func (s *Session) resume(up Upstream) resumeResult {
 		case r != resumeOK:
 			return r
 		case !ok:
-			return resumeOK // everything is written: connected again
+			// Everything is written: connected again. Have the re-sent
+			// messages acknowledged soon (ack.go).
+			if resent {
+				u.armAck()
+			}
+			return resumeOK
 		}
-		if m.seq >= covered { // else the replay above covered it
+		if m.seq >= covered && !plan.Skip(m.seq) { // else the replay above covered it
 			if u.writeData(m.op, m.p, m.seq, false) != nil {
 				return s.resumeFailed(u)
 			}
@@ -201,6 +225,8 @@ func (s *Session) resume(up Upstream) resumeResult {
 		}
 		if !s.retention() {
 			s.dropWritten(m.seq)
+		} else {
+			resent = true
 		}
 	}
 }

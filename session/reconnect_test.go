@@ -19,6 +19,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/tether-proxy/tether/heartbeat"
+	"github.com/tether-proxy/tether/replay"
 )
 
 // The tests in this file drive the reconnect state machine of
@@ -75,6 +76,7 @@ func rcConfig() Config {
 			OnCodes:      CloseCodes{1001, 1006, 1011, 1012, 1013, 1014},
 		},
 		Buffer: BufferConfig{MaxMessages: 1024, MaxBytes: 4 << 20, TotalMaxBytes: 256 << 20},
+		Replay: replay.Defaults(),
 	}
 }
 
@@ -561,8 +563,9 @@ func TestRcSingleLoop(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		cfg := rcConfig()
 		// Heartbeat on with a long interval: messages stay retained, so
-		// every resume has something to re-send.
-		cfg.UpstreamHeartbeat = heartbeat.Config{Mode: heartbeat.ModeWS, Interval: time.Hour, Timeout: 3 * time.Hour}
+		// every resume has something to re-send (json mode: no
+		// acknowledgement pings either).
+		cfg.UpstreamHeartbeat = heartbeat.Config{Mode: heartbeat.ModeJSON, Interval: time.Hour, Timeout: 3 * time.Hour}
 		env, m := rcEnv(t, cfg, func(n int64) int64 { return n / 2 })
 		var inFlight, maxInFlight atomic.Int32
 		type dialReq struct {

@@ -19,6 +19,9 @@ func (s *Session) toUpstream(c *leg, op ws.OpCode, p []byte, more bool) {
 	case admitOverflow:
 		s.overflow()
 		return
+	case admitStateFull:
+		s.stateFull()
+		return
 	case admitHeld, admitDropped:
 		return
 	}
@@ -31,6 +34,9 @@ func (s *Session) toUpstream(c *leg, op ws.OpCode, p []byte, more bool) {
 	for {
 		if err := a.up.writeData(op, p, a.seq, more); err == nil {
 			s.env.Metrics.Message(true, len(p))
+			if a.retained {
+				a.up.armAck()
+			}
 			if more {
 				c.deferFlush(a.up)
 			}
@@ -74,6 +80,12 @@ func (s *Session) admit(op ws.OpCode, p []byte) (a admission) {
 	defer s.mu.Unlock()
 	a.seq = s.upLog.newSeq()
 	s.replay.record(a.seq, op, p)
+	if s.sr.st != nil || a.seq == 0 {
+		if s.replayFromClientLocked(op, p, a.seq) != nil {
+			a.verdict = admitStateFull
+			return a
+		}
+	}
 	var waitStart time.Time
 	for {
 		switch s.state {
@@ -171,17 +183,19 @@ func (s *Session) overflow() {
 }
 
 // ack drops the retained messages that the upstream of generation gen has
-// provably received: those with seq < ackSeq.
-func (s *Session) ack(gen, ackSeq uint64) {
+// provably received: those with seq < ackSeq. It reports whether messages
+// written to that connection are still retained.
+func (s *Session) ack(gen, ackSeq uint64) (held bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if gen != s.gen || s.state == stateClosed {
-		return
+		return false
 	}
-	if n := s.upLog.ack(ackSeq); n > 0 {
+	if n := s.upLog.ack(s.ackLimitLocked(ackSeq)); n > 0 {
 		s.env.Metrics.Buffered(-n)
 		s.cond.Broadcast()
 	}
+	return s.upLog.next > 0
 }
 
 // run runs l's read loop (either leg's: the direction is l.upstream())
@@ -266,9 +280,18 @@ func (s *Session) readLoop(l *leg) error {
 // REPLAY_DROP_REPLIES) or the client leg failing (its loop ends the
 // session).
 func (s *Session) toClient(u *leg, op ws.OpCode, p []byte) bool {
+	if s.sr.st != nil {
+		return s.toClientState(u, op, p)
+	}
 	if s.replay.dropReply() {
 		return false
 	}
+	return s.writeToClient(u, op, p)
+}
+
+// writeToClient writes one message of the upstream connection u to the
+// client.
+func (s *Session) writeToClient(u *leg, op ws.OpCode, p []byte) bool {
 	more := u.moreInput()
 	if s.rs != nil {
 		return s.toClientHeld(u, op, p, more)

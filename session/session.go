@@ -82,6 +82,10 @@ type Env struct {
 	IdleAfter time.Duration
 	// CloseWait bounds the wait for a peer's Close reply; 0 means 3 s.
 	CloseWait time.Duration
+	// DialTimeout (TETHER_DIAL_TIMEOUT) also bounds the wait for the
+	// upstream's answer to a replayed opening (README "State replay on
+	// upstream reconnect"); 0 means 10 s.
+	DialTimeout time.Duration
 
 	total  atomic.Int64 // buffered + retained bytes of all sessions
 	poller *netpoll.Poller
@@ -232,6 +236,10 @@ type Session struct {
 	// The one that brings it to zero finishes the session (partDone). Only
 	// a holder of a part adds one (addPart).
 	parts atomic.Int32
+
+	// sr is README "State replay on upstream reconnect" (its own
+	// fields say what guards them).
+	sr stateReplay
 }
 
 // Stage is the moment of a session's end an EndFunc hears about.
@@ -269,6 +277,7 @@ func New(env *Env, id string, client net.Conn, clientBuffered []byte, up Upstrea
 	s.upLog = newDeliveryLog(b.MaxMessages, b.MaxBytes, &env.total, b.TotalMaxBytes)
 	s.replay.keep = uint64(s.cfg.ReplayFirst)
 	s.replay.dropN = int64(s.cfg.ReplayDropReplies)
+	s.initReplay(up.Protocol)
 	s.client = newLeg(s, LegClient, client, clientBuffered, true, s.cfg.ClientHeartbeat)
 	s.installLocked(up)
 	return s
@@ -429,7 +438,7 @@ func (s *Session) pong(l *leg, payload []byte, isJSON bool) {
 		s.log.Debug("pong received", "session", s.id, "leg", l.name, "rtt", rtt)
 	}
 	if l.upstream() {
-		s.ack(l.gen, ack)
+		l.ackAnswered(s.ack(l.gen, ack))
 	}
 }
 

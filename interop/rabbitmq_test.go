@@ -1,0 +1,231 @@
+package interop
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tether-proxy/tether/internal/testkit"
+	"github.com/tether-proxy/tether/proxy"
+)
+
+// rabbit is a RabbitMQ broker (Debian's rabbitmq-server) with its
+// Web-STOMP and Web-MQTT plugins on loopback, run in the foreground in a
+// directory of its own so that it can be killed and started again with
+// the same state and ports.
+type rabbit struct {
+	t                 *testing.T
+	dir, node         string
+	stomp, mqtt, dist int
+	cmd               *exec.Cmd
+	out               *testkit.LockedBuffer
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func startRabbit(t *testing.T) *rabbit {
+	t.Helper()
+	if _, err := exec.LookPath("rabbitmq-server"); err != nil {
+		testkit.Missing(t, "rabbitmq-server not found; install it with `apt-get install -y --no-install-recommends rabbitmq-server` to run the RabbitMQ Web-STOMP/Web-MQTT replay tests")
+	}
+	u, err := user.Lookup("rabbitmq")
+	if err != nil {
+		testkit.Missing(t, "no rabbitmq user; install `rabbitmq-server` to run the RabbitMQ replay tests")
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	host, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As root the script drops to the rabbitmq user: everything it
+	// writes is in a directory that user owns.
+	dir, err := os.MkdirTemp("", "tether-rabbitmq-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	r := &rabbit{t: t, dir: dir, node: "tethertest" + strconv.Itoa(os.Getpid()) + "@" + host,
+		stomp: freePort(t), mqtt: freePort(t), dist: freePort(t)}
+	conf := "listeners.tcp = none\nloopback_users = none\nstomp.listeners.tcp = none\nmqtt.listeners.tcp = none\n" +
+		"web_stomp.tcp.ip = 127.0.0.1\nweb_stomp.tcp.port = " + strconv.Itoa(r.stomp) + "\n" +
+		"web_mqtt.tcp.ip = 127.0.0.1\nweb_mqtt.tcp.port = " + strconv.Itoa(r.mqtt) + "\n"
+	for name, body := range map[string]string{"rabbitmq.conf": conf, "enabled_plugins": "[rabbitmq_web_stomp,rabbitmq_web_mqtt].\n"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, d := range []string{"mnesia", "log", "home"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = os.Chmod(dir, 0o755)
+	_ = filepath.Walk(dir, func(p string, _ os.FileInfo, _ error) error { return os.Chown(p, uid, gid) })
+	r.start()
+	t.Cleanup(r.kill)
+	return r
+}
+
+// start runs the broker and waits until both plugins listen (about 12 s).
+func (r *rabbit) start() {
+	r.t.Helper()
+	d := r.dir
+	cmd := exec.Command("rabbitmq-server")
+	cmd.Dir = d
+	cmd.Env = append(os.Environ(),
+		"RABBITMQ_CONFIG_FILE="+filepath.Join(d, "rabbitmq.conf"),
+		"RABBITMQ_ENABLED_PLUGINS_FILE="+filepath.Join(d, "enabled_plugins"),
+		"RABBITMQ_MNESIA_BASE="+filepath.Join(d, "mnesia"),
+		"RABBITMQ_LOG_BASE="+filepath.Join(d, "log"),
+		"RABBITMQ_FEATURE_FLAGS_FILE="+filepath.Join(d, "feature_flags"),
+		"RABBITMQ_NODENAME="+r.node,
+		"RABBITMQ_DIST_PORT="+strconv.Itoa(r.dist),
+		"HOME="+filepath.Join(d, "home"))
+	r.out = &testkit.LockedBuffer{}
+	cmd.Stdout, cmd.Stderr = r.out, r.out
+	if err := cmd.Start(); err != nil {
+		r.t.Fatal(err)
+	}
+	r.cmd = cmd
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	deadline := time.Now().Add(90 * time.Second)
+	for _, port := range []int{r.stomp, r.mqtt} {
+		for {
+			c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), time.Second)
+			if err == nil {
+				c.Close()
+				break
+			}
+			select {
+			case <-exited:
+				r.t.Fatalf("rabbitmq-server exited:\n%s", r.out.String())
+			case <-time.After(200 * time.Millisecond): // polling: the broker says nothing when it listens
+			}
+			if time.Now().After(deadline) {
+				r.t.Fatalf("rabbitmq-server not listening within 90 s:\n%s", r.out.String())
+			}
+		}
+	}
+}
+
+// kill kills the broker at once (a crash: no goodbye to any client): every
+// process started under the script (su starts a session of its own, so
+// its process group is not the script's).
+func (r *rabbit) kill() {
+	if r.cmd == nil {
+		return
+	}
+	pids := []int{r.cmd.Process.Pid}
+	for i := 0; i < len(pids); i++ {
+		pids = append(pids, children(pids[i])...)
+	}
+	for _, p := range pids {
+		_ = syscall.Kill(p, syscall.SIGKILL)
+	}
+	r.cmd = nil
+}
+
+// children lists the processes whose parent is pid (from /proc).
+func children(pid int) []int {
+	var out []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so cut at the last ')'.
+		s := string(b)
+		if i := strings.LastIndexByte(s, ')'); i >= 0 {
+			if f := strings.Fields(s[i+1:]); len(f) > 1 && f[1] == strconv.Itoa(pid) {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+// RabbitMQ with Web-STOMP and Web-MQTT behind tether with its defaults
+// (auto picks stomp and mqtt from the subprotocols the clients offer): the
+// @stomp/stompjs and mqtt.js clients subscribe to a and b, drop b, the
+// broker crashes and comes back; messages published to a after the
+// restart reach the clients, none of b does, neither client hears of a
+// second connection (CONNECTED, CONNACK), and an MQTT QoS 1 publish
+// completes.
+func TestReplayRabbitMQ(t *testing.T) {
+	t.Parallel()
+	r := startRabbit(t)
+	for _, tc := range []struct {
+		name        string
+		port        int
+		client, pub string
+		publishQoS1 bool
+	}{
+		{"stomp", r.stomp, "stomp-client", "stomp-pub", false},
+		{"mqtt", r.mqtt, "mqtt-client", "mqtt-pub", true},
+	} {
+		url := "ws://127.0.0.1:" + strconv.Itoa(tc.port) + "/ws"
+		tt := startTether(t, url, func(c *proxy.Config) {
+			c.Session.Reconnect.MaxDelay = time.Second
+			c.Session.Reconnect.MaxAttempts = 0
+		})
+		pub := startRPeer(t, tc.pub, tc.pub, url)
+		pub.until(t, "the publisher's connection", nil, evIs("connected", "", "1", ""))
+		cl := startRPeer(t, tc.client, tc.client, tt.URL)
+		cl.until(t, tc.name+": connected", nil, evIs("connected", "", "", ""))
+		cl.until(t, tc.name+": a message of b", nil, evIs("message", "b", "b:1:", ""))
+		cl.until(t, tc.name+": a message of a", nil, evIs("message", "a", "a:1:", ""))
+		cl.command(t, "unsubscribe b")
+		cl.until(t, tc.name+": b unsubscribed", nil, evIs("unsubscribed", "", "", ""))
+		defer func() {
+			// After the restart.
+			connected := 0
+			watch := func(ev event) {
+				switch {
+				case ev.Ev == "connected":
+					connected++
+				case ev.Ev == "closed" || ev.Ev == "error":
+					t.Fatalf("%s: %s", tc.name, ev.line)
+				case evIs("message", "b", "b:2:", "")(ev):
+					t.Fatalf("%s: unsubscribed b revived: %s", tc.name, ev.line)
+				}
+			}
+			for range 5 {
+				cl.until(t, tc.name+": messages of a published after the restart", watch, evIs("message", "a", "a:2:", ""))
+			}
+			if connected != 0 {
+				t.Fatalf("%s: the client heard of %d more connections, want none", tc.name, connected)
+			}
+			if tc.publishQoS1 {
+				cl.command(t, "publish")
+				cl.until(t, tc.name+": the QoS 1 publish acknowledged", watch, evIs("published", "", "", ""))
+			}
+			if got := testkit.Metric(t, tt.reg, "tether_replayed_messages_total"); got != 2 {
+				t.Errorf("%s: tether_replayed_messages_total = %v, want 2 (the opening and a)", tc.name, got)
+			}
+		}()
+	}
+	r.kill()
+	r.start()
+}
