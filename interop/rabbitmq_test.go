@@ -221,8 +221,14 @@ func TestReplayRabbitMQ(t *testing.T) {
 				cl.command(t, "publish")
 				cl.until(t, tc.name+": the QoS 1 publish acknowledged", watch, evIs("published", "", "", ""))
 			}
-			if got := testkit.Metric(t, tt.reg, "tether_replayed_messages_total"); got != 2 {
-				t.Errorf("%s: tether_replayed_messages_total = %v, want 2 (the opening and a)", tc.name, got)
+			// The opening is always replayed; the SUBSCRIBE of a is
+			// replayed too unless it was still unacknowledged at the kill
+			// (an acknowledgement ping is a few ms away, and MQTT
+			// messages are acknowledged only up to a packet boundary):
+			// then it goes once from the re-sent messages instead. Either
+			// way a's messages arrive above.
+			if got := testkit.Metric(t, tt.reg, "tether_replayed_messages_total"); got < 1 || got > 2 {
+				t.Errorf("%s: tether_replayed_messages_total = %v, want 1 or 2 (the opening, and a unless it was re-sent)", tc.name, got)
 			}
 		}()
 	}
