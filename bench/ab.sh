@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# A/B throughput: runs the same throughput workload against several
+# targets, alternating them within each round so that a slow minute of a
+# shared machine hits every target alike, and prints the table (median
+# run per target, spread, which side was saturated). Each target runs
+# alone on core 0 with one worker; the load tool and echo backend share
+# core 1, as in compare.sh.
+#
+#   bench/ab.sh [-reps 3] [-duration 5s] [-size 1024] [-conns 64] [-inflight 16] [-resume] TARGET...
+#
+# TARGET is haproxy, caddy, or the path of a tether binary (its file name
+# labels it), e.g. two builds of tether:
+#
+#   go build -o /tmp/tether-a . && (git stash; go build -o /tmp/tether-b .; git stash pop)
+#   bench/ab.sh /tmp/tether-a /tmp/tether-b haproxy
+#
+# -resume makes the load tool ask tether for resumable sessions.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin:/usr/sbin"
+reps=3 dur=5s size=1024 conns=64 inflight=16 resume=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -reps) reps=$2; shift 2 ;;
+    -duration) dur=$2; shift 2 ;;
+    -size) size=$2; shift 2 ;;
+    -conns) conns=$2; shift 2 ;;
+    -inflight) inflight=$2; shift 2 ;;
+    -resume) resume=-resume; shift ;;
+    -*) echo "unknown flag $1" >&2; exit 2 ;;
+    *) break ;;
+  esac
+done
+[ $# -gt 0 ] || { echo "usage: $0 [flags] TARGET..." >&2; exit 2; }
+tmp=$(mktemp -d /tmp/tether-ab.XXXXXX)
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$tmp"' EXIT
+go build -o "$tmp/bench" ./bench
+backend=127.0.0.1:19801 proxy=127.0.0.1:19802 admin=127.0.0.1:19803
+taskset -c 1 "$tmp/bench" backend -addr $backend 2>/dev/null &
+bk=$!; pids+=("$bk")
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+wait_port "${backend##*:}"
+cat > "$tmp/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 9800
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout tunnel 1h
+frontend fe
+  bind $proxy
+  default_backend be
+backend be
+  server s1 $backend
+CONF
+printf '{\n  admin off\n  auto_https off\n}\nhttp://%s {\n  reverse_proxy %s\n}\n' "$proxy" "$backend" > "$tmp/Caddyfile"
+for _ in $(seq "$reps"); do
+  for t in "$@"; do
+    case "$t" in
+      haproxy) taskset -c 0 haproxy -db -f "$tmp/haproxy.cfg" >/dev/null 2>&1 & p=$! label=haproxy ;;
+      caddy) GOMAXPROCS=1 XDG_DATA_HOME="$tmp" XDG_CONFIG_HOME="$tmp" taskset -c 0 caddy run --config "$tmp/Caddyfile" --adapter caddyfile >/dev/null 2>&1 & p=$! label=caddy ;;
+      *) env GOMAXPROCS=1 TETHER_UPSTREAM_URL="ws://$backend" TETHER_LISTEN_ADDR=$proxy TETHER_ADMIN_ADDR=$admin TETHER_LOG_LEVEL=warn \
+           taskset -c 0 "$t" 2>/dev/null & p=$! label=$(basename "$t") ;;
+    esac
+    pids+=("$p")
+    wait_port "${proxy##*:}"
+    taskset -c 1 "$tmp/bench" throughput -url "ws://$proxy/" -target "$label" -label "throughput-$size" -duration "$dur" \
+      -size "$size" -conns "$conns" -inflight "$inflight" $resume -proxy-pid "$p" -backend-pid "$bk" -json 2>/dev/null >> "$tmp/results.jsonl" || true
+    kill "$p"; wait "$p" 2>/dev/null || true
+    sleep 0.2
+  done
+done
+last=$(basename "${!#}")
+"$tmp/bench" table -in "$tmp/results.jsonl" -ref "$last"
