@@ -41,23 +41,9 @@ taskset -c 1 "$tmp/bench" backend -addr $backend 2>/dev/null &
 bk=$!; pids+=("$bk")
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 wait_port "${backend##*:}"
-cat > "$tmp/haproxy.cfg" <<CONF
-global
-  nbthread 1
-  maxconn 9800
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  timeout tunnel 1h
-frontend fe
-  bind $proxy
-  default_backend be
-backend be
-  server s1 $backend
-CONF
-printf '{\n  admin off\n  auto_https off\n}\nhttp://%s {\n  reverse_proxy %s\n}\n' "$proxy" "$backend" > "$tmp/Caddyfile"
+. bench/peers.sh
+haproxy_cfg "$tmp/haproxy.cfg" "$proxy" "$backend"
+caddyfile "$tmp/Caddyfile" "$proxy" "$backend"
 for _ in $(seq "$reps"); do
   for t in "$@"; do
     case "$t" in

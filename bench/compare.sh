@@ -39,6 +39,7 @@ fi
 hb_fast=500ms
 
 log() { echo "compare: $*" >&2; }
+. bench/peers.sh
 
 tmp=$(mktemp -d /tmp/tether-compare.XXXXXX)
 results="$tmp/results.jsonl"
@@ -137,34 +138,11 @@ CONF
       taskset -c 0 nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -e "$tmp/nginx/error.log" 2>>"$tmp/nginx/error.log" &
       target_pid=$! ;;
     haproxy)
-      cat > "$tmp/haproxy.cfg" <<CONF
-global
-  nbthread 1
-  maxconn 9800
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  timeout tunnel 1h
-frontend fe
-  bind 127.0.0.1:$proxy_port
-  default_backend be
-backend be
-  server s1 $backend_addr
-CONF
+      haproxy_cfg "$tmp/haproxy.cfg" "127.0.0.1:$proxy_port" "$backend_addr"
       taskset -c 0 haproxy -db -f "$tmp/haproxy.cfg" >"$tmp/haproxy.log" 2>&1 &
       target_pid=$! ;;
     caddy)
-      cat > "$tmp/Caddyfile" <<CONF
-{
-  admin off
-  auto_https off
-}
-http://127.0.0.1:$proxy_port {
-  reverse_proxy $backend_addr
-}
-CONF
+      caddyfile "$tmp/Caddyfile" "127.0.0.1:$proxy_port" "$backend_addr"
       GOMAXPROCS=1 XDG_DATA_HOME="$tmp" XDG_CONFIG_HOME="$tmp" taskset -c 0 caddy run --config "$tmp/Caddyfile" --adapter caddyfile >"$tmp/caddy.log" 2>&1 &
       target_pid=$! ;;
     tether*)

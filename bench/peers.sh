@@ -1,0 +1,29 @@
+# Configuration of the peer proxies that bench/compare.sh and bench/ab.sh
+# run, one worker each (sourced, not run).
+
+# haproxy_cfg FILE LISTEN BACKEND: HAProxy in HTTP mode with one thread,
+# tunnelling upgraded connections for an hour.
+haproxy_cfg() {
+  cat > "$1" <<CONF
+global
+  nbthread 1
+  maxconn 9800
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout tunnel 1h
+frontend fe
+  bind $2
+  default_backend be
+backend be
+  server s1 $3
+CONF
+}
+
+# caddyfile FILE LISTEN BACKEND: Caddy's reverse_proxy, no admin API, no
+# automatic HTTPS.
+caddyfile() {
+  printf '{\n  admin off\n  auto_https off\n}\nhttp://%s {\n  reverse_proxy %s\n}\n' "$2" "$3" > "$1"
+}
