@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -129,15 +130,21 @@ func TestReplicasCookieAffinity(t *testing.T) {
 	testReplicas(t, true)
 }
 
-func testReplicas(t *testing.T, affinity bool) {
-	nb := newNumberedBackend(t)
-	tethers := make([]*tether, 3)
+// startReplicas starts three tethers in front of one numbered backend and
+// HAProxy over them.
+func startReplicas(t *testing.T, affinity bool) (nb *numberedBackend, tethers []*tether, lb string) {
+	nb = newNumberedBackend(t)
+	tethers = make([]*tether, 3)
 	addrs := make([]string, 3)
 	for i := range tethers {
 		tethers[i] = startTether(t, nb.URL, nil)
 		addrs[i] = tethers[i].Addr
 	}
-	lb := startHAProxy(t, addrs, affinity)
+	return nb, tethers, startHAProxy(t, addrs, affinity)
+}
+
+func testReplicas(t *testing.T, affinity bool) {
+	nb, tethers, lb := startReplicas(t, affinity)
 	relay := newRelay(t, lb) // drops are resets between client and HAProxy
 	rc, _ := newJarClient(t, relay.Addr())
 	rc.open()
@@ -200,4 +207,53 @@ func testReplicas(t *testing.T, affinity bool) {
 	}
 	// It resyncs: a new session on that replica carries messages both ways.
 	rc2.stream(20, nil, "")
+}
+
+// TestReplicasWithoutAffinity: behind round robin with no affinity, a
+// client that drops and resumes again and again gets, each time, either
+// its session back (it reached the owner) or "resumed":false and a working
+// new session, within a bounded time: never an error or a hang. One client
+// alone cycles through the three replicas, so its resumes land elsewhere.
+func TestReplicasWithoutAffinity(t *testing.T) {
+	_, tethers, lb := startReplicas(t, false)
+	rc, _ := newJarClient(t, lb)
+	rc.open()
+	if c := lbCookie(rc.hdr); c != "" {
+		t.Fatalf("HAProxy without a cookie line set the cookie %q", c)
+	}
+	const drops = 6
+	refused := 0
+	for i := range drops {
+		// A round trip on the current session, then a drop without a
+		// Close frame.
+		if err := rc.send("c" + strconv.Itoa(len(rc.sent))); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rc.next(5 * time.Second); err != nil {
+			t.Fatalf("drop %d: no answer on a live session: %v", i, err)
+		}
+		_ = rc.c.UnderlyingConn().Close()
+		start := time.Now()
+		if !rc.resume("") {
+			refused++
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("drop %d: the resume took %v", i, d)
+		}
+	}
+	// The last session, resumed or new, still carries messages both ways.
+	if err := rc.send("c" + strconv.Itoa(len(rc.sent))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rc.next(5 * time.Second); err != nil {
+		t.Fatalf("no answer after the last resume: %v", err)
+	}
+	var metricRefused float64
+	for _, tt := range tethers {
+		metricRefused += metric(t, tt, "tether_client_resumes_total", "result=refused")
+	}
+	if refused == 0 || float64(refused) != metricRefused {
+		t.Fatalf("%d of %d resumes refused (the replicas count %v): round robin without affinity must send some elsewhere", refused, drops, metricRefused)
+	}
+	checkNumbered(t, rc.data(), len(rc.sent), "u")
 }
