@@ -18,6 +18,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/tether-proxy/tether/internal/testkit"
+	"github.com/tether-proxy/tether/proxy"
 )
 
 // haproxyCookie is the HAProxy configuration's affinity line (README
@@ -137,7 +138,8 @@ func startReplicas(t *testing.T, affinity bool) (nb *numberedBackend, tethers []
 	tethers = make([]*tether, 3)
 	addrs := make([]string, 3)
 	for i := range tethers {
-		tethers[i] = startTether(t, nb.URL, nil)
+		// No spread of the closes when the test ends: nothing here drains.
+		tethers[i] = startTether(t, nb.URL, func(c *proxy.Config) { c.ShutdownSpread = 0 })
 		addrs[i] = tethers[i].Addr
 	}
 	return nb, tethers, startHAProxy(t, addrs, affinity)
