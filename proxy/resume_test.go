@@ -29,6 +29,8 @@ type resumeClient struct {
 	url    string // where it dials (tether, or a relay in front of it)
 	origin string
 	c      *websocket.Conn
+	dialer *websocket.Dialer // nil: websocket.DefaultDialer
+	hdr    http.Header       // the last handshake response's headers
 
 	token   string
 	resumed bool     // the last session message said resumed
@@ -73,7 +75,11 @@ func (rc *resumeClient) dial(u string) error {
 	if rc.c != nil {
 		rc.c.Close()
 	}
-	c, resp, err := websocket.DefaultDialer.Dial(u, rc.header())
+	d := rc.dialer
+	if d == nil {
+		d = websocket.DefaultDialer
+	}
+	c, resp, err := d.Dial(u, rc.header())
 	if err != nil {
 		status := 0
 		if resp != nil {
@@ -81,7 +87,7 @@ func (rc *resumeClient) dial(u string) error {
 		}
 		return fmt.Errorf("dial: %v (status %d)", err, status)
 	}
-	rc.c = c
+	rc.c, rc.hdr = c, resp.Header
 	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	_, p, err := c.ReadMessage()
 	if err != nil {

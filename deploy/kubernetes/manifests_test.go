@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/url"
 	"os"
@@ -21,6 +22,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -53,6 +55,7 @@ type manifests struct {
 	svc     *corev1.Service
 	pdb     *policyv1.PodDisruptionBudget
 	hpa     *autoscalingv2.HorizontalPodAutoscaler
+	ing     *networkingv1.Ingress
 	kustRes []string
 }
 
@@ -60,8 +63,9 @@ type manifests struct {
 // the README's configuration table and the Dockerfile's ports, user and
 // defaults.
 type repoFacts struct {
-	vars      map[string]bool // TETHER_* variables of README "Configuration"
-	exposed   []int32         // Dockerfile EXPOSE
+	vars      map[string]bool   // TETHER_* variables of README "Configuration"
+	defaults  map[string]string // their defaults, from the same table
+	exposed   []int32           // Dockerfile EXPOSE
 	dockerEnv map[string]string
 	user      string // Dockerfile USER
 }
@@ -72,6 +76,7 @@ func (m *manifests) deepCopy() *manifests {
 		svc:     m.svc.DeepCopy(),
 		pdb:     m.pdb.DeepCopy(),
 		hpa:     m.hpa.DeepCopy(),
+		ing:     m.ing.DeepCopy(),
 		kustRes: slices.Clone(m.kustRes),
 	}
 }
@@ -110,11 +115,13 @@ func loadManifests(t *testing.T) *manifests {
 		svc:    &corev1.Service{},
 		pdb:    &policyv1.PodDisruptionBudget{},
 		hpa:    &autoscalingv2.HorizontalPodAutoscaler{},
+		ing:    &networkingv1.Ingress{},
 	}
 	decodeStrict(t, "deployment.yaml", "apps/v1", "Deployment", m.deploy, func() metav1.TypeMeta { return m.deploy.TypeMeta })
 	decodeStrict(t, "service.yaml", "v1", "Service", m.svc, func() metav1.TypeMeta { return m.svc.TypeMeta })
 	decodeStrict(t, "pdb.yaml", "policy/v1", "PodDisruptionBudget", m.pdb, func() metav1.TypeMeta { return m.pdb.TypeMeta })
 	decodeStrict(t, "hpa.yaml", "autoscaling/v2", "HorizontalPodAutoscaler", m.hpa, func() metav1.TypeMeta { return m.hpa.TypeMeta })
+	decodeStrict(t, "ingress.yaml", "networking.k8s.io/v1", "Ingress", m.ing, func() metav1.TypeMeta { return m.ing.TypeMeta })
 	var k kustomization
 	decodeStrict(t, "kustomization.yaml", "kustomize.config.k8s.io/v1beta1", "Kustomization", &k,
 		func() metav1.TypeMeta { return metav1.TypeMeta{APIVersion: k.APIVersion, Kind: k.Kind} })
@@ -128,7 +135,7 @@ var tetherVar = regexp.MustCompile(`TETHER_[A-Z0-9_]+`)
 
 func loadRepoFacts(t *testing.T) *repoFacts {
 	t.Helper()
-	f := &repoFacts{vars: map[string]bool{}, dockerEnv: map[string]string{}}
+	f := &repoFacts{vars: map[string]bool{}, defaults: map[string]string{}, dockerEnv: map[string]string{}}
 
 	readme, err := os.ReadFile(readmePath)
 	if err != nil {
@@ -146,8 +153,12 @@ func loadRepoFacts(t *testing.T) *repoFacts {
 			continue
 		}
 		if m := readmeVarRow.FindStringSubmatch(line); m != nil {
+			cells := strings.Split(line, "|")
 			for _, v := range tetherVar.FindAllString(m[1], -1) {
 				f.vars[v] = true
+				if len(cells) > 2 {
+					f.defaults[v] = strings.Trim(strings.TrimSpace(cells[2]), "`")
+				}
 			}
 		}
 	}
@@ -256,7 +267,7 @@ func check(m *manifests, f *repoFacts) []error {
 	podLabels := d.Spec.Template.Labels
 
 	// kustomization.yaml lists exactly the manifests.
-	wantRes := []string{"deployment.yaml", "hpa.yaml", "pdb.yaml", "service.yaml"}
+	wantRes := []string{"deployment.yaml", "hpa.yaml", "ingress.yaml", "pdb.yaml", "service.yaml"}
 	gotRes := slices.Sorted(slices.Values(m.kustRes))
 	if !slices.Equal(gotRes, wantRes) {
 		c.errorf("kustomization resources %v, want %v", gotRes, wantRes)
@@ -485,7 +496,92 @@ func check(m *manifests, f *repoFacts) []error {
 				sess, idleSessionBytes, buf, gml)
 		}
 	}
+	checkIngress(c, m, f)
 	return c.errs
+}
+
+// ingressAffinity is what ingress.yaml must say for a session resume to
+// reach its owner (README "Running many replicas").
+var ingressAffinity = map[string]string{
+	"nginx.ingress.kubernetes.io/affinity":      "cookie",
+	"nginx.ingress.kubernetes.io/affinity-mode": "persistent",
+}
+
+// checkIngress: ingress.yaml routes to the Service's port, with cookie
+// affinity whose cookie outlives the resume window, and WebSocket
+// timeouts longer than the client heartbeat interval.
+func checkIngress(c *checker, m *manifests, f *repoFacts) {
+	ing := m.ing
+	svcPorts := map[string]int32{}
+	for _, p := range m.svc.Spec.Ports {
+		svcPorts[p.Name] = p.Port
+	}
+	paths := 0
+	for _, r := range ing.Spec.Rules {
+		if r.HTTP == nil {
+			c.errorf("ingress rule %q has no http paths", r.Host)
+			continue
+		}
+		for _, p := range r.HTTP.Paths {
+			paths++
+			s := p.Backend.Service
+			if s == nil {
+				c.errorf("ingress path %q has no service backend", p.Path)
+				continue
+			}
+			if s.Name != m.svc.Name {
+				c.errorf("ingress backend service %q, the Service is %q", s.Name, m.svc.Name)
+			}
+			if s.Port.Name != "" {
+				if _, ok := svcPorts[s.Port.Name]; !ok {
+					c.errorf("ingress backend port %q is not a Service port %v", s.Port.Name, svcPorts)
+				}
+			} else if !slices.Contains(slices.Collect(maps.Values(svcPorts)), s.Port.Number) {
+				c.errorf("ingress backend port %d is not a Service port %v", s.Port.Number, svcPorts)
+			}
+		}
+	}
+	if paths == 0 || ing.Spec.DefaultBackend != nil {
+		c.errorf("ingress: want rules with paths and no default backend")
+	}
+	a := ing.Annotations
+	for k, v := range ingressAffinity {
+		if a[k] != v {
+			c.errorf("ingress annotation %s is %q, want %q", k, a[k], v)
+		}
+	}
+	if a["nginx.ingress.kubernetes.io/session-cookie-name"] == "" {
+		c.errorf("ingress annotation nginx.ingress.kubernetes.io/session-cookie-name is not set")
+	}
+	seconds := func(name string) time.Duration {
+		v, ok := a["nginx.ingress.kubernetes.io/"+name]
+		n, err := strconv.ParseInt(v, 10, 64)
+		if !ok || err != nil || n <= 0 {
+			c.errorf("ingress annotation nginx.ingress.kubernetes.io/%s %q: want a number of seconds", name, v)
+		}
+		return time.Duration(n) * time.Second
+	}
+	ctr := &m.deploy.Spec.Template.Spec.Containers[0]
+	setting := func(name string) time.Duration {
+		v, ok := envValue(ctr, name)
+		if !ok {
+			v = f.defaults[name]
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			c.errorf("%s %q (the Deployment's, or README's default): %v", name, v, err)
+		}
+		return d
+	}
+	if maxAge, window := seconds("session-cookie-max-age"), setting("TETHER_RESUME_WINDOW"); maxAge < window {
+		c.errorf("ingress session-cookie-max-age %v is shorter than TETHER_RESUME_WINDOW %v", maxAge, window)
+	}
+	hb := setting("TETHER_CLIENT_HEARTBEAT_INTERVAL")
+	for _, name := range []string{"proxy-read-timeout", "proxy-send-timeout"} {
+		if d := seconds(name); d <= hb {
+			c.errorf("ingress %s %v is not longer than TETHER_CLIENT_HEARTBEAT_INTERVAL %v", name, d, hb)
+		}
+	}
 }
 
 // dockerUID returns the numeric uid of a Dockerfile USER value: a number,
@@ -705,63 +801,93 @@ func TestChecksCatchBrokenManifests(t *testing.T) {
 		},
 		"sessions overflow GOMEMLIMIT": func(m *manifests) { setEnv(m, "TETHER_MAX_SESSIONS", "100000") },
 		"sessions unlimited":           func(m *manifests) { setEnv(m, "TETHER_MAX_SESSIONS", "0") },
-		"no memory limit":              func(m *manifests) { delete(ctr(m).Resources.Limits, corev1.ResourceMemory) },
+		"ingress to another service": func(m *manifests) {
+			m.ing.Spec.Rules[0].HTTP.Paths[0].Backend.Service.Name = "tether-old"
+		},
+		"ingress to another port name": func(m *manifests) {
+			m.ing.Spec.Rules[0].HTTP.Paths[0].Backend.Service.Port.Name = "admin"
+		},
+		"ingress to another port number": func(m *manifests) {
+			m.ing.Spec.Rules[0].HTTP.Paths[0].Backend.Service.Port = networkingv1.ServiceBackendPort{Number: 8080}
+		},
+		"ingress without affinity":                       func(m *manifests) { delete(m.ing.Annotations, "nginx.ingress.kubernetes.io/affinity") },
+		"ingress balanced affinity":                      func(m *manifests) { m.ing.Annotations["nginx.ingress.kubernetes.io/affinity-mode"] = "balanced" },
+		"ingress without cookie name":                    func(m *manifests) { delete(m.ing.Annotations, "nginx.ingress.kubernetes.io/session-cookie-name") },
+		"ingress without cookie max-age":                 func(m *manifests) { delete(m.ing.Annotations, "nginx.ingress.kubernetes.io/session-cookie-max-age") },
+		"ingress cookie shorter than the default window": func(m *manifests) { m.ing.Annotations["nginx.ingress.kubernetes.io/session-cookie-max-age"] = "60" },
+		"ingress cookie shorter than the window":         func(m *manifests) { setEnv(m, "TETHER_RESUME_WINDOW", "48h") },
+		"ingress read timeout under the heartbeat":       func(m *manifests) { m.ing.Annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"] = "10" },
+		"ingress without send timeout":                   func(m *manifests) { delete(m.ing.Annotations, "nginx.ingress.kubernetes.io/proxy-send-timeout") },
+		"ingress heartbeat over the timeout":             func(m *manifests) { setEnv(m, "TETHER_CLIENT_HEARTBEAT_INTERVAL", "2h") },
+		"no memory limit":                                func(m *manifests) { delete(ctr(m).Resources.Limits, corev1.ResourceMemory) },
 	}
 	// want is a part of the error each broken manifest must produce.
 	want := map[string]string{
-		"kustomization misses a file":     "kustomization resources",
-		"deployment selector mismatch":    "deployment selector",
-		"service selector mismatch":       "service selector",
-		"service selector empty":          "service has no selector",
-		"pdb selector mismatch":           "pdb selector",
-		"pdb selector empty":              "empty selector",
-		"spread selector mismatch":        "topologySpreadConstraints[0]",
-		"no spread":                       "no topology spread",
-		"hpa targets another name":        "hpa targets",
-		"hpa targets a StatefulSet":       "hpa targets",
-		"hpa min 1":                       "minReplicas",
-		"hpa without cpu":                 "no cpu metric",
-		"deployment sets replicas":        "sets replicas",
-		"pdb maxUnavailable 2":            "maxUnavailable 2",
-		"pdb unset":                       "neither",
-		"rolling update maxUnavailable 1": "rolling update",
-		"unknown TETHER_ variable":        "not a tether variable",
-		"upstream URL missing":            "(required) is not set",
-		"upstream URL http":               "want ws://",
-		"service links on":                "enableServiceLinks",
-		"container port not exposed":      "Dockerfile EXPOSE",
-		"listen addr off the ports":       "TETHER_LISTEN_ADDR",
-		"admin addr off the ports":        "TETHER_ADMIN_ADDR",
-		"readiness path":                  "readinessProbe path",
-		"readiness on the listen port":    "readinessProbe port",
-		"liveness path":                   "livenessProbe path",
-		"liveness on an unknown port":     "livenessProbe port",
-		"no liveness probe":               "livenessProbe: want",
-		"metrics port annotation":         "prometheus.io",
-		"service NodePort":                "want ClusterIP",
-		"service affinity":                "sessionAffinity",
-		"service port 8080":               "service port 8080",
-		"service to admin":                "-> admin",
-		"service exposes admin":           "service ports 2",
-		"grace without margin":            "SIGKILL",
-		"shutdown timeout raised":         "SIGKILL",
-		"preStop lengthened":              "SIGKILL",
-		"preStop exec":                    "preStop must be",
-		"grace unset":                     "terminationGracePeriodSeconds unset",
-		"shutdown timeout unset":          "TETHER_SHUTDOWN_TIMEOUT must be set",
-		"shutdown timeout invalid":        "missing unit",
-		"spread over half":                "TETHER_SHUTDOWN_SPREAD",
-		"runAsNonRoot off":                "runAsNonRoot",
-		"runAsUser root":                  "runAsUser",
-		"writable root":                   "readOnlyRootFilesystem",
-		"privilege escalation":            "allowPrivilegeEscalation",
-		"capabilities kept":               "drop ALL",
-		"capability added":                "drop ALL",
-		"no cpu request":                  "no cpu request",
-		"no memory limit":                 "no memory limit",
-		"GOMEMLIMIT over the limit":       ">= memory limit",
-		"sessions overflow GOMEMLIMIT":    "does not fit GOMEMLIMIT",
-		"sessions unlimited":              "does not fit GOMEMLIMIT",
+		"kustomization misses a file":                    "kustomization resources",
+		"deployment selector mismatch":                   "deployment selector",
+		"service selector mismatch":                      "service selector",
+		"service selector empty":                         "service has no selector",
+		"pdb selector mismatch":                          "pdb selector",
+		"pdb selector empty":                             "empty selector",
+		"spread selector mismatch":                       "topologySpreadConstraints[0]",
+		"no spread":                                      "no topology spread",
+		"hpa targets another name":                       "hpa targets",
+		"hpa targets a StatefulSet":                      "hpa targets",
+		"hpa min 1":                                      "minReplicas",
+		"hpa without cpu":                                "no cpu metric",
+		"deployment sets replicas":                       "sets replicas",
+		"pdb maxUnavailable 2":                           "maxUnavailable 2",
+		"pdb unset":                                      "neither",
+		"rolling update maxUnavailable 1":                "rolling update",
+		"unknown TETHER_ variable":                       "not a tether variable",
+		"upstream URL missing":                           "(required) is not set",
+		"upstream URL http":                              "want ws://",
+		"service links on":                               "enableServiceLinks",
+		"container port not exposed":                     "Dockerfile EXPOSE",
+		"listen addr off the ports":                      "TETHER_LISTEN_ADDR",
+		"admin addr off the ports":                       "TETHER_ADMIN_ADDR",
+		"readiness path":                                 "readinessProbe path",
+		"readiness on the listen port":                   "readinessProbe port",
+		"liveness path":                                  "livenessProbe path",
+		"liveness on an unknown port":                    "livenessProbe port",
+		"no liveness probe":                              "livenessProbe: want",
+		"metrics port annotation":                        "prometheus.io",
+		"service NodePort":                               "want ClusterIP",
+		"service affinity":                               "sessionAffinity",
+		"service port 8080":                              "service port 8080",
+		"service to admin":                               "-> admin",
+		"service exposes admin":                          "service ports 2",
+		"grace without margin":                           "SIGKILL",
+		"shutdown timeout raised":                        "SIGKILL",
+		"preStop lengthened":                             "SIGKILL",
+		"preStop exec":                                   "preStop must be",
+		"grace unset":                                    "terminationGracePeriodSeconds unset",
+		"shutdown timeout unset":                         "TETHER_SHUTDOWN_TIMEOUT must be set",
+		"shutdown timeout invalid":                       "missing unit",
+		"spread over half":                               "TETHER_SHUTDOWN_SPREAD",
+		"runAsNonRoot off":                               "runAsNonRoot",
+		"runAsUser root":                                 "runAsUser",
+		"writable root":                                  "readOnlyRootFilesystem",
+		"privilege escalation":                           "allowPrivilegeEscalation",
+		"capabilities kept":                              "drop ALL",
+		"capability added":                               "drop ALL",
+		"no cpu request":                                 "no cpu request",
+		"no memory limit":                                "no memory limit",
+		"GOMEMLIMIT over the limit":                      ">= memory limit",
+		"sessions overflow GOMEMLIMIT":                   "does not fit GOMEMLIMIT",
+		"sessions unlimited":                             "does not fit GOMEMLIMIT",
+		"ingress to another service":                     "ingress backend service",
+		"ingress to another port name":                   "is not a Service port",
+		"ingress to another port number":                 "is not a Service port",
+		"ingress without affinity":                       "nginx.ingress.kubernetes.io/affinity is",
+		"ingress balanced affinity":                      "affinity-mode",
+		"ingress without cookie name":                    "session-cookie-name is not set",
+		"ingress without cookie max-age":                 "session-cookie-max-age \"\"",
+		"ingress cookie shorter than the default window": "shorter than TETHER_RESUME_WINDOW 2m0s",
+		"ingress cookie shorter than the window":         "shorter than TETHER_RESUME_WINDOW 48h0m0s",
+		"ingress read timeout under the heartbeat":       "proxy-read-timeout 10s is not longer",
+		"ingress without send timeout":                   "proxy-send-timeout \"\"",
+		"ingress heartbeat over the timeout":             "TETHER_CLIENT_HEARTBEAT_INTERVAL 2h0m0s",
 	}
 	for name, breakIt := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -795,8 +921,11 @@ func TestRepoFactsCatchDrift(t *testing.T) {
 		}, "TETHER_ADMIN_ADDR"},
 		"user changed in Dockerfile": {func(f *repoFacts) { f.user = "1000:1000" }, "runAsUser must be 1000"},
 		"root user in Dockerfile":    {func(f *repoFacts) { f.user = "root" }, "Dockerfile USER"},
+		"resume window default raised in README": {func(f *repoFacts) {
+			f.defaults["TETHER_RESUME_WINDOW"] = "48h"
+		}, "shorter than TETHER_RESUME_WINDOW 48h0m0s"},
 	} {
-		f := &repoFacts{vars: map[string]bool{}, dockerEnv: map[string]string{}, exposed: slices.Clone(good.exposed), user: good.user}
+		f := &repoFacts{vars: map[string]bool{}, defaults: maps.Clone(good.defaults), dockerEnv: map[string]string{}, exposed: slices.Clone(good.exposed), user: good.user}
 		for k, v := range good.vars {
 			f.vars[k] = v
 		}
