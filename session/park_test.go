@@ -377,6 +377,14 @@ func TestFastHeartbeatNeverParks(t *testing.T) {
 	if l := newLeg(s, LegClient, c, nil, true, hbOff); l.rc == nil {
 		t.Fatal("a leg without heartbeats cannot park")
 	}
+	// 1 s heartbeats park (BENCHMARKS.md "Heartbeat cost": a third of the
+	// memory for 6-10 % more CPU); 500 ms ones keep their goroutine.
+	if l := newLeg(s, LegClient, c, nil, true, hbLeg(heartbeat.ModeWS, time.Second, 0)); l.rc == nil {
+		t.Fatal("a leg with 1 s heartbeats cannot park")
+	}
+	if l := newLeg(s, LegClient, c, nil, true, hbLeg(heartbeat.ModeWS, 500*time.Millisecond, 0)); l.rc != nil {
+		t.Fatal("a leg with 500 ms heartbeats can park")
+	}
 }
 
 // A leg over a connection without a file descriptor never parks.
