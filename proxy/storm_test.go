@@ -206,7 +206,11 @@ func TestRcStorm(t *testing.T) {
 	t0 := time.Now()
 	b.rollover()
 	killing := time.Since(t0)
-	rcWaitHandshakes(t, b, 2*sessions, 30*time.Second)
+	// Every session must recover; how fast is not this test's point. On
+	// a loaded machine under -race a session whose first dials fail backs
+	// off up to MaxDelay (10 s) between attempts: one full CI run here
+	// saw 1,999 of 2,000 handshakes after 30 s.
+	rcWaitHandshakes(t, b, 2*sessions, 90*time.Second)
 	recovered := time.Since(t0)
 	rcEchoAll(t, conns)
 	times := rcSessionDelays(t, b, sessions)
