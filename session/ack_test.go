@@ -147,3 +147,129 @@ func TestAckMQTTPacketBoundary(t *testing.T) {
 		}
 	})
 }
+
+// ackStallCfg: RFC pings upstream every 500 ms, a leg that reads nothing for
+// 1.5 s is lost.
+func ackStallCfg() Config {
+	cfg := rcConfig()
+	cfg.UpstreamHeartbeat = heartbeat.Config{Mode: heartbeat.ModeWS, Interval: 500 * time.Millisecond, Timeout: 1500 * time.Millisecond}
+	return cfg
+}
+
+// drainTexts returns the text messages p received until its connection
+// ended (or, with open set, until nothing more is pending).
+func drainTexts(p *rcPeer, open bool) []string {
+	var got []string
+	for {
+		if open {
+			synctest.Wait()
+			select {
+			case f := <-p.msgs:
+				if f.op == ws.OpText {
+					got = append(got, f.p)
+				}
+				continue
+			default:
+				return got
+			}
+		}
+		f, ok := <-p.msgs
+		if !ok {
+			return got
+		}
+		if f.op == ws.OpText {
+			got = append(got, f.p)
+		}
+	}
+}
+
+// An upstream that stops answering pings for a moment and then answers
+// again (README "Fewer duplicates"): once its acknowledgement is overdue,
+// client messages wait in the log instead of going into the stalled
+// connection, and the pong that ends the stall has them written, in
+// order, once.
+func TestAckHoldWhileOverdue(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		env, m := rcEnv(t, ackStallCfg(), nil)
+		h := rcStart(t, env, m, nil)
+		up := h.nextUp()
+		up.pong.Store(false)
+		const n = 40 // one per 10 ms: 400 ms, within the timeout
+		for i := range n {
+			h.client.text(strconv.Itoa(i))
+			time.Sleep(10 * time.Millisecond)
+		}
+		early := drainTexts(up, true)
+		// Written until the acknowledgement (ackPingDelay after m0) was
+		// overdue (ackHoldMin later); the rest waits.
+		if max := int((ackPingDelay+ackHoldMin)/(10*time.Millisecond)) + 1; len(early) > max || len(early) == 0 {
+			t.Fatalf("upstream got %d messages while not answering pings, want 1..%d", len(early), max)
+		}
+		up.pong.Store(true) // the next interval ping (at 500 ms) is answered
+		time.Sleep(200 * time.Millisecond)
+		got := append(early, drainTexts(up, true)...)
+		for i := range n {
+			if i >= len(got) || got[i] != strconv.Itoa(i) {
+				t.Fatalf("upstream got %q, want 0..%d once each, in order", got, n-1)
+			}
+		}
+		if len(got) != n {
+			t.Fatalf("upstream got %d messages, want %d", len(got), n)
+		}
+		if h.current() != h.s.up || m.timeouts.Load() != 0 {
+			t.Fatal("the connection was lost; want it kept")
+		}
+		// Straight through again.
+		h.client.text("after")
+		up.expect("after")
+	})
+}
+
+// An upstream that stalls past its heartbeat timeout (README "Fewer
+// duplicates"): what went into the stalled connection is re-sent on the
+// next one, and only what was written before the acknowledgement was
+// overdue can be duplicated: about ackHoldMin of traffic, not the whole
+// timeout's.
+func TestAckHoldLimitsDuplicatesOnStall(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		env, m := rcEnv(t, ackStallCfg(), nil)
+		h := rcStart(t, env, m, nil)
+		up := h.nextUp()
+		up.pong.Store(false)
+		// The backend keeps reading (the stall is on the way back, or it is
+		// busy), so whatever is written reaches it: 200 messages, one per
+		// 10 ms, through the loss at 1.5 s.
+		const n = 200
+		for i := range n {
+			h.client.text(strconv.Itoa(i))
+			time.Sleep(10 * time.Millisecond)
+		}
+		old := drainTexts(up, false) // ends with the lost connection
+		up2 := h.nextUp()
+		time.Sleep(time.Second)
+		got := drainTexts(up2, true)
+		if m.timeouts.Load() != 1 {
+			t.Fatalf("%d heartbeat timeouts, want 1", m.timeouts.Load())
+		}
+		// The new connection gets everything not acknowledged, in order.
+		if len(got) == 0 || got[len(got)-1] != strconv.Itoa(n-1) {
+			t.Fatalf("new upstream got %q, want up to %d", got, n-1)
+		}
+		first, _ := strconv.Atoi(got[0])
+		for i, s := range got {
+			if s != strconv.Itoa(first+i) {
+				t.Fatalf("new upstream got %q, want %d..%d in order", got, first, n-1)
+			}
+		}
+		if first > len(old) {
+			t.Fatalf("messages %d..%d lost: old upstream got %d, new from %d", len(old), first-1, len(old), first)
+		}
+		dups := len(old) - first
+		if max := int((ackPingDelay+ackHoldMin)/(10*time.Millisecond)) + 1; dups > max {
+			t.Fatalf("%d duplicates (old upstream got %d, new from %d), want at most %d", dups, len(old), first, max)
+		}
+		t.Logf("%d messages, %d written into the stalled connection, %d duplicated", n, len(old), dups)
+	})
+}

@@ -17,10 +17,10 @@ func TestProcessWideLimitPausesConnectedClient(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		cfg := rcConfig()
-		// Retention on; b's upstream never answers pings, so nothing b
-		// sends is acknowledged (an early ping would otherwise free b's own
-		// window).
-		cfg.UpstreamHeartbeat = heartbeat.Config{Mode: heartbeat.ModeWS, Interval: time.Hour, Timeout: 3 * time.Hour}
+		// Retention on; b's upstream answers no ping until the end, so
+		// nothing b sends is acknowledged (an early ping would otherwise
+		// free b's own window).
+		cfg.UpstreamHeartbeat = heartbeat.Config{Mode: heartbeat.ModeWS, Interval: 10 * time.Second, Timeout: 3 * time.Hour}
 		cfg.Buffer.MaxBytes = 100
 		cfg.Buffer.TotalMaxBytes = 100
 		cfg.Reconnect.MaxAttempts = 0
@@ -51,9 +51,21 @@ func TestProcessWideLimitPausesConnectedClient(t *testing.T) {
 
 		_ = a.client.conn.Close() // a ends and frees its 60 bytes
 		a.waitDone()
-		bUp.expect(second)
+		time.Sleep(time.Second) // b polls the process-wide budget
+		synctest.Wait()
+		// b's reads resume: second is taken, and waits in the log while
+		// b's upstream is suspect (its acknowledgement is overdue,
+		// README "Fewer duplicates") …
 		if got := env.BufferedBytes(); got != 50 {
-			t.Fatalf("%d bytes held, want b's 50 (retained)", got)
+			t.Fatalf("%d bytes held, want b's 50", got)
+		}
+		bUp.expectNothing()
+		// … until it answers a ping again.
+		bUp.pong.Store(true)
+		bUp.expect(second)
+		// The pong acknowledged first; second is retained.
+		if got := env.BufferedBytes(); got != 20 {
+			t.Fatalf("%d bytes held, want b's 20 (second, retained)", got)
 		}
 	})
 }

@@ -39,6 +39,7 @@ func (s *Session) upstreamLost(u *leg, why Outcome) {
 		return
 	}
 	s.state = stateReconnecting
+	s.holding = false // the reconnect sends what waited
 	s.lostAt = time.Now()
 	s.up = nil
 	s.cond.Broadcast()

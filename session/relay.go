@@ -106,6 +106,14 @@ func (s *Session) admit(op ws.OpCode, p []byte) (a admission) {
 			break
 		}
 		if !s.upLog.full(len(p)) {
+			if s.holding || s.up.suspect() {
+				// The upstream is suspect (ack.go): wait in the log.
+				s.holding = true
+				s.upLog.push(a.seq, op, p, false)
+				s.env.Metrics.Buffered(1)
+				a.verdict = admitHeld
+				return a
+			}
 			s.upLog.push(a.seq, op, p, true)
 			s.env.Metrics.Buffered(1)
 			a.retained = true
@@ -195,7 +203,49 @@ func (s *Session) ack(gen, ackSeq uint64) (held bool) {
 		s.env.Metrics.Buffered(-n)
 		s.cond.Broadcast()
 	}
+	if s.holding && !s.flushing && s.state == stateConnected {
+		// The acknowledgement came: write what waited (ack.go).
+		s.flushing = true
+		s.addPart()
+		go s.flushHeld()
+	}
 	return s.upLog.next > 0
+}
+
+// flushHeld writes, in order, the client messages that waited in upLog
+// while the upstream's acknowledgement was overdue (ack.go), then lets
+// client messages go straight to the upstream again. It stops when the
+// upstream is suspect again (the next acknowledgement restarts it) or
+// lost (the reconnect re-sends them).
+func (s *Session) flushHeld() {
+	defer s.partDone()
+	for {
+		s.mu.Lock()
+		up := s.up
+		if s.state != stateConnected || !s.holding || up.suspect() {
+			s.flushing = false
+			s.mu.Unlock()
+			return
+		}
+		m, ok := s.upLog.take()
+		if !ok {
+			s.holding, s.flushing = false, false
+			s.cond.Broadcast()
+			s.mu.Unlock()
+			up.armAck()
+			return
+		}
+		s.mu.Unlock()
+		if up.writeData(m.op, m.p, m.seq, false) != nil {
+			// Lost: its read loop reports it, and the reconnect
+			// re-sends everything from the log.
+			s.mu.Lock()
+			s.flushing = false
+			s.mu.Unlock()
+			return
+		}
+		s.env.Metrics.Message(true, len(m.p))
+	}
 }
 
 // run runs l's read loop (either leg's: the direction is l.upstream())

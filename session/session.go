@@ -203,19 +203,23 @@ type Session struct {
 
 	// Guarded by mu; cond (on mu) is broadcast when state, up, upLog's
 	// room or acted change.
-	mu          sync.Mutex
-	cond        sync.Cond
-	state       state
-	up          *leg // the current upstream connection; nil while reconnecting
-	gen         uint64
-	upHost      string // for logs; written only with up installed
-	lostInFlush bool   // the connection being re-sent on was lost
-	lostAt      time.Time
-	upLog       deliveryLog // client messages: retained until acknowledged, buffered while reconnecting
-	replay      replayOpening
-	outcome     Outcome // set by end
-	onEnd       EndFunc
-	force       *time.Timer // end's backstop
+	mu    sync.Mutex
+	cond  sync.Cond
+	state state
+	// holding: connected, but client messages wait in upLog (unwritten)
+	// because the upstream's acknowledgement is overdue (ack.go);
+	// flushing: flushHeld is writing them.
+	holding, flushing bool
+	up                *leg // the current upstream connection; nil while reconnecting
+	gen               uint64
+	upHost            string // for logs; written only with up installed
+	lostInFlush       bool   // the connection being re-sent on was lost
+	lostAt            time.Time
+	upLog             deliveryLog // client messages: retained until acknowledged, buffered while reconnecting
+	replay            replayOpening
+	outcome           Outcome // set by end
+	onEnd             EndFunc
+	force             *time.Timer // end's backstop
 	// ctx is cancelled when the session ends; made when the first
 	// reconnect loop starts, since only that loop needs it.
 	ctx    context.Context
@@ -438,7 +442,12 @@ func (s *Session) pong(l *leg, payload []byte, isJSON bool) {
 		s.log.Debug("pong received", "session", s.id, "leg", l.name, "rtt", rtt)
 	}
 	if l.upstream() {
-		l.ackAnswered(s.ack(l.gen, ack))
+		// Answered before the log is acknowledged: a client message
+		// that saw l suspect is then in the log for ack to flush.
+		l.ackAnswered()
+		if s.ack(l.gen, ack) {
+			l.armAck()
+		}
 	}
 }
 
