@@ -1,9 +1,6 @@
 package session
 
-import (
-	"math"
-	"time"
-)
+import "time"
 
 // Acknowledgement pings (README "Upstream loss, reconnect and the delivery
 // guarantee", "Fewer duplicates"): a retained client message is dropped
@@ -16,27 +13,27 @@ import (
 // traffic. An idle leg (nothing retained) sends none. The leg's heartbeat
 // timer sends it (tick): no timer or goroutine of its own.
 //
-// An acknowledgement that does not come within holdAfter (a few round
-// trips) makes the leg suspect: the upstream may have stalled, and what is
-// written into a stalled connection is delivered late or never, so after
-// the heartbeat timeout it is re-sent and, if the stall was only a pause,
-// delivered twice. While the leg is suspect, client messages wait in the
-// delivery log instead of being written (the session is "holding"); the
-// pong that ends the suspicion has them written in order (flushHeld), and
-// a loss has the reconnect send them, once.
+// A ping on that leg (an acknowledgement's or the interval's) that is not
+// answered within holdAfter (a few round trips) makes the leg suspect: the
+// upstream may have stalled, and what is written into a stalled
+// connection is delivered late or never, so after the heartbeat timeout it
+// is re-sent and, if the stall was only a pause, delivered twice. While
+// the leg is suspect, client messages wait in the delivery log instead of
+// being written (the session is "holding"); the pong that ends the
+// suspicion has them written in order (flushHeld), and a loss has the
+// reconnect send them, once. Whether a ping is overdue is checked only
+// when a client message comes: no timer fires for it.
 const (
 	// ackPingDelay lets a burst of messages share one ping.
 	ackPingDelay = 5 * time.Millisecond
 	// ackSpacing bounds acknowledgement pings to 1/ackSpacing per second
 	// per session.
 	ackSpacing = 50 * time.Millisecond
-	// ackHoldMin and ackHoldRTTs: an acknowledgement is overdue after
-	// max(ackHoldMin, ackHoldRTTs × the leg's last round trip).
+	// ackHoldMin, ackHoldMax and ackHoldRTTs: a ping is overdue after
+	// ackHoldRTTs times the leg's last round trip, within these bounds.
 	ackHoldMin  = 100 * time.Millisecond
+	ackHoldMax  = time.Second
 	ackHoldRTTs = 4
-	// ackOverdue is ackDue's value for an acknowledgement in flight for
-	// longer than holdAfter.
-	ackOverdue = math.MinInt64
 )
 
 // armAck arms an acknowledgement ping after a retained write to the
@@ -55,7 +52,7 @@ func (l *leg) armAck() {
 		if due >= l.pingDue {
 			// The interval ping comes first and acknowledges: in
 			// flight from then on.
-			l.ackDue.Store(-l.pingDue)
+			l.ackDue.Store(-(l.pingDue + l.holdAfterLocked()))
 		} else {
 			l.ackDue.Store(due)
 			l.timer.Reset(time.Duration(due - now))
@@ -64,8 +61,8 @@ func (l *leg) armAck() {
 	l.ctl.Unlock()
 }
 
-// ackAnswered is a pong on the upstream leg l: the acknowledgement in
-// flight, overdue or not, is answered.
+// ackAnswered is a pong on the upstream leg l: the ping in flight is
+// answered.
 func (l *leg) ackAnswered() {
 	if l.ackDue.Load() >= 0 {
 		return
@@ -77,51 +74,39 @@ func (l *leg) ackAnswered() {
 	l.ctl.Unlock()
 }
 
-// suspect reports whether l's acknowledgement is overdue: client messages
-// wait instead of being written to it. One atomic load.
-func (l *leg) suspect() bool { return l.ackDue.Load() == ackOverdue }
+// suspect reports whether a ping on l is overdue: client messages wait
+// instead of being written to it. One atomic load, and a clock reading
+// while a ping is in flight.
+func (l *leg) suspect() bool {
+	d := l.ackDue.Load()
+	return d < 0 && time.Now().UnixNano() > -d
+}
 
 // ackTickLocked decides, in tick (under ctl), whether this firing sends
-// an acknowledgement ping, and marks it in flight (since now); an
-// interval ping (ping) acknowledges an armed one too. An acknowledgement
-// in flight past holdAfter becomes overdue.
+// an acknowledgement ping, and marks the ping it sends, or the interval
+// ping (ping), in flight. An interval ping acknowledges an armed
+// acknowledgement too.
 func (l *leg) ackTickLocked(now int64, ping bool) (ack bool) {
 	d := l.ackDue.Load()
 	switch {
-	case d == 0 || d == ackOverdue:
-		return false
 	case d < 0:
-		if now >= -d+l.holdAfterLocked() {
-			l.ackDue.Store(ackOverdue)
-		}
 		return false
 	case ping:
-		l.ackDue.Store(-now)
+		if d > 0 || (l.upstream() && l.hb.Mode.SendsWS()) {
+			l.ackDue.Store(-(now + l.holdAfterLocked()))
+		}
 		return false
-	case now >= d:
-		l.ackDue.Store(-now)
+	case d > 0 && now >= d:
+		l.ackDue.Store(-(now + l.holdAfterLocked()))
 		l.ackLast = now
 		return true
 	}
 	return false
 }
 
-// ackNextLocked is when the timer must fire next for acknowledgements
-// (under ctl): the armed ping, or the moment the one in flight becomes
-// overdue; 0 for neither.
-func (l *leg) ackNextLocked() int64 {
-	switch d := l.ackDue.Load(); {
-	case d > 0:
-		return d
-	case d < 0 && d != ackOverdue:
-		return -d + l.holdAfterLocked()
-	}
-	return 0
-}
-
-// holdAfterLocked is how long an acknowledgement may take before it is
-// overdue: a few of the leg's round trips, at least ackHoldMin.
+// holdAfterLocked is how long a ping may take before it is overdue: a few
+// of the leg's round trips, within bounds.
 func (l *leg) holdAfterLocked() int64 {
 	rtt, _ := l.tracker.LastRTT()
-	return int64(max(ackHoldMin, ackHoldRTTs*rtt))
+	return int64(min(max(ackHoldMin, ackHoldRTTs*rtt), ackHoldMax))
 }

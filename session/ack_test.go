@@ -273,3 +273,28 @@ func TestAckHoldLimitsDuplicatesOnStall(t *testing.T) {
 		t.Logf("%d messages, %d written into the stalled connection, %d duplicated", n, len(old), dups)
 	})
 }
+
+// An unanswered interval ping makes the leg suspect too (README "Fewer
+// duplicates"): the first message after a quiet spell waits instead of
+// going into a connection that stalled meanwhile.
+func TestAckHoldAfterUnansweredIntervalPing(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		env, m := rcEnv(t, ackStallCfg(), nil)
+		h := rcStart(t, env, m, nil)
+		up := h.nextUp()
+		h.client.text("before")
+		up.expect("before")
+		time.Sleep(100 * time.Millisecond) // acknowledged
+		up.pong.Store(false)
+		time.Sleep(500*time.Millisecond + ackHoldMin) // the interval ping is overdue
+		h.client.text("during")
+		up.expectNothing()
+		up.pong.Store(true)
+		time.Sleep(500 * time.Millisecond) // the next interval ping is answered
+		up.expect("during")
+		if m.timeouts.Load() != 0 {
+			t.Fatal("the connection was lost; want it kept")
+		}
+	})
+}

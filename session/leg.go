@@ -132,8 +132,8 @@ type legParkState struct {
 	closing   atomic.Bool   // a Close was sent or the leg is being torn down
 	timerStop atomic.Bool
 	// ackDue is the acknowledgement ping of an upstream leg (ack.go): 0
-	// none, > 0 armed for that time (unix nano), < 0 one in flight since
-	// -ackDue, ackOverdue one in flight for too long.
+	// none, > 0 armed for that time (unix nano), < 0 a ping in flight,
+	// overdue from -ackDue.
 	// Written under ctl; read without it on the per-message path.
 	ackDue atomic.Int64
 

@@ -146,12 +146,11 @@ func (l *leg) tick() {
 }
 
 // nextTickLocked is the time from now to the timer's next firing: the next
-// ping, an armed acknowledgement ping or the moment one in flight is
-// overdue (ack.go), or the heartbeat timeout of a parked leg, whichever
-// comes first.
+// ping, an armed acknowledgement ping (ack.go), or the heartbeat timeout of
+// a parked leg, whichever comes first.
 func (l *leg) nextTickLocked(now int64) int64 {
 	next := l.pingDue
-	if d := l.ackNextLocked(); d > 0 && d < next {
+	if d := l.ackDue.Load(); d > 0 && d < next {
 		next = d
 	}
 	if l.state.Load() == legParked && l.hb.Timeout > 0 {
