@@ -291,7 +291,7 @@ func (s *Session) toClientHeld(u *leg, op ws.OpCode, p []byte, more bool) bool {
 	}
 	rs.send.Lock()
 	defer rs.send.Unlock()
-	c := s.holdForClient(op, p)
+	c := s.holdForClient(u, op, p)
 	if c == nil {
 		return false
 	}
@@ -309,8 +309,10 @@ func (s *Session) toClientHeld(u *leg, op ws.OpCode, p []byte, more bool) bool {
 // the leg to write it to, or nil: kept while detached, or the session is
 // closed (or closes now, the held messages passing their bounds while
 // detached). While attached, a full log waits for the client's ack
-// (backpressure on the upstream's reads).
-func (s *Session) holdForClient(op ws.OpCode, p []byte) *leg {
+// (backpressure on the upstream's reads), after writing the messages u's
+// read loop left pending (the client cannot acknowledge what it has not
+// got).
+func (s *Session) holdForClient(u *leg, op ws.OpCode, p []byte) *leg {
 	rs := s.rs
 	s.mu.Lock()
 	for {
@@ -330,6 +332,12 @@ func (s *Session) holdForClient(op ws.OpCode, p []byte) *leg {
 		}
 		if !rs.log.full(len(p)) {
 			break
+		}
+		if u != nil && u.flushTo != nil {
+			s.mu.Unlock()
+			u.flushDeferred()
+			s.mu.Lock()
+			continue
 		}
 		s.waitForClientAck(len(p))
 	}

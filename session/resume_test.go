@@ -150,3 +150,37 @@ func TestParseTetherAck(t *testing.T) {
 		}
 	}
 }
+
+// A burst from the upstream larger than the resume log, in one write
+// (README "Client session resume"): the upstream reader waits for the
+// client's ack once the log is full, and first writes what it had left
+// pending for the client, or the client, which acknowledges only what it
+// received, would never get them (both sides waiting for ever).
+func TestResumableBurstPastLogBound(t *testing.T) {
+	t.Parallel()
+	cfg := hbCfg(hbOff, hbOff)
+	cfg.Resume = ResumeConfig{Window: time.Minute, MaxMessages: 4, MaxBytes: 1 << 20}
+	client, up := newResumableTCPRelay(t, cfg)
+	const n = 12
+	var burst []byte
+	for i := range n {
+		burst = append(burst, up.encode(ws.OpText, []byte(strconv.Itoa(i)))...)
+	}
+	if _, err := up.conn.Write(burst); err != nil {
+		t.Fatal(err)
+	}
+	_ = client.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var ack []byte
+	for i := range n {
+		p, err := readData(client)
+		if err != nil || string(p) != strconv.Itoa(i) {
+			t.Fatalf("message %d: %q, %v", i, p, err)
+		}
+		// Acknowledge everything received so far (as tether.js does when
+		// its ack timer fires).
+		ack = client.appendAck(ack[:0], uint64(i+1))
+		if _, err := client.conn.Write(ack); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
