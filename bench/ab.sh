@@ -14,7 +14,11 @@
 #   go build -o /tmp/tether-a . && (git stash; go build -o /tmp/tether-b .; git stash pop)
 #   bench/ab.sh /tmp/tether-a /tmp/tether-b haproxy
 #
-# -resume makes the load tool ask tether for resumable sessions.
+# -resume makes the load tool ask tether for resumable sessions; a tether
+# TARGET ending in +resume does so for that target alone, so that plain and
+# resumable sessions of one binary alternate:
+#
+#   bench/ab.sh /tmp/tether-a+resume /tmp/tether-a
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin:/usr/sbin"
@@ -46,16 +50,18 @@ haproxy_cfg "$tmp/haproxy.cfg" "$proxy" "$backend"
 caddyfile "$tmp/Caddyfile" "$proxy" "$backend"
 for _ in $(seq "$reps"); do
   for t in "$@"; do
+    tres=$resume
+    case "$t" in *+resume) tres=-resume ;; esac
     case "$t" in
       haproxy) taskset -c 0 haproxy -db -f "$tmp/haproxy.cfg" >/dev/null 2>&1 & p=$! label=haproxy ;;
       caddy) GOMAXPROCS=1 XDG_DATA_HOME="$tmp" XDG_CONFIG_HOME="$tmp" taskset -c 0 caddy run --config "$tmp/Caddyfile" --adapter caddyfile >/dev/null 2>&1 & p=$! label=caddy ;;
       *) env GOMAXPROCS=1 TETHER_UPSTREAM_URL="ws://$backend" TETHER_LISTEN_ADDR=$proxy TETHER_ADMIN_ADDR=$admin TETHER_LOG_LEVEL=warn \
-           taskset -c 0 "$t" 2>/dev/null & p=$! label=$(basename "$t") ;;
+           taskset -c 0 "${t%+resume}" 2>/dev/null & p=$! label=$(basename "$t") ;;
     esac
     pids+=("$p")
     wait_port "${proxy##*:}"
     taskset -c 1 "$tmp/bench" throughput -url "ws://$proxy/" -target "$label" -label "throughput-$size" -duration "$dur" \
-      -size "$size" -conns "$conns" -inflight "$inflight" $resume -proxy-pid "$p" -backend-pid "$bk" -json 2>/dev/null >> "$tmp/results.jsonl" || true
+      -size "$size" -conns "$conns" -inflight "$inflight" $tres -proxy-pid "$p" -backend-pid "$bk" -json 2>/dev/null >> "$tmp/results.jsonl" || true
     kill "$p"; wait "$p" 2>/dev/null || true
     sleep 0.2
   done

@@ -34,6 +34,12 @@ const (
 	ackHoldMin  = 100 * time.Millisecond
 	ackHoldMax  = time.Second
 	ackHoldRTTs = 4
+	// probeEvery and activeFor: while the session's client has sent a
+	// message within activeFor, the upstream is pinged at least every
+	// probeEvery, so that a stall is found within about probeEvery +
+	// ackHoldMin of its start, not a heartbeat interval later.
+	probeEvery = 250 * time.Millisecond
+	activeFor  = 2 * time.Second
 )
 
 // armAck arms an acknowledgement ping after a retained write to the
@@ -61,6 +67,23 @@ func (l *leg) armAck() {
 	l.ctl.Unlock()
 }
 
+// armProbe arms a ping probeEvery from now on the upstream leg l, for an
+// active session whose messages are all acknowledged; an acknowledgement
+// ping armed meanwhile goes instead.
+func (l *leg) armProbe() {
+	if !l.hb.Mode.SendsWS() {
+		return
+	}
+	l.ctl.Lock()
+	if l.timer != nil && !l.timerStop.Load() && l.probeDue == 0 {
+		now := time.Now().UnixNano()
+		if l.probeDue = now + int64(probeEvery); l.probeDue < l.pingDue {
+			l.timer.Reset(time.Duration(l.nextTickLocked(now)))
+		}
+	}
+	l.ctl.Unlock()
+}
+
 // ackAnswered is a pong on the upstream leg l: the ping in flight is
 // answered.
 func (l *leg) ackAnswered() {
@@ -83,11 +106,19 @@ func (l *leg) suspect() bool {
 }
 
 // ackTickLocked decides, in tick (under ctl), whether this firing sends
-// an acknowledgement ping, and marks the ping it sends, or the interval
-// ping (ping), in flight. An interval ping acknowledges an armed
-// acknowledgement too.
+// an acknowledgement ping or a probe, and marks the ping it sends, or the
+// interval ping (ping), in flight. An interval ping acknowledges an armed
+// acknowledgement too, and any ping makes a probe needless.
 func (l *leg) ackTickLocked(now int64, ping bool) (ack bool) {
 	d := l.ackDue.Load()
+	if p := l.probeDue; p > 0 && (now >= p || d != 0 || ping) {
+		l.probeDue = 0
+		if d == 0 && !ping {
+			// The probe: an acknowledgement ping with nothing to
+			// acknowledge.
+			d = now
+		}
+	}
 	switch {
 	case d < 0:
 		return false

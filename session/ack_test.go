@@ -52,14 +52,36 @@ func TestAckPingSoonAfterSend(t *testing.T) {
 		if n := r.retained(); n != 0 {
 			t.Fatalf("%d messages retained after the pong, want 0", n)
 		}
-		// Idle: no ping until the interval's.
+	})
+}
+
+// An active session's upstream is probed every probeEvery while its
+// client has sent within activeFor (README "Fewer duplicates"); then,
+// idle, it gets only the interval's pings.
+func TestAckProbeWhileActive(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		r := newHBRig(t, hbCfg(hbOff, hbLeg(heartbeat.ModeWS, 10*time.Second, 0)), hbOpts{upAutoPong: true})
+		r.at(time.Second)
+		r.client.text("m1")
 		r.at(10*time.Second - time.Millisecond)
-		if n := len(hbOps(r.up.got(), ws.OpPing)); n != 1 {
-			t.Fatalf("%d pings before the interval while idle, want 1", n)
+		pings := hbOps(r.up.got(), ws.OpPing)
+		// The acknowledgement, then probes from its pong for activeFor.
+		want := 1 + int(activeFor/probeEvery)
+		if len(pings) < want-1 || len(pings) > want+1 {
+			t.Fatalf("%d pings after one message, want about %d", len(pings), want)
+		}
+		for i, p := range pings[1:] {
+			if gap := p.at.Sub(pings[i].at); gap < probeEvery {
+				t.Fatalf("probe %d after %v, want at least %v", i+1, gap, probeEvery)
+			}
+		}
+		if last := pings[len(pings)-1].at.Sub(r.start); last > time.Second+activeFor+probeEvery {
+			t.Fatalf("last probe at %v: still probing %v after the message", last, last-time.Second)
 		}
 		r.at(10 * time.Second)
-		if n := len(hbOps(r.up.got(), ws.OpPing)); n != 2 {
-			t.Fatalf("%d pings at the interval, want 2", n)
+		if n := len(hbOps(r.up.got(), ws.OpPing)); n != len(pings)+1 {
+			t.Fatalf("%d pings at the interval, want %d", n, len(pings)+1)
 		}
 	})
 }
@@ -296,5 +318,29 @@ func TestAckHoldAfterUnansweredIntervalPing(t *testing.T) {
 		if m.timeouts.Load() != 0 {
 			t.Fatal("the connection was lost; want it kept")
 		}
+	})
+}
+
+// Probes find a stall that starts while the client is quiet but active
+// (README "Fewer duplicates"): its next message waits instead of going
+// into the stalled connection, though the interval ping is far off.
+func TestAckProbeFindsStall(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		cfg := rcConfig()
+		cfg.UpstreamHeartbeat = heartbeat.Config{Mode: heartbeat.ModeWS, Interval: 10 * time.Second, Timeout: 30 * time.Second}
+		env, m := rcEnv(t, cfg, nil)
+		h := rcStart(t, env, m, nil)
+		up := h.nextUp()
+		h.client.text("m1")
+		up.expect("m1")
+		time.Sleep(100 * time.Millisecond) // acknowledged
+		up.pong.Store(false)               // the stall
+		time.Sleep(probeEvery + ackHoldMin + 50*time.Millisecond)
+		h.client.text("m2")
+		up.expectNothing()
+		up.pong.Store(true)
+		time.Sleep(10 * time.Second) // the interval ping is answered
+		up.expect("m2")
 	})
 }

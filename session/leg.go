@@ -138,10 +138,11 @@ type legParkState struct {
 	ackDue atomic.Int64
 
 	// Under ctl.
-	timer   *time.Timer
-	pingDue int64 // unix nano of the next heartbeat ping
-	ackLast int64 // unix nano of the last acknowledgement ping
-	tracker heartbeat.Tracker
+	timer    *time.Timer
+	pingDue  int64 // unix nano of the next heartbeat ping
+	ackLast  int64 // unix nano of the last acknowledgement ping
+	probeDue int64 // unix nano of the next probe (ack.go); 0 none
+	tracker  heartbeat.Tracker
 }
 
 func newLeg(s *Session, name string, conn net.Conn, buffered []byte, fromClient bool, hb heartbeat.Config) *leg {

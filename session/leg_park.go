@@ -146,11 +146,14 @@ func (l *leg) tick() {
 }
 
 // nextTickLocked is the time from now to the timer's next firing: the next
-// ping, an armed acknowledgement ping (ack.go), or the heartbeat timeout of
-// a parked leg, whichever comes first.
+// ping, an armed acknowledgement ping or probe (ack.go), or the heartbeat
+// timeout of a parked leg, whichever comes first.
 func (l *leg) nextTickLocked(now int64) int64 {
 	next := l.pingDue
 	if d := l.ackDue.Load(); d > 0 && d < next {
+		next = d
+	}
+	if d := l.probeDue; d > 0 && d < next {
 		next = d
 	}
 	if l.state.Load() == legParked && l.hb.Timeout > 0 {

@@ -14,7 +14,11 @@ import (
 // in upLog while reconnecting. p is the client reader's buffer and is only
 // valid during the call.
 func (s *Session) toUpstream(c *leg, op ws.OpCode, p []byte, more bool) {
-	a := s.admit(op, p)
+	s.forward(c, s.admit(nil, op, p), op, p, more)
+}
+
+// forward carries out admit's decision a for one client message.
+func (s *Session) forward(c *leg, a admission, op ws.OpCode, p []byte, more bool) {
 	switch a.verdict {
 	case admitOverflow:
 		s.overflow()
@@ -69,15 +73,25 @@ type admission struct {
 	seq      uint64 // the message's sequence number
 	retained bool   // upLog holds a copy until acknowledged
 	askAck   bool   // ask up for an acknowledgement (a ping) now
+	// A counted message of a resumable session (resume.go): tell the
+	// client what tether has now (tellNow), or arm the timer that will
+	// (tellLater).
+	tellNow, tellLater bool
 }
 
 // admit numbers a client message and decides, under mu, where it goes.
 // While connected with retention on and upLog full, it waits for
 // acknowledgements to make room (backpressure: the client leg is not read
-// meanwhile), asking for one at once.
-func (s *Session) admit(op ws.OpCode, p []byte) (a admission) {
+// meanwhile), asking for one at once. counted is the client leg of a
+// resumable session when the message counts (resume.go): it is dropped
+// unless that leg is attached, and counted under the same lock.
+func (s *Session) admit(counted *leg, op ws.OpCode, p []byte) (a admission) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if counted != nil && !s.countLocked(counted, &a) {
+		a.verdict = admitDropped
+		return a
+	}
 	a.seq = s.upLog.newSeq()
 	s.replay.record(a.seq, op, p)
 	if s.sr.st != nil || a.seq == 0 {
@@ -190,14 +204,24 @@ func (s *Session) overflow() {
 		act{kind: actSend, ce: CloseError{Code: CloseGoingAway, Reason: "client buffer overflow"}}, Outcome{Cause: CauseBufferOverflow})
 }
 
+// ackNext is what a pong leaves to do (ack.go).
+type ackNext uint8
+
+const (
+	ackIdle   ackNext = iota // nothing
+	ackHeld                  // messages written are still retained: ask again soon
+	ackActive                // the client is active: probe the upstream in a while
+)
+
 // ack drops the retained messages that the upstream of generation gen has
 // provably received: those with seq < ackSeq. It reports whether messages
-// written to that connection are still retained.
-func (s *Session) ack(gen, ackSeq uint64) (held bool) {
+// written to that connection are still retained, or else whether the
+// client has been active lately.
+func (s *Session) ack(gen, ackSeq uint64) ackNext {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if gen != s.gen || s.state == stateClosed {
-		return false
+		return ackIdle
 	}
 	if n := s.upLog.ack(s.ackLimitLocked(ackSeq)); n > 0 {
 		s.env.Metrics.Buffered(-n)
@@ -209,7 +233,17 @@ func (s *Session) ack(gen, ackSeq uint64) (held bool) {
 		s.addPart()
 		go s.flushHeld()
 	}
-	return s.upLog.next > 0
+	if s.upLog.next > 0 {
+		return ackHeld
+	}
+	now := time.Now().UnixNano()
+	if s.upLog.seq != s.probeSeq {
+		s.probeSeq, s.activeUntil = s.upLog.seq, now+int64(activeFor)
+	}
+	if now < s.activeUntil {
+		return ackActive
+	}
+	return ackIdle
 }
 
 // flushHeld writes, in order, the client messages that waited in upLog

@@ -162,24 +162,29 @@ func (s *Session) fromClient(l *leg, op ws.OpCode, p []byte, more bool) {
 		}
 	}
 	rs.fwd.Lock()
-	s.mu.Lock()
-	if rs.cur.Load() != l || s.state == stateClosed {
-		s.mu.Unlock()
-		rs.fwd.Unlock()
-		return // the client re-sends it after tether's count
-	}
-	rs.recv++
-	due := rs.recv-rs.acked >= ackEvery
-	arm := !due && !rs.ackArmed
-	rs.ackArmed = rs.ackArmed || arm
-	s.mu.Unlock()
-	s.toUpstream(l, op, p, more)
+	a := s.admit(l, op, p)
+	s.forward(l, a, op, p, more)
 	rs.fwd.Unlock()
-	if due {
+	if a.tellNow {
 		s.sendAck()
-	} else if arm {
+	} else if a.tellLater {
 		rs.ackT.Reset(ackDelay)
 	}
+}
+
+// countLocked counts a data message from client leg l (under mu, in
+// admit) and says in a when to acknowledge it. It reports false if l is
+// not attached: the client re-sends the message after tether's count.
+func (s *Session) countLocked(l *leg, a *admission) bool {
+	rs := s.rs
+	if rs.cur.Load() != l || s.state == stateClosed {
+		return false
+	}
+	rs.recv++
+	a.tellNow = rs.recv-rs.acked >= ackEvery
+	a.tellLater = !a.tellNow && !rs.ackArmed
+	rs.ackArmed = rs.ackArmed || a.tellLater
+	return true
 }
 
 func (s *Session) ackTimer() {

@@ -210,16 +210,21 @@ type Session struct {
 	// because the upstream's acknowledgement is overdue (ack.go);
 	// flushing: flushHeld is writing them.
 	holding, flushing bool
-	up                *leg // the current upstream connection; nil while reconnecting
-	gen               uint64
-	upHost            string // for logs; written only with up installed
-	lostInFlush       bool   // the connection being re-sent on was lost
-	lostAt            time.Time
-	upLog             deliveryLog // client messages: retained until acknowledged, buffered while reconnecting
-	replay            replayOpening
-	outcome           Outcome // set by end
-	onEnd             EndFunc
-	force             *time.Timer // end's backstop
+	// probeSeq is upLog's next sequence number at the last pong that
+	// found new client messages, at activeUntil (unix nano) minus
+	// activeFor (ack.go).
+	probeSeq    uint64
+	activeUntil int64
+	up          *leg // the current upstream connection; nil while reconnecting
+	gen         uint64
+	upHost      string // for logs; written only with up installed
+	lostInFlush bool   // the connection being re-sent on was lost
+	lostAt      time.Time
+	upLog       deliveryLog // client messages: retained until acknowledged, buffered while reconnecting
+	replay      replayOpening
+	outcome     Outcome // set by end
+	onEnd       EndFunc
+	force       *time.Timer // end's backstop
 	// ctx is cancelled when the session ends; made when the first
 	// reconnect loop starts, since only that loop needs it.
 	ctx    context.Context
@@ -445,8 +450,11 @@ func (s *Session) pong(l *leg, payload []byte, isJSON bool) {
 		// Answered before the log is acknowledged: a client message
 		// that saw l suspect is then in the log for ack to flush.
 		l.ackAnswered()
-		if s.ack(l.gen, ack) {
+		switch s.ack(l.gen, ack) {
+		case ackHeld:
 			l.armAck()
+		case ackActive:
+			l.armProbe()
 		}
 	}
 }
