@@ -38,7 +38,7 @@ const (
 	// message within activeFor, the upstream is pinged at least every
 	// probeEvery, so that a stall is found within about probeEvery +
 	// ackHoldMin of its start, not a heartbeat interval later.
-	probeEvery = 250 * time.Millisecond
+	probeEvery = 500 * time.Millisecond
 	activeFor  = 2 * time.Second
 )
 
