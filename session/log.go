@@ -82,10 +82,17 @@ func (l *deliveryLog) full(n int) bool { return len(l.msgs) > 0 && !l.fits(n) }
 // budget, which only other logs can free.
 func (l *deliveryLog) overBudget(n int) bool { return l.total.Load()+int64(n) > l.totalMax }
 
-// halfFull reports whether the log holds more than half its messages or
-// bytes: time to ask for an acknowledgement early.
-func (l *deliveryLog) halfFull() bool {
-	return 2*len(l.msgs) > l.maxMsgs || 2*l.bytes > l.maxBytes
+// ackBatch is how many messages written and not acknowledged make the
+// owner ask for an acknowledgement at once (see ackDue).
+const ackBatch = 64
+
+// ackDue reports whether it is time to ask for an acknowledgement early:
+// the log holds more than half its messages or bytes, or ackBatch
+// messages written to the current connection. The second keeps what a
+// busy session holds (its memory, and what the CPU caches must hold of it)
+// to about ackBatch messages, whatever the rate.
+func (l *deliveryLog) ackDue() bool {
+	return l.next >= ackBatch || 2*len(l.msgs) > l.maxMsgs || 2*l.bytes > l.maxBytes
 }
 
 // askAck reports whether the owner should ask for an acknowledgement now:

@@ -171,17 +171,17 @@ func TestDeliveryLogResendCursor(t *testing.T) {
 	}
 }
 
-// askAck asks once per acknowledgement (or new connection); halfFull says
-// when to ask early.
+// askAck asks once per acknowledgement (or new connection); ackDue says
+// when to ask early: half full, or ackBatch messages written.
 func TestDeliveryLogAskAck(t *testing.T) {
 	var total atomic.Int64
 	l := newDeliveryLog(4, 100, &total, 1000)
 	pushN(&l, true, 1, 1)
-	if l.halfFull() {
+	if l.ackDue() {
 		t.Fatal("2 of 4 messages is half full")
 	}
 	pushN(&l, true, 1)
-	if !l.halfFull() {
+	if !l.ackDue() {
 		t.Fatal("3 of 4 messages is not half full")
 	}
 	if !l.askAck() || l.askAck() {
@@ -197,8 +197,24 @@ func TestDeliveryLogAskAck(t *testing.T) {
 	}
 	b := newDeliveryLog(100, 10, &total, 1000)
 	pushN(&b, true, 6)
-	if !b.halfFull() {
+	if !b.ackDue() {
 		t.Fatal("6 of 10 bytes is not half full")
+	}
+	c := newDeliveryLog(1024, 1<<20, &total, 1<<20)
+	for range ackBatch - 1 {
+		pushN(&c, true, 1)
+	}
+	if c.ackDue() {
+		t.Fatalf("%d messages written of 1024 is due", ackBatch-1)
+	}
+	d := c
+	pushN(&d, false, 1) // held, not written (ack.go)
+	if d.ackDue() {
+		t.Fatal("a message not written counts toward ackBatch")
+	}
+	pushN(&c, true, 1)
+	if !c.ackDue() {
+		t.Fatalf("%d messages written is not due", ackBatch)
 	}
 }
 

@@ -155,7 +155,7 @@ func (s *Session) admit(counted *leg, op ws.OpCode, p []byte) (a admission) {
 		s.waitForWindow(len(p))
 	}
 	a.verdict, a.up = admitSend, s.up
-	a.askAck = a.retained && s.upLog.halfFull() && s.upLog.askAck()
+	a.askAck = a.retained && s.upLog.ackDue() && s.upLog.askAck()
 	return a
 }
 
