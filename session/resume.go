@@ -36,9 +36,11 @@ var (
 
 // ackEvery and ackDelay pace tether's tether.ack messages: one once this
 // many client messages are unacknowledged, or this long after the first
-// unacknowledged one. An idle session sends none.
+// unacknowledged one. An idle session sends none. Each is a write of its
+// own on the client leg: at 64 they cost a busy resumable session about
+// 10 % of its messages per CPU second (README "Client session resume").
 const (
-	ackEvery = 64
+	ackEvery = 256
 	ackDelay = 100 * time.Millisecond
 )
 
