@@ -246,6 +246,25 @@ func (l *leg) writeData(op ws.OpCode, p []byte, seq uint64, more bool) error {
 	return err
 }
 
+// deferPing appends an RFC ping, acknowledging everything written so far,
+// to the frames pending on l, so that it goes out in the same write as
+// them; with none pending it is an earlyPing. The caller defers the flush
+// as for data (deferFlush).
+func (l *leg) deferPing() {
+	l.lock()
+	if l.closed || l.werr != nil || len(l.wbuf) == 0 || len(l.wbuf)+14+8 > coalesceBuf {
+		l.unlock()
+		l.earlyPing()
+		return
+	}
+	l.ctl.Lock()
+	id := l.tracker.SentWS(time.Now(), l.ackMark)
+	l.ctl.Unlock()
+	l.appendFrameLocked(ws.OpPing, false, id[:])
+	l.unlock()
+	l.s.pingSent(l)
+}
+
 // flushControlLocked writes the pending control frames. Pongs go first:
 // they answer the peer; pings after.
 func (l *leg) flushControlLocked() {

@@ -29,15 +29,18 @@ func (s *Session) forward(c *leg, a admission, op ws.OpCode, p []byte, more bool
 	case admitHeld, admitDropped:
 		return
 	}
-	if a.askAck {
-		a.up.earlyPing()
-	}
 	// Only a retained message may wait in the upstream leg's write buffer:
 	// if that connection fails before the write, the log re-sends it.
 	more = more && a.retained
 	for {
 		if err := a.up.writeData(op, p, a.seq, more); err == nil {
 			s.env.Metrics.Message(true, len(p))
+			switch {
+			case a.askAck && more && a.up.hb.Mode.SendsWS():
+				a.up.deferPing() // in the same write as the data
+			case a.askAck:
+				a.up.earlyPing()
+			}
 			if a.retained {
 				a.up.armAck()
 			}
