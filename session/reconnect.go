@@ -289,9 +289,9 @@ func statusReconnecting(attempt int) []byte {
 }
 
 // notify sends a status message to the client when TETHER_NOTIFY_CLIENT is
-// on.
+// on, except in an MQTT or STOMP stream, which a text message breaks.
 func (s *Session) notify(msg []byte) {
-	if !s.cfg.NotifyClient || s.closed.Load() {
+	if !s.cfg.NotifyClient || s.sr.strict || s.closed.Load() {
 		return
 	}
 	if s.rs != nil {
