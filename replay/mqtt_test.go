@@ -482,27 +482,39 @@ func TestMQTTRepliesAmongQoSFlows(t *testing.T) {
 }
 
 // TestMQTTUpstreamResetOnReplay: the upstream side's byte-stream state
-// belongs to one connection. A connection lost in the middle of a packet
-// (half a PUBLISH forwarded) or while a CONNACK's first bytes were held
-// leaves nothing behind: the next connection's first byte is a fixed
-// header, its replies are dropped whole and its other packets pass byte
-// for byte, and the held bytes of the lost connection never reach the
-// client.
+// belongs to one connection. A connection lost inside a reply being
+// dropped, or while a CONNACK's first bytes were held, leaves nothing
+// behind: the next connection's first byte is a fixed header, its replies
+// are dropped whole and its other packets pass byte for byte, and the held
+// bytes never reach the client. A connection lost inside a packet whose
+// first bytes reached the client leaves the client's stream cut: the
+// State is broken (the session closes the client with 1012) and replays
+// nothing.
 func TestMQTTUpstreamResetOnReplay(t *testing.T) {
 	for _, v5 := range []bool{false, true} {
 		t.Run(fmt.Sprintf("v5=%v", v5), func(t *testing.T) {
 			ack := mqConnackPkt(v5, 0)
 			pub := mqPublishPkt(v5, "sensors/1/temp", 1, 0x7171, []byte("payload"))
 			next := bytes.Join([][]byte{ack, mqSubackPkt(v5, 1, 1), mqSubackPkt(v5, 2, 2, 0), pub}, nil)
-			t.Run("loss inside a PUBLISH", func(t *testing.T) {
-				for cut := 1; cut < len(pub); cut++ {
+			fresh := func(t *testing.T, h *sess, what string) {
+				t.Helper()
+				if h.st.Broken() {
+					t.Fatalf("%s: broken", what)
+				}
+				drop, out, ev := h.up(Binary, string(next))
+				if drop || out != string(pub) || ev != EventAccepted {
+					t.Fatalf("%s: got drop %v %x %v, want %x", what, drop, out, ev, pub)
+				}
+			}
+			t.Run("loss inside a dropped reply", func(t *testing.T) {
+				suback := mqSubackPkt(v5, 1, 1)
+				for cut := 1; cut < len(suback); cut++ {
 					h := mqttAnswered(t, v5)
-					h.upBin(pub[:cut]) // the rest died with the connection
 					h.replay()
-					drop, out, ev := h.up(Binary, string(next))
-					if drop || out != string(pub) || ev != EventAccepted {
-						t.Fatalf("cut %d: got drop %v %x %v, want %x", cut, drop, out, ev, pub)
-					}
+					h.upWant(Binary, string(ack), true, EventAccepted)
+					h.upWant(Binary, string(suback[:cut]), true, EventNone) // the rest died with the connection
+					h.replay()
+					fresh(t, h, fmt.Sprintf("cut %d", cut))
 				}
 			})
 			t.Run("loss while a reply is held", func(t *testing.T) {
@@ -511,11 +523,28 @@ func TestMQTTUpstreamResetOnReplay(t *testing.T) {
 					h.replay()
 					h.upWant(Binary, string(ack[:cut]), true, EventNone) // held, then the connection died
 					h.replay()
-					drop, out, ev := h.up(Binary, string(next))
-					if drop || out != string(pub) || ev != EventAccepted {
-						t.Fatalf("cut %d: got drop %v %x %v, want %x", cut, drop, out, ev, pub)
-					}
+					fresh(t, h, fmt.Sprintf("cut %d", cut))
 				}
+			})
+			t.Run("loss inside a forwarded packet", func(t *testing.T) {
+				for cut := 1; cut < len(pub); cut++ {
+					h := mqttAnswered(t, v5)
+					h.upBin(pub[:cut]) // the client has these bytes
+					if h.st.Broken() {
+						t.Fatal("broken before the replay")
+					}
+					wantPlan(t, h.replay(), nil)
+					if !h.st.Broken() {
+						t.Fatalf("cut %d: not broken", cut)
+					}
+					h.upBin(next) // from here on everything passes
+				}
+			})
+			t.Run("loss between packets", func(t *testing.T) {
+				h := mqttAnswered(t, v5)
+				h.upBin(pub)
+				wantPlan(t, h.replay(), strs(mqConnectPkt(v5)), strs(mqSubscribePkt(v5, 1, filt{"sensors/+/temp", 1}), mqSubscribePkt(v5, 2, filt{"alerts/#", 2}, filt{"chat/room1", 0}))...)
+				fresh(t, h, "whole PUBLISH")
 			})
 		})
 	}

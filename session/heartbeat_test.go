@@ -283,6 +283,8 @@ type hbOpts struct {
 	upAutoPong bool
 	// subprotocol: the one the upstream selected (Upstream.Protocol).
 	subprotocol string
+	// dialDelay: each reconnect dial takes this long.
+	dialDelay time.Duration
 }
 
 // newHBRig starts a session. Its DialFunc records each attempt and, unless
@@ -303,6 +305,7 @@ func newHBRig(t *testing.T, cfg Config, o hbOpts) *hbRig {
 	r.client = newHBPeer(t, cp, true, false, o.clientPaused)
 	r.up = newHBPeer(t, up, false, o.upAutoPong, false)
 	r.s = New(env, "hbtest", cs, nil, Upstream{Conn: us, Host: "upstream.test", Protocol: o.subprotocol}, func(ctx context.Context) (Upstream, error) {
+		time.Sleep(o.dialDelay)
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		r.dials = append(r.dials, time.Now())

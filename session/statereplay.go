@@ -109,7 +109,9 @@ func (s *Session) ackLimitLocked(ackSeq uint64) uint64 {
 
 // opaqueLocked reports whether an upstream loss must close the client
 // with 1012 instead of reconnecting: the protocol is opaque, or the MQTT
-// recognition stopped (the state cannot be rebuilt).
+// recognition stopped (the state cannot be rebuilt), or the MQTT upstream
+// stream stopped inside a packet the client has the start of (no new
+// connection continues it).
 func (s *Session) opaqueLocked() bool {
 	if s.sr.proto == replay.Opaque {
 		return true
@@ -119,7 +121,7 @@ func (s *Session) opaqueLocked() bool {
 	}
 	s.sr.mu.Lock()
 	defer s.sr.mu.Unlock()
-	return s.sr.st.Broken()
+	return s.sr.st.Broken() || s.sr.st.UpstreamCut()
 }
 
 // endOpaque ends a session whose upstream was lost and whose state no
