@@ -248,6 +248,21 @@ func testMQTT(t *testing.T, v5 bool) {
 	})
 }
 
+// upCut feeds the upstream stream b cut at i and j (three messages) and
+// returns what the client gets, joined, and how many EventAccepted came.
+func (h *sess) upCut(b []byte, i, j int) (got []byte, accepted int) {
+	for _, p := range [][]byte{b[:i], b[i:j], b[j:]} {
+		v := h.st.FromUpstream(Binary, p)
+		if v.Event == EventAccepted {
+			accepted++
+		}
+		if !v.Drop {
+			got = append(got, v.Msg...)
+		}
+	}
+	return got, accepted
+}
+
 // TestMQTTSplit feeds a session's client stream and upstream stream cut at
 // every byte offset, and checks the same state and verdicts result.
 func TestMQTTSplit(t *testing.T) {
@@ -281,18 +296,7 @@ func TestMQTTSplit(t *testing.T) {
 			for cut2 := cut; cut2 <= len(upstream); cut2++ {
 				h := mqttAnswered(t, v5)
 				h.replay()
-				var got []byte
-				accepted := 0
-				for _, p := range [][]byte{upstream[:cut], upstream[cut:cut2], upstream[cut2:]} {
-					v := h.st.FromUpstream(Binary, p)
-					if v.Event == EventAccepted {
-						accepted++
-					}
-					if v.Drop {
-						continue
-					}
-					got = append(got, v.Msg...)
-				}
+				got, accepted := h.upCut(upstream, cut, cut2)
 				if !bytes.Equal(got, want) || accepted != 1 {
 					t.Fatalf("v5=%v cuts %d %d: client got %x (accepted %d), want %x", v5, cut, cut2, got, accepted, want)
 				}
@@ -460,17 +464,7 @@ func TestMQTTRepliesAmongQoSFlows(t *testing.T) {
 					h := mqttAnswered(t, v5)
 					h.replay()
 					h.bin(newSub) // the client subscribes again while the replay's replies come
-					var got []byte
-					accepted := 0
-					for _, p := range [][]byte{all[:cut], all[cut:cut2], all[cut2:]} {
-						v := h.st.FromUpstream(Binary, p)
-						if v.Event == EventAccepted {
-							accepted++
-						}
-						if !v.Drop {
-							got = append(got, v.Msg...)
-						}
-					}
+					got, accepted := h.upCut(all, cut, cut2)
 					if !bytes.Equal(got, want) || accepted != 1 {
 						t.Fatalf("cuts %d %d: client got %x (accepted %d), want %x", cut, cut2, got, accepted, want)
 					}
