@@ -208,6 +208,11 @@ func TestReplayRabbitMQ(t *testing.T) {
 			switch {
 			case ev.Ev == "connected":
 				connected++
+			case ev.Ev == "error" && strings.HasPrefix(ev.Data, "There is no current subscription with tag"):
+				// RabbitMQ 3.10 Web-STOMP: a delivery to b that raced
+				// its UNSUBSCRIBE gets an ERROR "Subscription not found"
+				// of its own (the broker's, seen once under load; the
+				// connection stays).
 			case ev.Ev == "closed" || ev.Ev == "error":
 				t.Fatalf("%s: %s", tc.name, ev.line)
 			case ev.Ev == "acked":

@@ -215,7 +215,7 @@ function stompClient() {
       subs[name] = client.subscribe(`/topic/stomp.${name}`, (m) => out({ ev: "message", name, data: m.body }));
     }
   };
-  client.onStompError = (f) => out({ ev: "error", message: f.headers.message });
+  client.onStompError = (f) => out({ ev: "error", message: f.headers.message, data: f.body });
   client.onWebSocketClose = (e) => out({ ev: "closed", code: e.code, reason: e.reason });
   client.activate();
   commands((line) => {
