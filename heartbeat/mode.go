@@ -61,6 +61,16 @@ func (m Mode) On() bool { return m != ModeOff }
 // ordinary data and are forwarded.
 func (m Mode) AnswersJSON() bool { return m.SendsJSON() }
 
+// WithoutJSON is m with RFC 6455 pings in place of JSON pings: json and
+// both become ws, ws and off stay. It is the mode of a leg whose protocol
+// cannot take a message tether adds (README "Heartbeats": MQTT and STOMP).
+func (m Mode) WithoutJSON() Mode {
+	if m.SendsJSON() {
+		return ModeWS
+	}
+	return m
+}
+
 // Config is one leg's heartbeat settings. main composes two of them under
 // the env prefixes CLIENT_HEARTBEAT_ and UPSTREAM_HEARTBEAT_ and pre-fills
 // the per-leg default Mode (client both, upstream ws) before parsing.

@@ -51,11 +51,12 @@ func TestModePredicates(t *testing.T) {
 	tests := []struct {
 		m                                 Mode
 		sendsJSON, sendsWS, on, answersJS bool
+		withoutJSON                       Mode
 	}{
-		{ModeOff, false, false, false, false},
-		{ModeJSON, true, false, true, true},
-		{ModeWS, false, true, true, false},
-		{ModeBoth, true, true, true, true},
+		{ModeOff, false, false, false, false, ModeOff},
+		{ModeJSON, true, false, true, true, ModeWS},
+		{ModeWS, false, true, true, false, ModeWS},
+		{ModeBoth, true, true, true, true, ModeWS},
 	}
 	for _, tt := range tests {
 		t.Run(tt.m.String(), func(t *testing.T) {
@@ -71,6 +72,9 @@ func TestModePredicates(t *testing.T) {
 			}
 			if got := tt.m.AnswersJSON(); got != tt.answersJS {
 				t.Errorf("AnswersJSON() = %v", got)
+			}
+			if got := tt.m.WithoutJSON(); got != tt.withoutJSON {
+				t.Errorf("WithoutJSON() = %v, want %v", got, tt.withoutJSON)
 			}
 		})
 	}

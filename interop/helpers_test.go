@@ -177,6 +177,12 @@ func startPeer(t *testing.T, name, lang string, env []string, args ...string) *p
 	}()
 	t.Cleanup(func() {
 		_ = p.stdin.Close()
+		// Nobody reads the events any more: a chatty peer would block
+		// its reader on a full channel, and done would never come.
+		go func() {
+			for range p.events {
+			}
+		}()
 		select {
 		case <-p.done:
 		case <-time.After(5 * time.Second):

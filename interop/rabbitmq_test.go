@@ -167,12 +167,17 @@ func children(pid int) []int {
 }
 
 // RabbitMQ with Web-STOMP and Web-MQTT behind tether with its defaults
-// (auto picks stomp and mqtt from the subprotocols the clients offer): the
-// @stomp/stompjs and mqtt.js clients subscribe to a and b, drop b, the
-// broker crashes and comes back; messages published to a after the
-// restart reach the clients, none of b does, neither client hears of a
-// second connection (CONNECTED, CONNACK), and an MQTT QoS 1 publish
-// completes.
+// (auto picks stomp and mqtt from the subprotocols the clients offer), but
+// client heartbeats every 100 ms: the @stomp/stompjs and mqtt.js clients
+// subscribe to a and b, drop b, the broker crashes and comes back; messages
+// published to a after the restart reach the clients, none of b does,
+// neither client hears of a second connection (CONNECTED, CONNACK), and an
+// MQTT QoS 1 publish completes. All along, MQTT flows both ways at QoS 1
+// and 2 (the publisher's to a and b, the client's to c and d, acknowledged
+// after the restart too) and no client reports an error: a JSON ping would
+// be a malformed packet to mqtt.js ("Invalid header flag bits, must be 0x0
+// for pubcomp packet") and would eat the next STOMP frame, a gap in a's
+// messages (README "Heartbeats").
 func TestReplayRabbitMQ(t *testing.T) {
 	t.Parallel()
 	r := startRabbit(t)
@@ -180,7 +185,7 @@ func TestReplayRabbitMQ(t *testing.T) {
 		name        string
 		port        int
 		client, pub string
-		publishQoS1 bool
+		mqtt        bool
 	}{
 		{"stomp", r.stomp, "stomp-client", "stomp-pub", false},
 		{"mqtt", r.mqtt, "mqtt-client", "mqtt-pub", true},
@@ -189,37 +194,79 @@ func TestReplayRabbitMQ(t *testing.T) {
 		tt := startTether(t, url, func(c *proxy.Config) {
 			c.Session.Reconnect.MaxDelay = time.Second
 			c.Session.Reconnect.MaxAttempts = 0
+			c.Session.ClientHeartbeat.Interval = 100 * time.Millisecond
+			c.Session.ClientHeartbeat.Timeout = 10 * time.Second
 		})
 		pub := startRPeer(t, tc.pub, tc.pub, url)
 		pub.until(t, "the publisher's connection", nil, evIs("connected", "", "1", ""))
 		cl := startRPeer(t, tc.client, tc.client, tt.URL)
-		cl.until(t, tc.name+": connected", nil, evIs("connected", "", "", ""))
-		cl.until(t, tc.name+": a message of b", nil, evIs("message", "b", "b:1:", ""))
-		cl.until(t, tc.name+": a message of a", nil, evIs("message", "a", "a:1:", ""))
+		connected, acked := 0, map[string]int{}
+		last := -1        // the index of the last a:1: message, while they come in a row
+		var seen []string // the client's events, for a failure's message
+		watch := func(ev event) {
+			seen = append(seen, ev.line)
+			switch {
+			case ev.Ev == "connected":
+				connected++
+			case ev.Ev == "error" && strings.HasPrefix(ev.Data, "There is no current subscription with tag"):
+				// RabbitMQ 3.10 Web-STOMP: a delivery to b that raced
+				// its UNSUBSCRIBE gets an ERROR "Subscription not found"
+				// of its own (the broker's, seen once under load; the
+				// connection stays).
+			case ev.Ev == "closed" || ev.Ev == "error":
+				t.Fatalf("%s: %s", tc.name, ev.line)
+			case ev.Ev == "acked":
+				acked[ev.Name], _ = strconv.Atoi(ev.Data)
+			case evIs("message", "a", "a:1:", "")(ev) && last >= -1:
+				i, _ := strconv.Atoi(strings.TrimPrefix(ev.Data, "a:1:"))
+				if last >= 0 && i != last+1 {
+					t.Fatalf("%s: a:1:%d after a:1:%d: a message lost; the client's last events:\n%s",
+						tc.name, i, last, strings.Join(seen[max(0, len(seen)-80):], "\n"))
+				}
+				last = i
+			}
+		}
+		cl.until(t, tc.name+": connected", watch, evIs("connected", "", "", ""))
+		if tc.mqtt {
+			cl.command(t, "flow")
+		}
+		cl.until(t, tc.name+": a message of b", watch, evIs("message", "b", "b:1:", ""))
+		cl.until(t, tc.name+": a message of a", watch, evIs("message", "a", "a:1:", ""))
+		// A second of a's messages in a row: ten client heartbeats.
+		for range 20 {
+			cl.until(t, tc.name+": messages of a", watch, evIs("message", "a", "a:1:", ""))
+		}
+		last = -2 // the broker's loss may cut the row
 		cl.command(t, "unsubscribe b")
-		cl.until(t, tc.name+": b unsubscribed", nil, evIs("unsubscribed", "", "", ""))
+		cl.until(t, tc.name+": b unsubscribed", watch, evIs("unsubscribed", "", "", ""))
+		connected = 0
 		defer func() {
 			// After the restart.
-			connected := 0
-			watch := func(ev event) {
-				switch {
-				case ev.Ev == "connected":
-					connected++
-				case ev.Ev == "closed" || ev.Ev == "error":
-					t.Fatalf("%s: %s", tc.name, ev.line)
-				case evIs("message", "b", "b:2:", "")(ev):
+			if t.Failed() {
+				return // the broker was not restarted
+			}
+			watchB := func(ev event) {
+				watch(ev)
+				if evIs("message", "b", "b:2:", "")(ev) {
 					t.Fatalf("%s: unsubscribed b revived: %s", tc.name, ev.line)
 				}
 			}
 			for range 5 {
-				cl.until(t, tc.name+": messages of a published after the restart", watch, evIs("message", "a", "a:2:", ""))
+				cl.until(t, tc.name+": messages of a published after the restart", watchB, evIs("message", "a", "a:2:", ""))
 			}
 			if connected != 0 {
 				t.Fatalf("%s: the client heard of %d more connections, want none", tc.name, connected)
 			}
-			if tc.publishQoS1 {
+			if tc.mqtt {
 				cl.command(t, "publish")
-				cl.until(t, tc.name+": the QoS 1 publish acknowledged", watch, evIs("published", "", "", ""))
+				cl.until(t, tc.name+": the QoS 1 publish acknowledged", watchB, evIs("published", "", "", ""))
+				// The flow's publishes after the restart are acknowledged.
+				for _, name := range []string{"c", "d"} {
+					from := acked[name]
+					cl.until(t, tc.name+": "+name+" acknowledged after the restart", watchB, func(ev event) bool {
+						return ev.Ev == "acked" && ev.Name == name && acked[name] >= from+20
+					})
+				}
 			}
 			// The opening is always replayed; the SUBSCRIBE of a is
 			// replayed too unless it was still unacknowledged at the kill

@@ -187,6 +187,16 @@ func TestResolve(t *testing.T) {
 	}
 }
 
+// TestStrict: MQTT and STOMP streams take no message tether adds (README
+// "Heartbeats"); every other protocol does.
+func TestStrict(t *testing.T) {
+	for p := range Protocol(len(protocolNames)) {
+		if got, want := p.Strict(), p == MQTT || p == STOMP; got != want {
+			t.Errorf("%v.Strict() = %v, want %v", p, got, want)
+		}
+	}
+}
+
 func TestSignalRHandshake(t *testing.T) {
 	cases := []struct {
 		msg  string

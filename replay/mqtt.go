@@ -72,6 +72,10 @@ func (m *mqttParser) header(b byte) (done, bad bool) {
 	return false, m.nhdr == 5 // a fifth length byte
 }
 
+// cut reports whether the upstream side stopped inside a packet some of
+// whose bytes were forwarded (not held or dropped).
+func (m *mqttParser) cut() bool { return m.st != psHeader && !m.hold && !m.drop }
+
 // stateful reports whether a client packet of fixed header byte b is
 // copied; it is false for a malformed one as well (bad).
 func stateful(b byte) (copy, bad bool) {

@@ -248,6 +248,21 @@ func testMQTT(t *testing.T, v5 bool) {
 	})
 }
 
+// upCut feeds the upstream stream b cut at i and j (three messages) and
+// returns what the client gets, joined, and how many EventAccepted came.
+func (h *sess) upCut(b []byte, i, j int) (got []byte, accepted int) {
+	for _, p := range [][]byte{b[:i], b[i:j], b[j:]} {
+		v := h.st.FromUpstream(Binary, p)
+		if v.Event == EventAccepted {
+			accepted++
+		}
+		if !v.Drop {
+			got = append(got, v.Msg...)
+		}
+	}
+	return got, accepted
+}
+
 // TestMQTTSplit feeds a session's client stream and upstream stream cut at
 // every byte offset, and checks the same state and verdicts result.
 func TestMQTTSplit(t *testing.T) {
@@ -281,18 +296,7 @@ func TestMQTTSplit(t *testing.T) {
 			for cut2 := cut; cut2 <= len(upstream); cut2++ {
 				h := mqttAnswered(t, v5)
 				h.replay()
-				var got []byte
-				accepted := 0
-				for _, p := range [][]byte{upstream[:cut], upstream[cut:cut2], upstream[cut2:]} {
-					v := h.st.FromUpstream(Binary, p)
-					if v.Event == EventAccepted {
-						accepted++
-					}
-					if v.Drop {
-						continue
-					}
-					got = append(got, v.Msg...)
-				}
+				got, accepted := h.upCut(upstream, cut, cut2)
 				if !bytes.Equal(got, want) || accepted != 1 {
 					t.Fatalf("v5=%v cuts %d %d: client got %x (accepted %d), want %x", v5, cut, cut2, got, accepted, want)
 				}
@@ -403,4 +407,139 @@ func TestMQTTMalformed(t *testing.T) {
 		h.bin(conn, subA[:4])
 		wantPlan(t, h.replay(), strs(conn))
 	})
+}
+
+// mqttHeaderFlags are the fixed-header flags MQTT 3.1.1 §2.2.2 requires
+// (PUBLISH's are free), as mqtt.js's parser (mqtt-packet) checks them: a
+// stream cut at the wrong offset shows as a header byte with other flags
+// ("Invalid header flag bits, must be 0x0 for pubcomp packet").
+var mqttHeaderFlags = [16]int{0: -2, 1: 0, 2: 0, 3: -1, 4: 0, 5: 0, 6: 2, 7: 0, 8: 2, 9: 0, 10: 2, 11: 0, 12: 0, 13: 0, 14: 0, 15: 0}
+
+// checkPackets fails unless b is whole MQTT packets with valid header
+// flags and lengths.
+func checkPackets(t testing.TB, b []byte) {
+	t.Helper()
+	for i := 0; i < len(b); {
+		first := b[i]
+		if f := mqttHeaderFlags[first>>4]; f == -2 || f >= 0 && int(first&0x0f) != f {
+			t.Fatalf("offset %d: header byte %#02x: bad type or flags in %x", i, first, b)
+		}
+		n, next, ok := varint(b, i+1)
+		if !ok || next+n > len(b) {
+			t.Fatalf("offset %d: packet %#02x cut short in %x", i, first, b)
+		}
+		i = next + n
+	}
+}
+
+// TestMQTTRepliesAmongQoSFlows: after a replay, the upstream's replies
+// (CONNACK, SUBACKs of replayed SUBSCRIBEs) share messages with, or are
+// cut across messages between, the packets of QoS 1 and 2 flows both ways
+// (PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP), a SUBACK the client is
+// waiting for and a PINGRESP, with packet ids whose bytes are header bytes
+// with bad flags (0x71: a PUBCOMP with flags 1). Cut into three messages
+// at every pair of offsets, the client gets exactly the packets that are
+// not replies, byte for byte, whole and in order: the replies' bytes are
+// cut at their own boundaries and nothing else is lost, added or altered.
+func TestMQTTRepliesAmongQoSFlows(t *testing.T) {
+	for _, v5 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("v5=%v", v5), func(t *testing.T) {
+			ack := mqConnackPkt(v5, 0)
+			pubrel := packet(0x62, u16b(0x7172))
+			pubcomp := packet(0x70, u16b(0x7172))
+			pubrec := packet(0x50, u16b(0x7b7b))
+			puback := packet(0x40, u16b(0x7101))
+			pub2 := mqPublishPkt(v5, "alerts/x", 2, 0x7172, []byte(`{"type":"ping"}`))
+			pub1 := mqPublishPkt(v5, "sensors/1/temp", 1, 0x717f, []byte("\x90\x03\x00\x01\x01"))
+			newSub := mqSubscribePkt(v5, 0x7171, filt{"chat/room2", 1})
+			newSuback := mqSubackPkt(v5, 0x7171, 1)
+			stream := [][]byte{
+				ack, pub2, mqSubackPkt(v5, 1, 1), pubrel, pubcomp, pubrec,
+				mqSubackPkt(v5, 2, 2, 0), puback, pub1, newSuback, mqPingresp,
+			}
+			want := bytes.Join([][]byte{pub2, pubrel, pubcomp, pubrec, puback, pub1, newSuback, mqPingresp}, nil)
+			all := bytes.Join(stream, nil)
+			for cut := 0; cut <= len(all); cut++ {
+				for cut2 := cut; cut2 <= len(all); cut2++ {
+					h := mqttAnswered(t, v5)
+					h.replay()
+					h.bin(newSub) // the client subscribes again while the replay's replies come
+					got, accepted := h.upCut(all, cut, cut2)
+					if !bytes.Equal(got, want) || accepted != 1 {
+						t.Fatalf("cuts %d %d: client got %x (accepted %d), want %x", cut, cut2, got, accepted, want)
+					}
+					checkPackets(t, got)
+				}
+			}
+		})
+	}
+}
+
+// TestMQTTUpstreamResetOnReplay: the upstream side's byte-stream state
+// belongs to one connection. A connection lost inside a reply being
+// dropped, or while a CONNACK's first bytes were held, leaves nothing
+// behind: the next connection's first byte is a fixed header, its replies
+// are dropped whole and its other packets pass byte for byte, and the held
+// bytes never reach the client. A connection lost inside a packet whose
+// first bytes reached the client leaves the client's stream cut: the
+// State is broken (the session closes the client with 1012) and replays
+// nothing.
+func TestMQTTUpstreamResetOnReplay(t *testing.T) {
+	for _, v5 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("v5=%v", v5), func(t *testing.T) {
+			ack := mqConnackPkt(v5, 0)
+			pub := mqPublishPkt(v5, "sensors/1/temp", 1, 0x7171, []byte("payload"))
+			next := bytes.Join([][]byte{ack, mqSubackPkt(v5, 1, 1), mqSubackPkt(v5, 2, 2, 0), pub}, nil)
+			fresh := func(t *testing.T, h *sess, what string) {
+				t.Helper()
+				if h.st.Broken() {
+					t.Fatalf("%s: broken", what)
+				}
+				drop, out, ev := h.up(Binary, string(next))
+				if drop || out != string(pub) || ev != EventAccepted {
+					t.Fatalf("%s: got drop %v %x %v, want %x", what, drop, out, ev, pub)
+				}
+			}
+			t.Run("loss inside a dropped reply", func(t *testing.T) {
+				suback := mqSubackPkt(v5, 1, 1)
+				for cut := 1; cut < len(suback); cut++ {
+					h := mqttAnswered(t, v5)
+					h.replay()
+					h.upWant(Binary, string(ack), true, EventAccepted)
+					h.upWant(Binary, string(suback[:cut]), true, EventNone) // the rest died with the connection
+					h.replay()
+					fresh(t, h, fmt.Sprintf("cut %d", cut))
+				}
+			})
+			t.Run("loss while a reply is held", func(t *testing.T) {
+				for cut := 1; cut < 4; cut++ { // the fixed header and the first body byte
+					h := mqttAnswered(t, v5)
+					h.replay()
+					h.upWant(Binary, string(ack[:cut]), true, EventNone) // held, then the connection died
+					h.replay()
+					fresh(t, h, fmt.Sprintf("cut %d", cut))
+				}
+			})
+			t.Run("loss inside a forwarded packet", func(t *testing.T) {
+				for cut := 1; cut < len(pub); cut++ {
+					h := mqttAnswered(t, v5)
+					h.upBin(pub[:cut]) // the client has these bytes
+					if h.st.Broken() {
+						t.Fatal("broken before the replay")
+					}
+					wantPlan(t, h.replay(), nil)
+					if !h.st.Broken() {
+						t.Fatalf("cut %d: not broken", cut)
+					}
+					h.upBin(next) // from here on everything passes
+				}
+			})
+			t.Run("loss between packets", func(t *testing.T) {
+				h := mqttAnswered(t, v5)
+				h.upBin(pub)
+				wantPlan(t, h.replay(), strs(mqConnectPkt(v5)), strs(mqSubscribePkt(v5, 1, filt{"sensors/+/temp", 1}), mqSubscribePkt(v5, 2, filt{"alerts/#", 2}, filt{"chat/room1", 0}))...)
+				fresh(t, h, "whole PUBLISH")
+			})
+		})
+	}
 }

@@ -61,6 +61,15 @@ func (p Protocol) valid() bool { return int(p) < len(protocolNames) }
 // Recognised reports whether p keeps state for replay (it has a State).
 func (p Protocol) Recognised() bool { return p >= GraphQLTransportWS && p <= JSON }
 
+// Strict reports whether a message the protocol's peers did not send
+// breaks p's stream, so that tether must add none (README "Heartbeats"):
+// an MQTT peer reads every message as bytes of its packet stream (a JSON
+// ping's '{' is a PUBCOMP header with bad flags: mqtt.js fails with
+// "Invalid header flag bits, must be 0x0 for pubcomp packet"), and a STOMP
+// peer reads a text message without a NUL as the start of the next frame,
+// which it then drops as unknown.
+func (p Protocol) Strict() bool { return p == MQTT || p == STOMP }
+
 // Resolve turns the configured protocol into the session's: anything but
 // Auto is returned as is. Auto picks by the subprotocol the upstream
 // selected (graphql-transport-ws, graphql-ws, v10.stomp/v11.stomp/

@@ -168,11 +168,23 @@ func New(p Protocol, c *Config) *State {
 func (s *State) Protocol() Protocol { return s.proto }
 
 // Broken reports whether recognition stopped for this session (MQTT: a
-// malformed or non-binary message): Replay returns nothing from then on,
+// malformed or non-binary message, or, seen by Replay, an upstream
+// connection lost inside a packet the client had the first bytes of):
+// Replay returns nothing from then on,
 // and the kept state is gone. Such a session cannot be rebuilt on a new
 // connection; handling its upstream loss as Opaque (client Close 1012) is
 // the safe choice.
 func (s *State) Broken() bool { return s.broken }
+
+// UpstreamCut reports whether the current upstream connection's stream
+// stopped inside a packet whose first bytes reached the client (MQTT
+// only: a broker may cut a packet across messages). Lost there, the
+// connection leaves the client's parser waiting for the rest, which no
+// new connection sends: Replay then breaks the State, and the session
+// handles the loss as Opaque at once.
+func (s *State) UpstreamCut() bool {
+	return s.proto == MQTT && !s.done && !s.broken && s.mq.up.cut()
+}
 
 // AtBoundary reports whether, after the client messages seen so far, the
 // client's byte stream is between two packets. Only MQTT streams can end
@@ -236,7 +248,9 @@ func (s *State) FromUpstream(op Opcode, p []byte) Verdict {
 // Replay returns what to send first on a new upstream connection and
 // starts watching that connection's replies; call it once the upgrade
 // has completed, before FromUpstream sees any message of the new
-// connection. pendingFrom is the sequence number of the first client
+// connection. Check Broken after it: an MQTT upstream connection that
+// ended inside a packet leaves the client's stream cut, and no replay
+// continues it. pendingFrom is the sequence number of the first client
 // message the session will send again after the plan (the first message
 // not provably received by the old upstream, or of the buffer; the next
 // sequence number when it holds none).
@@ -248,6 +262,12 @@ func (s *State) FromUpstream(op Opcode, p []byte) Verdict {
 // order with the rest, and their replies reach the client. Plan.Skip
 // names the held messages the plan already covers.
 func (s *State) Replay(pendingFrom uint64) Plan {
+	if s.UpstreamCut() {
+		// The lost connection ended inside a packet whose first bytes
+		// reached the client: the client's parser waits for the rest,
+		// which no new connection sends.
+		s.mqttBreak()
+	}
 	s.win.await, s.win.dropAnswer = false, false
 	clear(s.win.expects)
 	s.win.expects = s.win.expects[:0]

@@ -281,6 +281,10 @@ type hbOpts struct {
 	dialOK bool
 	// upAutoPong: the first upstream peer answers pings.
 	upAutoPong bool
+	// subprotocol: the one the upstream selected (Upstream.Protocol).
+	subprotocol string
+	// dialDelay: each reconnect dial takes this long.
+	dialDelay time.Duration
 }
 
 // newHBRig starts a session. Its DialFunc records each attempt and, unless
@@ -300,7 +304,8 @@ func newHBRig(t *testing.T, cfg Config, o hbOpts) *hbRig {
 	us, up := net.Pipe()
 	r.client = newHBPeer(t, cp, true, false, o.clientPaused)
 	r.up = newHBPeer(t, up, false, o.upAutoPong, false)
-	r.s = New(env, "hbtest", cs, nil, Upstream{Conn: us, Host: "upstream.test"}, func(ctx context.Context) (Upstream, error) {
+	r.s = New(env, "hbtest", cs, nil, Upstream{Conn: us, Host: "upstream.test", Protocol: o.subprotocol}, func(ctx context.Context) (Upstream, error) {
+		time.Sleep(o.dialDelay)
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		r.dials = append(r.dials, time.Now())
@@ -309,7 +314,7 @@ func newHBRig(t *testing.T, cfg Config, o hbOpts) *hbRig {
 		}
 		s, c := net.Pipe()
 		r.ups = append(r.ups, newHBPeer(t, c, false, true, false))
-		return Upstream{Conn: s, Host: "upstream.test"}, nil
+		return Upstream{Conn: s, Host: "upstream.test", Protocol: o.subprotocol}, nil
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	r.start = time.Now()
@@ -442,6 +447,72 @@ func TestHeartbeatCadence(t *testing.T) {
 					}
 				})
 			})
+		}
+	}
+}
+
+// TestHeartbeatStrictProtocols: an MQTT or STOMP session (by the
+// subprotocol, or by TETHER_REPLAY_PROTOCOL) gets RFC pings in place of
+// JSON pings on both legs, in json and both mode alike: a JSON text
+// message in an MQTT stream is a malformed packet (mqtt.js: "Invalid header
+// flag bits, must be 0x0 for pubcomp packet") and in a STOMP stream eats
+// the next frame (README "Heartbeats"). Other sessions keep their JSON
+// pings.
+func TestHeartbeatStrictProtocols(t *testing.T) {
+	t.Parallel()
+	const interval = time.Second
+	for _, tc := range []struct {
+		name, sub string
+		proto     replay.Protocol
+		strict    bool
+	}{
+		{"mqtt", "mqtt", replay.Auto, true},
+		{"mqttv3.1", "mqttv3.1", replay.Auto, true},
+		{"v12.stomp", "v12.stomp", replay.Auto, true},
+		{"mqtt with replay none", "mqtt", replay.None, true},
+		{"replay mqtt without subprotocol", "", replay.MQTT, true},
+		{"replay stomp without subprotocol", "", replay.STOMP, true},
+		{"graphql-transport-ws", "graphql-transport-ws", replay.Auto, false},
+		{"no subprotocol", "", replay.Auto, false},
+		{"chat with replay json", "chat", replay.JSON, false},
+	} {
+		for _, leg := range hbLegNames {
+			for _, mode := range []heartbeat.Mode{heartbeat.ModeJSON, heartbeat.ModeBoth} {
+				t.Run(tc.name+"/"+leg+"/"+mode.String(), func(t *testing.T) {
+					t.Parallel()
+					synctest.Test(t, func(t *testing.T) {
+						cfg := hbLegs(leg, hbLeg(mode, interval, 1000*interval))
+						cfg.Replay.Protocol = tc.proto
+						if tc.proto == replay.JSON {
+							cfg.Replay.JSONKeep = []string{"subscribe"}
+						}
+						r := newHBRig(t, cfg, hbOpts{subprotocol: tc.sub})
+						const n = 3
+						r.at(n*interval + interval/2)
+						pings, texts := 0, 0
+						for _, f := range r.peer(leg).got() {
+							switch f.op {
+							case ws.OpPing:
+								pings++
+							case ws.OpText:
+								texts++
+							}
+						}
+						wantPings, wantTexts := 0, 0
+						switch {
+						case tc.strict:
+							wantPings = n
+						case mode == heartbeat.ModeBoth:
+							wantPings, wantTexts = n, n
+						default:
+							wantTexts = n
+						}
+						if pings != wantPings || texts != wantTexts {
+							t.Errorf("%s leg got %d RFC pings and %d text messages, want %d and %d", leg, pings, texts, wantPings, wantTexts)
+						}
+					})
+				})
+			}
 		}
 	}
 }

@@ -146,6 +146,11 @@ type legParkState struct {
 }
 
 func newLeg(s *Session, name string, conn net.Conn, buffered []byte, fromClient bool, hb heartbeat.Config) *leg {
+	if s.sr.strict {
+		// A JSON ping would break an MQTT or STOMP stream (README
+		// "Heartbeats"): RFC pings only.
+		hb.Mode = hb.Mode.WithoutJSON()
+	}
 	l := &leg{
 		s:      s,
 		name:   name,

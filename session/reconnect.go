@@ -52,6 +52,10 @@ func (s *Session) upstreamLost(u *leg, why Outcome) {
 	go s.reconnectLoop()
 }
 
+// errStreamCut: an upstream loss left the client's MQTT stream where no
+// replay can continue it (README "State replay on upstream reconnect").
+var errStreamCut = errors.New("the lost upstream connection cut an MQTT packet the client had begun, or the client's stream stopped parsing")
+
 // backoff returns the delay before attempt n (n = 0, 1, …): a random value in
 // [0, d] with d = min(MaxDelay, InitialDelay × 2ⁿ) (README "Upstream loss,
 // reconnect and the delivery guarantee").
@@ -182,6 +186,16 @@ func (s *Session) resume(up Upstream) resumeResult {
 	// arrives later is in the log and sent from there.
 	replay, covered := s.replay.start()
 	plan := s.replayPlanLocked(u) // before u's read loop starts
+	if s.opaqueLocked() {
+		// The MQTT recognition stopped since the loss was handled: the
+		// lost connection's last message, relayed while the loss was
+		// being reported, ended inside a packet, or the client's
+		// stream stopped parsing meanwhile. No replay continues the
+		// client's stream.
+		s.mu.Unlock()
+		s.endOpaque(s.sr.proto, Outcome{Cause: CauseConnectionLost, Leg: LegUpstream, Err: errStreamCut})
+		return resumeClosed
+	}
 	s.addPart()
 	s.mu.Unlock()
 	// Tell the client first: anything the new upstream sends comes after.
@@ -290,9 +304,9 @@ func statusReconnecting(attempt int) []byte {
 }
 
 // notify sends a status message to the client when TETHER_NOTIFY_CLIENT is
-// on.
+// on, except in an MQTT or STOMP stream, which a text message breaks.
 func (s *Session) notify(msg []byte) {
-	if !s.cfg.NotifyClient || s.closed.Load() {
+	if !s.cfg.NotifyClient || s.sr.strict || s.closed.Load() {
 		return
 	}
 	if s.rs != nil {

@@ -904,3 +904,35 @@ func TestRcNotify(t *testing.T) {
 		h.client.expectNothing()
 	})
 }
+
+// An MQTT or STOMP session gets no status messages, TETHER_NOTIFY_CLIENT
+// or not: a text message in its stream breaks the client (README "Upstream
+// loss, reconnect and the delivery guarantee"). The reconnect itself is
+// the same.
+func TestRcNotifyStrict(t *testing.T) {
+	t.Parallel()
+	for _, p := range []replay.Protocol{replay.MQTT, replay.STOMP} {
+		t.Run(p.String(), func(t *testing.T) {
+			t.Parallel()
+			synctest.Test(t, func(t *testing.T) {
+				cfg := rcConfig()
+				cfg.NotifyClient = true
+				cfg.Replay.Protocol = p
+				cfg.Reconnect.MaxAttempts = 0
+				env, _ := rcEnv(t, cfg, nil)
+				h := rcStart(t, env, nil, func(h *rcHarness) {
+					h.dialFn = func(_ context.Context, n int) (Upstream, error) {
+						if n == 1 {
+							return Upstream{}, errors.New("refused")
+						}
+						up, _ := h.upstream(true)
+						return up, nil
+					}
+				})
+				_ = h.nextUp().conn.Close()
+				h.nextUp()
+				h.client.expectNothing()
+			})
+		})
+	}
+}

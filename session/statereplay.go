@@ -19,6 +19,11 @@ type stateReplay struct {
 	// (before Start), then under Session.mu (the client's first message
 	// may turn none into opaque: a SignalR handshake).
 	proto replay.Protocol
+	// strict: the session's stream is MQTT or STOMP (by its subprotocol or
+	// TETHER_REPLAY_PROTOCOL), which no message tether adds may enter:
+	// its legs send RFC pings in place of JSON pings (README
+	// "Heartbeats"). Fixed by New.
+	strict bool
 	// st is nil unless proto is recognised; fixed by New.
 	st *replay.State
 	// mu serialises st: FromClient (taken under Session.mu, in admit),
@@ -51,9 +56,12 @@ type ReplayMetrics interface {
 // initReplay resolves the session's protocol from the configuration and
 // the subprotocol the upstream chose. A recognised protocol replaces
 // TETHER_REPLAY_FIRST and TETHER_REPLAY_DROP_REPLIES, which apply to none
-// only.
+// only. Call it before the first leg is made: an MQTT or STOMP session's
+// legs send no JSON pings (whatever TETHER_REPLAY_PROTOCOL says, the
+// subprotocol tells what the stream is).
 func (s *Session) initReplay(subprotocol string) {
 	s.sr.proto = replay.Resolve(s.cfg.Replay.Protocol, subprotocol, "")
+	s.sr.strict = s.sr.proto.Strict() || replay.Resolve(replay.Auto, subprotocol, "").Strict()
 	s.sr.st = replay.New(s.sr.proto, &s.cfg.Replay)
 	if s.sr.st != nil {
 		s.replay.keep, s.replay.dropN = 0, 0
@@ -101,7 +109,9 @@ func (s *Session) ackLimitLocked(ackSeq uint64) uint64 {
 
 // opaqueLocked reports whether an upstream loss must close the client
 // with 1012 instead of reconnecting: the protocol is opaque, or the MQTT
-// recognition stopped (the state cannot be rebuilt).
+// recognition stopped (the state cannot be rebuilt), or the MQTT upstream
+// stream stopped inside a packet the client has the start of (no new
+// connection continues it).
 func (s *Session) opaqueLocked() bool {
 	if s.sr.proto == replay.Opaque {
 		return true
@@ -111,7 +121,7 @@ func (s *Session) opaqueLocked() bool {
 	}
 	s.sr.mu.Lock()
 	defer s.sr.mu.Unlock()
-	return s.sr.st.Broken()
+	return s.sr.st.Broken() || s.sr.st.UpstreamCut()
 }
 
 // endOpaque ends a session whose upstream was lost and whose state no

@@ -9,10 +9,12 @@
 //   node peers.js gql-client URL          graphql-ws client: subscriptions a and b
 //   node peers.js stws-client URL         subscriptions-transport-ws client: a and b
 //   node peers.js sio-client URL          socket.io-client, websocket transport
-//   node peers.js stomp-client URL        @stomp/stompjs: subscribes /topic/a and /topic/b
+//   node peers.js stomp-client URL        @stomp/stompjs: subscribes /topic/stomp.a and /topic/stomp.b (a and b)
 //   node peers.js stomp-pub URL           @stomp/stompjs: publishes to both every 50 ms, reconnecting
+//                                         (RabbitMQ routes MQTT topic a and STOMP /topic/a alike: the
+//                                         STOMP peers use routing keys of their own)
 //   node peers.js mqtt-client URL         mqtt.js: subscribes a (QoS 1) and b (QoS 0)
-//   node peers.js mqtt-pub URL            mqtt.js: publishes to both every 50 ms, reconnecting
+//   node peers.js mqtt-pub URL            mqtt.js: publishes to a (QoS 1) and b (QoS 2) every 50 ms, reconnecting
 //
 // Servers: PORT 0 picks one ("listening" says which); GEN names the server
 // process in the events it sends, so the test tells a restarted server's
@@ -20,7 +22,10 @@
 // subscription b (STOMP, MQTT: "unsubscribe b", answered by
 // "unsubscribed" once the broker confirmed); "emit" (socket.io) emits with
 // an acknowledgement; "publish" (mqtt-client) publishes with QoS 1 and
-// says "published" at the PUBACK. Publishers send "topic:CONN:i", CONN
+// says "published" at the PUBACK; "flow" (mqtt-client) publishes to c
+// with QoS 1 and to d with QoS 2 every 250 ms from then on, and says
+// "acked" (name c or d, data the count) at every 10th acknowledgement of
+// each. Publishers send "topic:CONN:i", CONN
 // counting their connections, so the test tells messages published after
 // a broker restart.
 "use strict";
@@ -207,10 +212,10 @@ function stompClient() {
   client.onConnect = () => {
     out({ ev: "connected" });
     for (const name of ["a", "b"]) {
-      subs[name] = client.subscribe(`/topic/${name}`, (m) => out({ ev: "message", name, data: m.body }));
+      subs[name] = client.subscribe(`/topic/stomp.${name}`, (m) => out({ ev: "message", name, data: m.body }));
     }
   };
-  client.onStompError = (f) => out({ ev: "error", message: f.headers.message });
+  client.onStompError = (f) => out({ ev: "error", message: f.headers.message, data: f.body });
   client.onWebSocketClose = (e) => out({ ev: "closed", code: e.code, reason: e.reason });
   client.activate();
   commands((line) => {
@@ -238,7 +243,7 @@ function stompPub() {
     clearInterval(timer);
     timer = setInterval(() => {
       if (!client.connected) return;
-      for (const name of ["a", "b"]) client.publish({ destination: `/topic/${name}`, body: `${name}:${conn}:${i}` });
+      for (const name of ["a", "b"]) client.publish({ destination: `/topic/stomp.${name}`, body: `${name}:${conn}:${i}` });
       i++;
     }, 50);
   };
@@ -259,6 +264,17 @@ function mqttClient() {
   commands((line) => {
     if (line === "unsubscribe b") client.unsubscribe("b", (err) => out(err ? { ev: "error", message: String(err) } : { ev: "unsubscribed" }));
     if (line === "publish") client.publish("c", "x", { qos: 1 }, (err) => out(err ? { ev: "error", message: String(err) } : { ev: "published" }));
+    if (line === "flow") {
+      const acked = { c: 0, d: 0 };
+      setInterval(() => {
+        for (const [name, qos] of [["c", 1], ["d", 2]]) {
+          client.publish(name, `${name}:${acked[name]}`, { qos }, (err) => {
+            if (err) return out({ ev: "error", message: String(err) });
+            if (++acked[name] % 10 === 0) out({ ev: "acked", name, data: String(acked[name]) });
+          });
+        }
+      }, 250);
+    }
   });
 }
 
@@ -274,7 +290,8 @@ function mqttPub() {
   });
   setInterval(() => {
     if (!client.connected) return;
-    for (const name of ["a", "b"]) client.publish(name, `${name}:${conn}:${i}`, { qos: 0 });
+    client.publish("a", `a:${conn}:${i}`, { qos: 1 });
+    client.publish("b", `b:${conn}:${i}`, { qos: 2 });
     i++;
   }, 50);
   commands(() => {});

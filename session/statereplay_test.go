@@ -1,0 +1,113 @@
+package session
+
+import (
+	"bytes"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/tether-proxy/tether/replay"
+)
+
+// An MQTT upstream lost after it sent the first bytes of a packet (a
+// broker that cuts a packet across WebSocket messages): the client's
+// parser waits for the rest, which no new connection sends, so the client
+// gets Close 1012 at once, without a dial (README "State replay on
+// upstream reconnect"). Lost between two packets, the same session
+// reconnects and replays its CONNECT (and waits for the CONNACK the
+// test's upstream never sends).
+func TestStateReplayMQTTUpstreamCutInPacket(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		sent []byte // what the lost upstream sent after the CONNACK
+		cut  bool
+	}{
+		{"inside a PUBLISH", mqttPublish[:6], true},
+		{"inside a fixed header", mqttPublish[:1], true},
+		{"between packets", mqttPublish, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			synctest.Test(t, func(t *testing.T) {
+				r := mqttRig(t, 0)
+				if err := r.up.send(ws.NewBinaryFrame(mqttConnack), ws.NewBinaryFrame(tc.sent)); err != nil {
+					t.Fatal(err)
+				}
+				synctest.Wait()
+				if got, want := dataOf(r.client), append(append([]byte{}, mqttConnack...), tc.sent...); !bytes.Equal(got, want) {
+					t.Fatalf("client got %x before the loss, want %x", got, want)
+				}
+				_ = r.up.conn.Close() // lost without a Close: 1006
+				r.at(5 * time.Second) // no backoff jitter: a dial at once, then the wait for the CONNACK
+				code, dials := hbCloseCode(r.client.got()), len(r.dialTimes())
+				if tc.cut {
+					if code != int(CloseServiceRestart) || !r.ended() || dials != 0 {
+						t.Fatalf("client Close %d, ended %v, %d dials; want Close 1012, the session ended, no dial", code, r.ended(), dials)
+					}
+					return
+				}
+				if ups := r.newUps(); code != 0 || r.ended() || len(ups) != 1 || !bytes.Equal(dataOf(ups[0]), mqttConnect) {
+					t.Fatalf("client Close %d, ended %v, %d dials; want no Close and one dial that got the CONNECT replayed", code, r.ended(), dials)
+				}
+			})
+		})
+	}
+}
+
+// An MQTT client whose stream stops parsing while the upstream is down (a
+// text message): the session holds no state it can replay any more, so
+// the client gets Close 1012 when the next connection is up, and that
+// connection gets nothing (README "State replay on upstream reconnect").
+func TestStateReplayMQTTBrokenWhileReconnecting(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		r := mqttRig(t, time.Second)
+		if err := r.up.send(ws.NewBinaryFrame(mqttConnack)); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		_ = r.up.conn.Close()
+		synctest.Wait()
+		if err := r.client.send(ws.NewTextFrame([]byte("not MQTT"))); err != nil {
+			t.Fatal(err)
+		}
+		r.at(5 * time.Second)
+		ups := r.newUps()
+		if code := hbCloseCode(r.client.got()); code != int(CloseServiceRestart) || !r.ended() || len(ups) != 1 || len(dataOf(ups[0])) != 0 {
+			t.Fatalf("client Close %d, ended %v, %d connections; want Close 1012, the session ended, one connection that got nothing", code, r.ended(), len(ups))
+		}
+	})
+}
+
+// MQTT 3.1.1 CONNECT (keep-alive 60 s, empty client id), CONNACK, and a
+// QoS 1 PUBLISH to "a" whose packet id 0x7171 reads as a PUBCOMP header
+// with bad flags to a client that takes it for a header.
+var (
+	mqttConnect = []byte{0x10, 12, 0, 4, 'M', 'Q', 'T', 'T', 4, 2, 0, 60, 0, 0}
+	mqttConnack = []byte{0x20, 2, 0, 0}
+	mqttPublish = []byte{0x32, 8, 0, 1, 'a', 0x71, 0x71, 'x', 'y', 'z'}
+)
+
+// mqttRig is an MQTT session (no heartbeats) whose client has sent its
+// CONNECT; reconnect dials succeed after dialDelay.
+func mqttRig(t *testing.T, dialDelay time.Duration) *hbRig {
+	cfg := hbCfg(hbOff, hbOff)
+	cfg.Replay.Protocol = replay.MQTT
+	r := newHBRig(t, cfg, hbOpts{dialOK: true, dialDelay: dialDelay})
+	if err := r.client.send(ws.NewBinaryFrame(mqttConnect)); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// upData is the data an upstream peer got, joined.
+func dataOf(p *hbPeer) []byte {
+	var b []byte
+	for _, f := range hbData(p.got()) {
+		b = append(b, f.p...)
+	}
+	return b
+}
