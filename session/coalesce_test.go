@@ -92,3 +92,36 @@ func TestNoCoalesceWithoutRetention(t *testing.T) {
 		t.Fatalf("%d messages took %d writes upstream, want at least one each", n, w)
 	}
 }
+
+// armWrite keeps a write deadline between d and d + d/4 from now, setting
+// a new one only when the one set leaves that range (a shorter d, as for a
+// Close, or time passing).
+func TestArmWriteKeepsDeadline(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	l := &leg{conn: a}
+	const d = 10 * time.Second
+	l.armWrite(d)
+	first := l.wdl
+	if left := time.Until(time.Unix(0, first)); left < d || left > d+d/4 {
+		t.Fatalf("deadline %v from now, want within [%v, %v]", left, d, d+d/4)
+	}
+	l.armWrite(d)
+	if l.wdl != first {
+		t.Fatal("a second write right after set a new deadline")
+	}
+	l.armWrite(time.Second) // a goodbye: shorter
+	if left := time.Until(time.Unix(0, l.wdl)); left > time.Second+time.Second/4 {
+		t.Fatalf("deadline %v from now after armWrite(1s)", left)
+	}
+	// The deadline is on the connection: a blocked write fails by it.
+	l.armWrite(50 * time.Millisecond)
+	start := time.Now()
+	if _, err := a.Write([]byte("x")); err == nil { // nobody reads b
+		t.Fatal("write to a pipe nobody reads succeeded")
+	}
+	if took := time.Since(start); took < 50*time.Millisecond {
+		t.Fatalf("blocked write failed after %v, before its timeout", took)
+	}
+}

@@ -57,7 +57,6 @@ type leg struct {
 	gen     uint64 // upstream generation; 0 for the client leg (see upstream)
 	hb      heartbeat.Config
 	wt      time.Duration // write timeout
-	closeW  time.Duration // how long to wait for a Close reply
 	resume  func()        // runs the read loop again after a park
 	wakeFn  func()        // wake, as a func value made once
 	rc      syscall.RawConn
@@ -98,6 +97,7 @@ type legReadState struct {
 type legWriteState struct {
 	wlock   chan struct{} // the write lock; made with the leg
 	werr    error         // sticky write error
+	wdl     int64         // the write deadline set on conn (unix nano; armWrite)
 	ackMark uint64        // seq+1 of the last data message written
 	closed  bool          // a Close frame was written
 	hdr     [14]byte
@@ -152,13 +152,12 @@ func newLeg(s *Session, name string, conn net.Conn, buffered []byte, fromClient 
 		hb.Mode = hb.Mode.WithoutJSON()
 	}
 	l := &leg{
-		s:      s,
-		name:   name,
-		conn:   conn,
-		mask:   !fromClient,
-		hb:     hb,
-		wt:     s.cfg.WriteTimeout,
-		closeW: s.env.closeWait(),
+		s:    s,
+		name: name,
+		conn: conn,
+		mask: !fromClient,
+		hb:   hb,
+		wt:   s.cfg.WriteTimeout,
 	}
 	l.wlock = make(chan struct{}, 1)
 	l.tier = tierFixed
@@ -193,10 +192,10 @@ func (l *leg) closeConn() {
 
 // writeClose sends a Close frame, waiting at most d for the write lock and
 // d for the write, and marks the leg closing so that its read loop waits at
-// most closeW for the peer's reply. It reports whether the frame was
+// most Env's close wait for the peer's reply. It reports whether the frame was
 // written.
 func (l *leg) writeClose(c CloseError, d time.Duration) bool {
-	l.beginClose(l.closeW)
+	l.beginClose(l.s.env.closeWait())
 	if !l.lockTimeout(d) {
 		return false
 	}

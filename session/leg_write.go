@@ -124,7 +124,7 @@ func (l *leg) writeFrameRSV(op ws.OpCode, rsv1 bool, p []byte, deadline time.Dur
 	l.bufArr[0] = putHeader(&l.hdr, op, rsv1, len(p), l.mask, key)
 	l.bufArr[1] = p
 	l.bufs = l.bufArr[:]
-	_ = l.conn.SetWriteDeadline(time.Now().Add(deadline))
+	l.armWrite(deadline)
 	_, err := l.bufs.WriteTo(l.conn)
 	l.bufArr = [2][]byte{}
 	if l.mask {
@@ -165,6 +165,20 @@ func (l *leg) appendFrameLocked(op ws.OpCode, rsv1 bool, p []byte) {
 	}
 }
 
+// armWrite makes a write that starts now fail once blocked for d, and at
+// most d/4 later than that (README "Configuration", TETHER_WRITE_TIMEOUT).
+// Setting a deadline modifies a runtime timer under a lock; a leg that
+// writes often keeps the one it set until less than d is left of it, so
+// it sets one per d/4 at most, not one per write.
+func (l *leg) armWrite(d time.Duration) {
+	now := time.Now().UnixNano()
+	if l.wdl >= now+int64(d) && l.wdl <= now+int64(d)+int64(d/4) {
+		return
+	}
+	l.wdl = now + int64(d) + int64(d/4)
+	_ = l.conn.SetWriteDeadline(time.Unix(0, l.wdl))
+}
+
 // flushLocked writes the pending frames in one write and gives the
 // buffer back.
 func (l *leg) flushLocked(deadline time.Duration) error {
@@ -173,7 +187,7 @@ func (l *leg) flushLocked(deadline time.Duration) error {
 	}
 	var err error
 	if l.werr == nil {
-		_ = l.conn.SetWriteDeadline(time.Now().Add(deadline))
+		l.armWrite(deadline)
 		if _, err = l.conn.Write(l.wbuf); err != nil {
 			l.werr = err
 		}
