@@ -1,6 +1,10 @@
 package session
 
-import "time"
+import (
+	"time"
+
+	"github.com/gobwas/ws"
+)
 
 // Acknowledgement pings (README "Upstream loss, reconnect and the delivery
 // guarantee", "Fewer duplicates"): a retained client message is dropped
@@ -140,4 +144,39 @@ func (l *leg) ackTickLocked(now int64, ping bool) (ack bool) {
 func (l *leg) holdAfterLocked() int64 {
 	rtt, _ := l.tracker.LastRTT()
 	return int64(min(max(ackHoldMin, ackHoldRTTs*rtt), ackHoldMax))
+}
+
+// writeDataAcked writes one retained client message to the upstream leg
+// l followed, in the same write, by an acknowledgement ping, when none is
+// armed or in flight and the spacing allows: a session that sends now and
+// then gets its acknowledgement without a timer firing or a write of its
+// own for the ping. It reports done false, having written nothing, when
+// the message must go the usual way (writeData, then armAck).
+func (l *leg) writeDataAcked(op ws.OpCode, p []byte, seq uint64) (done bool, err error) {
+	if l.ackDue.Load() != 0 || len(p) > 4096 || !l.hb.Mode.SendsWS() || l.deflate {
+		return false, nil
+	}
+	l.lock()
+	defer l.unlock()
+	if l.closed || l.werr != nil || len(l.wbuf) > 0 {
+		return false, nil
+	}
+	l.ctl.Lock()
+	now := time.Now()
+	ns := now.UnixNano()
+	if l.ackDue.Load() != 0 || l.timer == nil || l.timerStop.Load() || ns < l.ackLast+int64(ackSpacing) {
+		l.ctl.Unlock()
+		return false, nil
+	}
+	id := l.tracker.SentWS(now, seq+1)
+	l.ackDue.Store(-(ns + l.holdAfterLocked()))
+	l.ackLast = ns
+	l.ctl.Unlock()
+	l.appendFrameLocked(op, false, p)
+	l.appendFrameLocked(ws.OpPing, false, id[:])
+	if err = l.flushLocked(l.wt); err == nil && seq >= l.ackMark {
+		l.ackMark = seq + 1
+	}
+	l.s.pingSent(l)
+	return true, err
 }

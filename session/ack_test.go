@@ -20,9 +20,10 @@ func (r *hbRig) retained() int {
 }
 
 // Acknowledgement pings (README "Upstream loss, reconnect and the delivery
-// guarantee"): a retained message is acknowledged ackPingDelay after it was
-// sent, not at the next interval ping; an idle session sends no extra
-// ping.
+// guarantee"): a message sent alone carries its acknowledgement ping right
+// behind it, in the same write; the messages of a burst behind it share
+// the next one, ackPingDelay after the pong (and ackSpacing after the
+// last); nothing waits for the interval ping.
 func TestAckPingSoonAfterSend(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
@@ -30,27 +31,51 @@ func TestAckPingSoonAfterSend(t *testing.T) {
 		r.at(time.Second)
 		r.client.text("m1")
 		synctest.Wait()
-		if n := len(hbOps(r.up.got(), ws.OpPing)); n != 0 {
-			t.Fatalf("%d pings at the send, want none yet (a burst shares one)", n)
-		}
-		time.Sleep(ackPingDelay)
-		synctest.Wait()
-		pings := hbOps(r.up.got(), ws.OpPing)
-		if len(pings) != 1 {
-			t.Fatalf("%d pings %v after the send, want one acknowledgement ping", len(pings), ackPingDelay)
-		}
-		if got := pings[0].at.Sub(r.start); got != time.Second+ackPingDelay {
-			t.Fatalf("acknowledgement ping at %v, want %v", got, time.Second+ackPingDelay)
+		fs := r.up.got()
+		if len(fs) != 2 || fs[0].op != ws.OpText || fs[1].op != ws.OpPing || !fs[1].at.Equal(fs[0].at) {
+			t.Fatalf("upstream got %v, want m1 and its ping at once", fs)
 		}
 		if r.retained() != 1 {
 			t.Fatal("message not retained while its ping is unanswered")
+		}
+		if err := r.up.send(ws.NewPongFrame(fs[1].p)); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if n := r.retained(); n != 0 {
+			t.Fatalf("%d messages retained after the pong, want 0", n)
+		}
+		// A burst (before the first probe): the first message carries
+		// a ping; the others wait for the next one, after its pong.
+		r.up.take()
+		r.at(time.Second + 200*time.Millisecond)
+		for _, m := range []string{"b1", "b2", "b3"} {
+			r.client.text(m)
+		}
+		synctest.Wait()
+		pings := hbOps(r.up.take(), ws.OpPing)
+		if len(pings) != 1 {
+			t.Fatalf("%d pings with the burst, want 1", len(pings))
+		}
+		if err := r.up.send(ws.NewPongFrame(pings[0].p)); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if n := r.retained(); n != 2 {
+			t.Fatalf("%d messages retained after the first pong, want 2 (b2, b3)", n)
+		}
+		time.Sleep(ackSpacing)
+		synctest.Wait()
+		pings = hbOps(r.up.take(), ws.OpPing)
+		if len(pings) != 1 {
+			t.Fatalf("%d pings %v after the burst, want one acknowledgement ping", len(pings), ackSpacing)
 		}
 		if err := r.up.send(ws.NewPongFrame(pings[0].p)); err != nil {
 			t.Fatal(err)
 		}
 		synctest.Wait()
 		if n := r.retained(); n != 0 {
-			t.Fatalf("%d messages retained after the pong, want 0", n)
+			t.Fatalf("%d messages retained after the second pong, want 0", n)
 		}
 	})
 }

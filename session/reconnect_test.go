@@ -703,19 +703,19 @@ func TestRcAcknowledgement(t *testing.T) {
 		h.client.text("a")
 		h.client.text("b")
 		up.expect("a", "b")
-		// t=1s: ping 1, sent after a and b. Answered at once.
+		// The pings sent with and after a and b, answered at once,
+		// acknowledge both.
 		var ping []byte
-		select {
-		case ping = <-up.pings:
-		case <-time.After(2 * time.Second):
-			t.Fatal("no ping")
-		}
-		if err := up.send(ws.OpPong, ping); err != nil {
-			t.Fatal(err)
-		}
-		synctest.Wait()
-		if got := m.buffered.Load(); got != 0 {
-			t.Fatalf("%d messages retained after the pong, want 0", got)
+		for m.buffered.Load() != 0 {
+			select {
+			case ping = <-up.pings:
+			case <-time.After(2 * time.Second):
+				t.Fatalf("%d messages retained and no ping", m.buffered.Load())
+			}
+			if err := up.send(ws.OpPong, ping); err != nil {
+				t.Fatal(err)
+			}
+			synctest.Wait()
 		}
 		h.client.text("c")
 		up.expect("c")

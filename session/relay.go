@@ -32,6 +32,14 @@ func (s *Session) forward(c *leg, a admission, op ws.OpCode, p []byte, more bool
 	// Only a retained message may wait in the upstream leg's write buffer:
 	// if that connection fails before the write, the log re-sends it.
 	more = more && a.retained
+	if a.retained && !more && !a.askAck {
+		if done, err := a.up.writeDataAcked(op, p, a.seq); done {
+			if err == nil {
+				s.env.Metrics.Message(true, len(p))
+			}
+			return // written, or held in the log for the reconnect
+		}
+	}
 	for {
 		if err := a.up.writeData(op, p, a.seq, more); err == nil {
 			s.env.Metrics.Message(true, len(p))
