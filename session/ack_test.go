@@ -203,6 +203,20 @@ func ackStallCfg() Config {
 	return cfg
 }
 
+// ackStallSend starts a session with ackStallCfg whose upstream stops
+// answering pings at once, and has its client send 0..n-1, one per 10 ms.
+func ackStallSend(t *testing.T, n int) (*rcHarness, *rcPeer, *rcMetrics) {
+	env, m := rcEnv(t, ackStallCfg(), nil)
+	h := rcStart(t, env, m, nil)
+	up := h.nextUp()
+	up.pong.Store(false)
+	for i := range n {
+		h.client.text(strconv.Itoa(i))
+		time.Sleep(10 * time.Millisecond)
+	}
+	return h, up, m
+}
+
 // drainTexts returns the text messages p received until its connection
 // ended (or, with open set, until nothing more is pending).
 func drainTexts(p *rcPeer, open bool) []string {
@@ -238,15 +252,8 @@ func drainTexts(p *rcPeer, open bool) []string {
 func TestAckHoldWhileOverdue(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		env, m := rcEnv(t, ackStallCfg(), nil)
-		h := rcStart(t, env, m, nil)
-		up := h.nextUp()
-		up.pong.Store(false)
 		const n = 40 // one per 10 ms: 400 ms, within the timeout
-		for i := range n {
-			h.client.text(strconv.Itoa(i))
-			time.Sleep(10 * time.Millisecond)
-		}
+		h, up, m := ackStallSend(t, n)
 		early := drainTexts(up, true)
 		// Written until the acknowledgement (ackPingDelay after m0) was
 		// overdue (ackHoldMin later); the rest waits.
@@ -281,18 +288,11 @@ func TestAckHoldWhileOverdue(t *testing.T) {
 func TestAckHoldLimitsDuplicatesOnStall(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		env, m := rcEnv(t, ackStallCfg(), nil)
-		h := rcStart(t, env, m, nil)
-		up := h.nextUp()
-		up.pong.Store(false)
 		// The backend keeps reading (the stall is on the way back, or it is
 		// busy), so whatever is written reaches it: 200 messages, one per
 		// 10 ms, through the loss at 1.5 s.
 		const n = 200
-		for i := range n {
-			h.client.text(strconv.Itoa(i))
-			time.Sleep(10 * time.Millisecond)
-		}
+		h, up, m := ackStallSend(t, n)
 		old := drainTexts(up, false) // ends with the lost connection
 		up2 := h.nextUp()
 		time.Sleep(time.Second)
