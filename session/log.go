@@ -208,17 +208,17 @@ func (l *deliveryLog) release() int {
 // first replies to drop.
 type replayOpening struct {
 	first []logMsg // under Session.mu; never dropped, so never pooled
-	keep  uint64   // TETHER_REPLAY_FIRST
+	keep  uint32   // TETHER_REPLAY_FIRST
 	// dropN is TETHER_REPLAY_DROP_REPLIES; drop counts down what is left
 	// of it for the current connection, lock-free: the upstream read loop
 	// checks it per message.
-	dropN int64
+	dropN int32
 	drop  atomic.Int64
 }
 
 // record keeps a copy of message seq if it is one of the first.
 func (r *replayOpening) record(seq uint64, op ws.OpCode, p []byte) {
-	if seq < r.keep {
+	if seq < uint64(r.keep) {
 		r.first = append(r.first, logMsg{seq: seq, op: op, p: clone(p)})
 	}
 }
@@ -228,7 +228,7 @@ func (r *replayOpening) record(seq uint64, op ws.OpCode, p []byte) {
 // every message, so that the log's copies of those are not written
 // again) and arms the reply drop.
 func (r *replayOpening) start() (first []logMsg, covered uint64) {
-	r.drop.Store(r.dropN)
+	r.drop.Store(int64(r.dropN))
 	return r.first, uint64(len(r.first))
 }
 

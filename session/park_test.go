@@ -596,6 +596,11 @@ func TestLegFitsSizeClass(t *testing.T) {
 	if n := unsafe.Sizeof(leg{}); n > 768 {
 		t.Fatalf("leg is %d bytes, over the 768-byte size class", n)
 	}
+	// Every session has one, idle or not (README "Performance": idle
+	// memory per session).
+	if n := unsafe.Sizeof(Session{}); n > 576 {
+		t.Fatalf("Session is %d bytes, over the 576-byte size class", n)
+	}
 }
 
 // A parked leg's timer fires at whichever comes first: its next ping or

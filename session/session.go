@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net"
 	"runtime/debug"
@@ -210,6 +211,12 @@ type Session struct {
 	// because the upstream's acknowledgement is overdue (ack.go);
 	// flushing: flushHeld is writing them.
 	holding, flushing bool
+	lostInFlush       bool // the connection being re-sent on was lost
+	// acted has a bit per leg (actedClient, actedUpstream), set by end
+	// once it has written (or given up on) that leg's Close: a read loop
+	// that sees the peer's Close while ours is being written must not
+	// close the connection under it.
+	acted uint8
 	// probeSeq is upLog's next sequence number at the last pong that
 	// found new client messages, at activeUntil (unix nano) minus
 	// activeFor (ack.go).
@@ -218,7 +225,6 @@ type Session struct {
 	up          *leg // the current upstream connection; nil while reconnecting
 	gen         uint64
 	upHost      string // for logs; written only with up installed
-	lostInFlush bool   // the connection being re-sent on was lost
 	lostAt      time.Time
 	upLog       deliveryLog // client messages: retained until acknowledged, buffered while reconnecting
 	replay      replayOpening
@@ -229,11 +235,6 @@ type Session struct {
 	// reconnect loop starts, since only that loop needs it.
 	ctx    context.Context
 	cancel context.CancelFunc
-	// acted has a bit per leg (actedClient, actedUpstream), set by end
-	// once it has written (or given up on) that leg's Close: a read loop
-	// that sees the peer's Close while ours is being written must not
-	// close the connection under it.
-	acted uint8
 
 	// Atomic. Mirrors for the per-message paths of the read loops,
 	// written under mu together with what they mirror: curGen = gen,
@@ -284,8 +285,8 @@ func New(env *Env, id string, client net.Conn, clientBuffered []byte, up Upstrea
 	s.cond.L = &s.mu
 	b := &s.cfg.Buffer
 	s.upLog = newDeliveryLog(b.MaxMessages, b.MaxBytes, &env.total, b.TotalMaxBytes)
-	s.replay.keep = uint64(s.cfg.ReplayFirst)
-	s.replay.dropN = int64(s.cfg.ReplayDropReplies)
+	s.replay.keep = uint32(min(s.cfg.ReplayFirst, math.MaxUint32))
+	s.replay.dropN = int32(min(s.cfg.ReplayDropReplies, math.MaxInt32))
 	s.initReplay(up.Protocol)
 	s.client = newLeg(s, LegClient, client, clientBuffered, true, s.cfg.ClientHeartbeat)
 	s.installLocked(up)
