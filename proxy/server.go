@@ -377,7 +377,7 @@ func (s *Server) startSession(e *entry, unregister func(), id string, c upgraded
 	if resumable {
 		s.enableResume(e, sess, origin)
 	}
-	sess.SetRequestQuery(d.reqURL.RawQuery)
+	sess.SetRequestQuery(d.rawQuery)
 	s.metrics.sessionsTotal.Inc()
 	s.metrics.sessionsActive.Inc()
 	// The session starts and the handler returns: net/http's
@@ -438,11 +438,13 @@ func drain(br *bufio.Reader) []byte {
 // request (README "Running in front of a real backend" and "Upstream loss,
 // reconnect and the delivery guarantee").
 type upstreamDialer struct {
-	s         *Server
-	reqURL    *url.URL                // path and query of the client request
-	header    ws.HandshakeHeaderBytes // the forwarded headers, on the wire
-	protocols []string
-	next      int // rotation index (reconnect loop only: one goroutine)
+	s *Server
+	// the client request's path and query (strings, not a url.URL: this
+	// lives as long as the session, idle or not)
+	path, rawPath, rawQuery string
+	header                  ws.HandshakeHeaderBytes // the forwarded headers, on the wire
+	protocols               []string
+	next                    int // rotation index (reconnect loop only: one goroutine)
 }
 
 // headerBytes is h as header lines, the form a session keeps for its
@@ -460,7 +462,9 @@ func headerBytes(h http.Header) ws.HandshakeHeaderBytes {
 func (s *Server) newDialer(r *http.Request, secure bool) *upstreamDialer {
 	return &upstreamDialer{
 		s:         s,
-		reqURL:    &url.URL{Path: r.URL.Path, RawPath: r.URL.RawPath, RawQuery: r.URL.RawQuery},
+		path:      r.URL.Path,
+		rawPath:   r.URL.RawPath,
+		rawQuery:  r.URL.RawQuery,
 		header:    headerBytes(upstreamHeader(r, secure)),
 		protocols: offeredProtocols(r),
 		next:      int(s.preferred.Load()),
@@ -509,7 +513,7 @@ func (d *upstreamDialer) dial(ctx context.Context, first bool) (session.Upstream
 
 func (d *upstreamDialer) dialOne(ctx context.Context, idx int, first bool) (session.Upstream, []string, error) {
 	base := d.s.cfg.UpstreamURLs[idx]
-	target := targetURL(base, d.reqURL)
+	target := targetURL(base, &url.URL{Path: d.path, RawPath: d.rawPath, RawQuery: d.rawQuery})
 	var cookies []string
 	dialer := ws.Dialer{
 		Timeout:   d.s.cfg.DialTimeout,
