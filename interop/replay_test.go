@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tether-proxy/tether/heartbeat"
 	"github.com/tether-proxy/tether/internal/testkit"
 	"github.com/tether-proxy/tether/proxy"
 )
@@ -207,5 +208,30 @@ func TestReplaySocketIOOpaque(t *testing.T) {
 	case ev := <-srv2.events:
 		t.Fatalf("server 2 got %s, want nothing more", ev.line)
 	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+// socket.io behind tether with client heartbeats in `both` mode (README
+// "Heartbeats"): an Engine.IO client reads a JSON ping as a bad packet
+// and closes ("parser error"), so its session gets RFC pings only, which
+// the browser's (here Node's) WebSocket answers by itself; the client stays
+// connected through many heartbeat intervals.
+func TestSocketIOClientHeartbeats(t *testing.T) {
+	t.Parallel()
+	_, port := startRServer(t, "sio-server", 0, 1)
+	tt := startTether(t, "ws://127.0.0.1:"+strconv.Itoa(port), func(c *proxy.Config) {
+		c.Session.ClientHeartbeat = heartbeat.Config{Mode: heartbeat.ModeBoth, Interval: 100 * time.Millisecond, Timeout: 10 * time.Second}
+	})
+	cl := startRPeer(t, "sio-client", "sio-client", tt.URL)
+	cl.until(t, "connected", nil, evIs("connected", "", "", ""))
+	for range 4 { // every 10th tick is reported: about 2 s, 20 heartbeats
+		cl.until(t, "ticks", func(ev event) {
+			if ev.Ev == "disconnect" || ev.Ev == "connected" {
+				t.Fatalf("%s while tether sent client heartbeats", ev.line)
+			}
+		}, evIs("tick", "", "1", ""))
+	}
+	if got := testkit.Metric(t, tt.reg, "tether_heartbeat_pings_sent_total", "leg=client"); got < 10 {
+		t.Fatalf("%v client pings sent, want at least 10 (the heartbeat ran)", got)
 	}
 }

@@ -976,3 +976,34 @@ func TestHeartbeatUpstreamLostReconnects(t *testing.T) {
 		}
 	})
 }
+
+// A SignalR session (README "Heartbeats"): its framing has no room for a
+// JSON ping, and it is known only from the client's first message, after
+// the legs were made: from then on a `both` or `json` client leg sends RFC
+// pings only.
+func TestHeartbeatStrictAfterSignalRHandshake(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []heartbeat.Mode{heartbeat.ModeJSON, heartbeat.ModeBoth} {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			synctest.Test(t, func(t *testing.T) {
+				const interval = time.Second
+				r := newHBRig(t, hbLegs(LegClient, hbLeg(mode, interval, 1000*interval)), hbOpts{})
+				r.client.text("{\"protocol\":\"json\",\"version\":1}\x1e")
+				r.at(3*interval + interval/2)
+				pings, jsonPings := 0, 0
+				for _, f := range r.client.got() {
+					switch {
+					case f.op == ws.OpPing:
+						pings++
+					case f.op == ws.OpText && bytes.Contains(f.p, []byte(`"ping"`)):
+						jsonPings++
+					}
+				}
+				if pings != 3 || jsonPings != 0 {
+					t.Fatalf("client got %d RFC pings and %d JSON pings, want 3 and 0", pings, jsonPings)
+				}
+			})
+		})
+	}
+}

@@ -146,7 +146,7 @@ type legParkState struct {
 }
 
 func newLeg(s *Session, name string, conn net.Conn, buffered []byte, fromClient bool, hb heartbeat.Config) *leg {
-	if s.sr.strict {
+	if s.sr.strict.Load() {
 		// A JSON ping would break an MQTT or STOMP stream (README
 		// "Heartbeats"): RFC pings only.
 		hb.Mode = hb.Mode.WithoutJSON()

@@ -126,14 +126,7 @@ func (l *leg) tick() {
 		l.signal(pendPingWS)
 	}
 	if ping {
-		var f uint32
-		if l.hb.Mode.SendsWS() {
-			f |= pendPingWS
-		}
-		if l.hb.Mode.SendsJSON() {
-			f |= pendPingJSON
-		}
-		l.signal(f)
+		l.signal(l.pingFlags())
 	}
 	if l.state.Load() == legParked && l.hb.Timeout > 0 && now >= l.lastRead.Load()+int64(l.hb.Timeout) {
 		l.wakeExpired()
@@ -183,14 +176,31 @@ func (l *leg) scheduleTimeoutCheck() {
 	l.ctl.Unlock()
 }
 
-// earlyPing sends a ping now (README "Upstream loss, reconnect and the
-// delivery guarantee": retained bytes past half the limit).
-func (l *leg) earlyPing() {
+// pingFlags is the pings l's heartbeat sends: its mode's, with an RFC
+// ping in place of a JSON one once the session's stream turned out to
+// take no message of tether's (stateReplay.strict: SignalR is known only
+// from the client's first message, after the leg was made).
+func (l *leg) pingFlags() uint32 {
 	var f uint32
 	if l.hb.Mode.SendsWS() {
 		f |= pendPingWS
-	} else if l.hb.Mode.SendsJSON() {
-		f |= pendPingJSON
+	}
+	if l.hb.Mode.SendsJSON() {
+		if l.s.sr.strict.Load() {
+			f |= pendPingWS
+		} else {
+			f |= pendPingJSON
+		}
+	}
+	return f
+}
+
+// earlyPing sends a ping now (README "Upstream loss, reconnect and the
+// delivery guarantee": retained bytes past half the limit).
+func (l *leg) earlyPing() {
+	f := l.pingFlags()
+	if f&pendPingWS != 0 {
+		f = pendPingWS
 	}
 	if f != 0 {
 		l.signal(f)

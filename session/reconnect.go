@@ -304,9 +304,10 @@ func statusReconnecting(attempt int) []byte {
 }
 
 // notify sends a status message to the client when TETHER_NOTIFY_CLIENT is
-// on, except in an MQTT or STOMP stream, which a text message breaks.
+// on, except in a stream that takes no message of tether's (stateReplay.strict:
+// MQTT, STOMP, Engine.IO, SignalR).
 func (s *Session) notify(msg []byte) {
-	if !s.cfg.NotifyClient || s.sr.strict || s.closed.Load() {
+	if !s.cfg.NotifyClient || s.sr.strict.Load() || s.closed.Load() {
 		return
 	}
 	if s.rs != nil {

@@ -2,6 +2,7 @@ package session
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -19,11 +20,13 @@ type stateReplay struct {
 	// (before Start), then under Session.mu (the client's first message
 	// may turn none into opaque: a SignalR handshake).
 	proto replay.Protocol
-	// strict: the session's stream is MQTT or STOMP (by its subprotocol or
-	// TETHER_REPLAY_PROTOCOL), which no message tether adds may enter:
-	// its legs send RFC pings in place of JSON pings (README
-	// "Heartbeats"). Fixed by New.
-	strict bool
+	// strict: no message tether adds may enter the session's stream: MQTT
+	// or STOMP (by its subprotocol or TETHER_REPLAY_PROTOCOL, set by New),
+	// or an opaque protocol (Engine.IO by its query, before Start; SignalR
+	// by its handshake, the client's first message). Its legs send RFC
+	// pings in place of JSON pings (README "Heartbeats"); atomic, since
+	// the heartbeat timers read it.
+	strict atomic.Bool
 	// st is nil unless proto is recognised; fixed by New.
 	st *replay.State
 	// mu serialises st: FromClient (taken under Session.mu, in admit),
@@ -61,7 +64,7 @@ type ReplayMetrics interface {
 // subprotocol tells what the stream is).
 func (s *Session) initReplay(subprotocol string) {
 	s.sr.proto = replay.Resolve(s.cfg.Replay.Protocol, subprotocol, "")
-	s.sr.strict = s.sr.proto.Strict() || replay.Resolve(replay.Auto, subprotocol, "").Strict()
+	s.sr.strict.Store(s.sr.proto.Strict() || replay.Resolve(replay.Auto, subprotocol, "").Strict())
 	s.sr.st = replay.New(s.sr.proto, &s.cfg.Replay)
 	if s.sr.st != nil {
 		s.replay.keep, s.replay.dropN = 0, 0
@@ -75,6 +78,11 @@ func (s *Session) SetRequestQuery(rawQuery string) {
 	if s.sr.proto == replay.None && replay.Resolve(s.cfg.Replay.Protocol, s.protocol, rawQuery) == replay.Opaque {
 		s.sr.proto = replay.Opaque
 	}
+	if replay.Resolve(replay.Auto, s.protocol, rawQuery) == replay.Opaque {
+		// Engine.IO, whatever TETHER_REPLAY_PROTOCOL says: it reads a
+		// JSON ping as a bad packet and closes.
+		s.sr.strict.Store(true)
+	}
 }
 
 // replayFromClientLocked shows client message seq to the State (the
@@ -86,6 +94,10 @@ func (s *Session) replayFromClientLocked(op ws.OpCode, p []byte, seq uint64) err
 	if rs.st == nil {
 		if rs.proto == replay.None && s.cfg.Replay.Protocol == replay.Auto && replay.SignalRHandshake(p) {
 			rs.proto = replay.Opaque
+		}
+		if seq == 0 && replay.SignalRHandshake(p) {
+			// SignalR's framing has no room for a JSON ping either.
+			rs.strict.Store(true)
 		}
 		return nil
 	}
