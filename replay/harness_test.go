@@ -191,7 +191,7 @@ func TestResolve(t *testing.T) {
 // "Heartbeats"); every other protocol does.
 func TestStrict(t *testing.T) {
 	for p := range Protocol(len(protocolNames)) {
-		if got, want := p.Strict(), p == MQTT || p == STOMP; got != want {
+		if got, want := p.Strict(), p == MQTT || p == STOMP || p == GraphQLWS; got != want {
 			t.Errorf("%v.Strict() = %v, want %v", p, got, want)
 		}
 	}

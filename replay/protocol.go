@@ -67,8 +67,10 @@ func (p Protocol) Recognised() bool { return p >= GraphQLTransportWS && p <= JSO
 // ping's '{' is a PUBCOMP header with bad flags: mqtt.js fails with
 // "Invalid header flag bits, must be 0x0 for pubcomp packet"), and a STOMP
 // peer reads a text message without a NUL as the start of the next frame,
-// which it then drops as unknown.
-func (p Protocol) Strict() bool { return p == MQTT || p == STOMP }
+// which it then drops as unknown; a subscriptions-transport-ws client
+// (graphql-ws) throws "Invalid message type!" for every type it does not
+// know, in its message handler.
+func (p Protocol) Strict() bool { return p == MQTT || p == STOMP || p == GraphQLWS }
 
 // Resolve turns the configured protocol into the session's: anything but
 // Auto is returned as is. Auto picks by the subprotocol the upstream

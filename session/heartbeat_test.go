@@ -472,7 +472,8 @@ func TestHeartbeatStrictProtocols(t *testing.T) {
 		{"mqtt with replay none", "mqtt", replay.None, true},
 		{"replay mqtt without subprotocol", "", replay.MQTT, true},
 		{"replay stomp without subprotocol", "", replay.STOMP, true},
-		{"graphql-transport-ws", "graphql-transport-ws", replay.Auto, false},
+		{"graphql-ws (subscriptions-transport-ws)", "graphql-ws", replay.Auto, true},
+		{"graphql-transport-ws (its own ping type)", "graphql-transport-ws", replay.Auto, false},
 		{"no subprotocol", "", replay.Auto, false},
 		{"chat with replay json", "chat", replay.JSON, false},
 	} {
