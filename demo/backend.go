@@ -71,7 +71,7 @@ type BackendStats struct {
 	Addr        string `json:"addr"`        // host:port, fixed for the Backend's life
 	Active      int    `json:"active"`      // open connections
 	Connections int64  `json:"connections"` // WebSocket connections accepted since creation
-	Messages    int64  `json:"messages"`    // messages echoed
+	Messages    int64  `json:"messages"`    // messages received to echo
 	Pings       int64  `json:"pings"`       // RFC 6455 pings received (and answered)
 	Restarts    int64  `json:"restarts"`
 }
@@ -285,7 +285,7 @@ func (b *Backend) serveConn(c net.Conn) {
 
 	// This goroutine is the connection's only writer, so letting gobwas's
 	// ControlFrameHandler answer pings and Closes from here is safe (unlike
-	// in tether's relay, ).
+	// in tether's relay).
 	control := wsutil.ControlFrameHandler(c, ws.StateServerSide)
 	onControl := func(h ws.Header, r io.Reader) error {
 		if h.OpCode == ws.OpPing {
@@ -319,12 +319,14 @@ func (b *Backend) serveConn(c net.Conn) {
 			b.logEnd(err)
 			return
 		}
+		// Counted before the echo goes out, so that a client that has
+		// the echo finds it counted.
+		b.messages.Add(1)
 		_ = c.SetWriteDeadline(time.Now().Add(backendIOTimeout))
 		if err := wsutil.WriteServerMessage(c, h.OpCode, p); err != nil {
 			b.logEnd(err)
 			return
 		}
-		b.messages.Add(1)
 	}
 }
 
