@@ -8,8 +8,8 @@ import (
 	"github.com/tether-proxy/tether/proxy"
 )
 
-// README "Fewer duplicates: holding while the upstream is silent", with
-// real sockets: the path to the backend stalls (a faultnet relay holds
+// Holding while the upstream is silent (README "Upstream loss, reconnect
+// and the delivery guarantee"), with real sockets: the path to the backend stalls (a faultnet relay holds
 // every byte) for longer than the upstream heartbeat timeout while a client
 // streams 100 messages a second, then recovers, delivering what it held.
 // tether holds client messages once a ping is overdue, so only those

@@ -7,8 +7,8 @@ import (
 )
 
 // Acknowledgement pings (README "Upstream loss, reconnect and the delivery
-// guarantee", "Fewer duplicates"): a retained client message is dropped
-// once a heartbeat round trip that started after it completes. Waiting
+// guarantee", its paragraphs on fewer duplicates): a retained client
+// message is dropped once a heartbeat round trip that started after it completes. Waiting
 // for the next interval ping would leave up to an interval of traffic to
 // re-send after a loss; instead, while an RFC-ping upstream leg holds
 // retained messages and no acknowledgement is in flight, a ping goes out

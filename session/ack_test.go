@@ -81,7 +81,7 @@ func TestAckPingSoonAfterSend(t *testing.T) {
 }
 
 // An active session's upstream is probed every probeEvery while its
-// client has sent within activeFor (README "Fewer duplicates"); then,
+// client has sent within activeFor (README "Upstream loss, reconnect and the delivery guarantee"); then,
 // idle, it gets only the interval's pings.
 func TestAckProbeWhileActive(t *testing.T) {
 	t.Parallel()
@@ -245,7 +245,7 @@ func drainTexts(p *rcPeer, open bool) []string {
 }
 
 // An upstream that stops answering pings for a moment and then answers
-// again (README "Fewer duplicates"): once its acknowledgement is overdue,
+// again (README "Upstream loss, reconnect and the delivery guarantee"): once its acknowledgement is overdue,
 // client messages wait in the log instead of going into the stalled
 // connection, and the pong that ends the stall has them written, in
 // order, once.
@@ -347,7 +347,7 @@ func TestAckHoldAfterUnansweredIntervalPing(t *testing.T) {
 }
 
 // Probes find a stall that starts while the client is quiet but active
-// (README "Fewer duplicates"): its next message waits instead of going
+// (README "Upstream loss, reconnect and the delivery guarantee"): its next message waits instead of going
 // into the stalled connection, though the interval ping is far off.
 func TestAckProbeFindsStall(t *testing.T) {
 	t.Parallel()

@@ -55,7 +55,7 @@ func TestProcessWideLimitPausesConnectedClient(t *testing.T) {
 		synctest.Wait()
 		// b's reads resume: second is taken, and waits in the log while
 		// b's upstream is suspect (its acknowledgement is overdue,
-		// README "Fewer duplicates") …
+		// README "Upstream loss, reconnect and the delivery guarantee") …
 		if got := env.BufferedBytes(); got != 50 {
 			t.Fatalf("%d bytes held, want b's 50", got)
 		}
