@@ -14,6 +14,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/tether-proxy/tether/internal/testkit"
 	"github.com/tether-proxy/tether/proxy"
 )
 
@@ -235,7 +236,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 // startDemo starts a demo on loopback ports and closes it at cleanup.
 func startDemo(t *testing.T, tune ...func(*Tuning)) *Demo {
 	t.Helper()
-	var out syncBuffer
+	var out testkit.LockedBuffer
 	d, err := Start(t.Context(), Options{ListenAddr: loopback, AdminAddr: loopback, PageAddr: loopback, Out: &out}, tune...)
 	if err != nil {
 		t.Fatal(err)
@@ -359,7 +360,7 @@ func TestDemoThroughTether(t *testing.T) {
 func TestRun(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithCancel(t.Context())
-	var out syncBuffer
+	var out testkit.LockedBuffer
 	done := make(chan error, 1)
 	go func() {
 		done <- Run(ctx, Options{ListenAddr: loopback, PageAddr: loopback, Out: &out})
@@ -417,22 +418,4 @@ func waitAcked(t *testing.T, d *Demo) {
 	const pongs = "tether_heartbeat_pongs_received_total"
 	base := counter(t, d, pongs, "upstream")
 	waitFor(t, 10*time.Second, "two upstream heartbeat round trips", func() bool { return counter(t, d, pongs, "upstream") >= base+2 })
-}
-
-// syncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -634,7 +634,7 @@ func TestResumeDuringUpstreamReconnect(t *testing.T) {
 // TestResumeTokensNeverLogged: the JSON log of a session that is
 // created, detached and resumed tells each step and never a token.
 func TestResumeTokensNeverLogged(t *testing.T) {
-	var buf syncBuffer
+	var buf lockedBuffer
 	log := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	nb := newNumberedBackend(t)
 	tt := startTetherOpts(t, nb.URL, proxy.Options{Logger: log}, nil)
@@ -671,21 +671,4 @@ func TestResumeTokensNeverLogged(t *testing.T) {
 			t.Fatalf("a token is in the log")
 		}
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
