@@ -81,11 +81,21 @@ func (l *leg) armProbe() {
 	l.ctl.Lock()
 	if l.timer != nil && !l.timerStop.Load() && l.probeDue == 0 {
 		now := time.Now().UnixNano()
-		if l.probeDue = now + int64(probeEvery); l.probeDue < l.pingDue {
+		if l.probeDue = probeGrid(now + int64(probeEvery)); l.probeDue < l.pingDue {
 			l.timer.Reset(time.Duration(l.nextTickLocked(now)))
 		}
 	}
 	l.ctl.Unlock()
+}
+
+// probeGrid rounds a probe's time up to a multiple of 1<<24 ns (16.8
+// ms), so that the probe timers of many sessions fire in one wake of the
+// process: one wake per session and probe cost ~20 % of tether's CPU at
+// 5,000 msg/s over 1,000 connections (README "Upstream loss, reconnect
+// and the delivery guarantee"). A 67 ms grid made bursts that raised p99.
+func probeGrid(t int64) int64 {
+	const g = 1<<24 - 1
+	return (t + g) &^ g
 }
 
 // ackAnswered is a pong on the upstream leg l: the ping in flight is
@@ -118,9 +128,16 @@ func (l *leg) ackTickLocked(now int64, ping bool) (ack bool) {
 	if p := l.probeDue; p > 0 && (now >= p || d != 0 || ping) {
 		l.probeDue = 0
 		if d == 0 && !ping {
-			// The probe: an acknowledgement ping with nothing to
-			// acknowledge.
-			d = now
+			if next := l.ackLast + int64(probeEvery); next > now {
+				// A ping went out with a message since the probe was
+				// armed (writeDataAcked, or an acknowledgement's): it
+				// probed. Probe probeEvery after it instead.
+				l.probeDue = probeGrid(next)
+			} else {
+				// The probe: an acknowledgement ping with nothing to
+				// acknowledge.
+				d = now
+			}
 		}
 	}
 	switch {

@@ -111,6 +111,25 @@ func TestAckProbeWhileActive(t *testing.T) {
 	})
 }
 
+// A session whose messages each carry their own acknowledgement ping is
+// probed by those pings: no probe goes out between them.
+func TestAckNoProbeBetweenAckedMessages(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		r := newHBRig(t, hbCfg(hbOff, hbLeg(heartbeat.ModeWS, 10*time.Second, 0)), hbOpts{upAutoPong: true})
+		const n = 15 // one every 200 ms for 3 s
+		for i := range n {
+			r.at(time.Second + time.Duration(i)*200*time.Millisecond)
+			r.client.text(strconv.Itoa(i))
+		}
+		r.at(time.Second + n*200*time.Millisecond)
+		fs := r.up.got()
+		if pings, msgs := len(hbOps(fs, ws.OpPing)), len(hbOps(fs, ws.OpText)); msgs != n || pings != n {
+			t.Fatalf("%d pings with %d messages, want one per message and no probe", pings, msgs)
+		}
+	})
+}
+
 // A busy session sends at most one acknowledgement ping per ackSpacing, and
 // its messages are acknowledged within about that.
 func TestAckPingBounded(t *testing.T) {
