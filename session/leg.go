@@ -52,7 +52,6 @@ const (
 type leg struct {
 	// Fixed when the leg is made, before its read loop starts.
 	s       *Session
-	name    string // LegClient or LegUpstream
 	conn    net.Conn
 	gen     uint64 // upstream generation; 0 for the client leg (see upstream)
 	hb      heartbeat.Config
@@ -95,11 +94,11 @@ type legReadState struct {
 // legWriteState is the part of a leg guarded by its write lock (see leg),
 // except where marked.
 type legWriteState struct {
-	wlock   chan struct{} // the write lock; made with the leg
-	werr    error         // sticky write error
-	wdl     int64         // the write deadline set on conn (unix nano; armWrite)
-	ackMark uint64        // seq+1 of the last data message written
-	closed  bool          // a Close frame was written
+	wlock   writeLock // the write lock
+	werr    error     // sticky write error
+	wdl     int64     // the write deadline set on conn (unix nano; armWrite)
+	ackMark uint64    // seq+1 of the last data message written
+	closed  bool      // a Close frame was written
 	hdr     [14]byte
 	bufs    net.Buffers
 	bufArr  [2][]byte
@@ -145,7 +144,7 @@ type legParkState struct {
 	tracker  heartbeat.Tracker
 }
 
-func newLeg(s *Session, name string, conn net.Conn, buffered []byte, fromClient bool, hb heartbeat.Config) *leg {
+func newLeg(s *Session, conn net.Conn, buffered []byte, fromClient bool, hb heartbeat.Config) *leg {
 	if s.sr.strict.Load() {
 		// A JSON ping would break an MQTT or STOMP stream (README
 		// "Heartbeats"): RFC pings only.
@@ -153,13 +152,11 @@ func newLeg(s *Session, name string, conn net.Conn, buffered []byte, fromClient 
 	}
 	l := &leg{
 		s:    s,
-		name: name,
 		conn: conn,
 		mask: !fromClient,
 		hb:   hb,
 		wt:   s.cfg.WriteTimeout,
 	}
-	l.wlock = make(chan struct{}, 1)
 	l.tier = tierFixed
 	l.lr = legReader{l: l, pre: buffered}
 	l.fr = frameReader{fromClient: fromClient, max: int64(s.cfg.MaxMessageBytes)}
@@ -205,7 +202,7 @@ func (l *leg) writeClose(c CloseError, d time.Duration) bool {
 		ok = l.writeFrameLocked(ws.OpClose, closePayload(c), d) == nil
 	}
 	l.closed = true
-	<-l.wlock
+	l.wlock.release()
 	return ok
 }
 
@@ -222,3 +219,12 @@ func (l *leg) beginClose(wait time.Duration) {
 // upstream reports whether l is an upstream connection (the direction of
 // its messages: to the client); the client leg has generation 0.
 func (l *leg) upstream() bool { return l.gen != 0 }
+
+// name is LegClient or LegUpstream: the upstream leg is the one whose
+// frames tether masks (it is the client side there).
+func (l *leg) name() string {
+	if l.mask {
+		return LegUpstream
+	}
+	return LegClient
+}

@@ -368,21 +368,21 @@ func TestFastHeartbeatNeverParks(t *testing.T) {
 	}
 	c, _ := parkPair(t)
 	s := &Session{env: env, cfg: &env.Config}
-	if l := newLeg(s, LegClient, c, nil, true, hbLeg(heartbeat.ModeWS, parkMinInterval/2, 0)); l.rc != nil {
+	if l := newLeg(s, c, nil, true, hbLeg(heartbeat.ModeWS, parkMinInterval/2, 0)); l.rc != nil {
 		t.Fatal("a leg with a heartbeat under parkMinInterval can park")
 	}
-	if l := newLeg(s, LegClient, c, nil, true, hbLeg(heartbeat.ModeWS, parkMinInterval, 0)); l.rc == nil {
+	if l := newLeg(s, c, nil, true, hbLeg(heartbeat.ModeWS, parkMinInterval, 0)); l.rc == nil {
 		t.Fatal("a leg with a heartbeat at parkMinInterval cannot park")
 	}
-	if l := newLeg(s, LegClient, c, nil, true, hbOff); l.rc == nil {
+	if l := newLeg(s, c, nil, true, hbOff); l.rc == nil {
 		t.Fatal("a leg without heartbeats cannot park")
 	}
 	// 1 s heartbeats park (BENCHMARKS.md "Heartbeat cost": a third of the
 	// memory for 6-10 % more CPU); 500 ms ones keep their goroutine.
-	if l := newLeg(s, LegClient, c, nil, true, hbLeg(heartbeat.ModeWS, time.Second, 0)); l.rc == nil {
+	if l := newLeg(s, c, nil, true, hbLeg(heartbeat.ModeWS, time.Second, 0)); l.rc == nil {
 		t.Fatal("a leg with 1 s heartbeats cannot park")
 	}
-	if l := newLeg(s, LegClient, c, nil, true, hbLeg(heartbeat.ModeWS, 500*time.Millisecond, 0)); l.rc != nil {
+	if l := newLeg(s, c, nil, true, hbLeg(heartbeat.ModeWS, 500*time.Millisecond, 0)); l.rc != nil {
 		t.Fatal("a leg with 500 ms heartbeats can park")
 	}
 }
@@ -398,7 +398,7 @@ func TestPipeNeverParks(t *testing.T) {
 	defer a.Close()
 	defer b.Close()
 	s := &Session{env: env, cfg: &env.Config}
-	l := newLeg(s, LegClient, a, nil, true, hbOff)
+	l := newLeg(s, a, nil, true, hbOff)
 	if l.rc != nil {
 		t.Fatal("a net.Pipe leg can park")
 	}
@@ -504,7 +504,7 @@ func TestParkReadBufferGrowsWhenBusy(t *testing.T) {
 		// the middle of the burst.
 		env.IdleAfter = 300 * time.Millisecond
 		env.test.readBuf = func(l *leg, size int) {
-			if l.name == LegClient {
+			if l.name() == LegClient {
 				sizes <- size
 			}
 		}
@@ -643,7 +643,7 @@ func TestParkedLegReparksAfterControlOnlyWake(t *testing.T) {
 	quick := make(chan string, 16)
 	r := newParkRigWith(t, hbCfg(hbOff, hbOff), func(env *Env) {
 		env.IdleAfter = 200 * time.Millisecond
-		env.test.quickPark = func(l *leg) { quick <- l.name }
+		env.test.quickPark = func(l *leg) { quick <- l.name() }
 	})
 	c, u := r.s.client, r.up()
 	r.waitParked(c, u)

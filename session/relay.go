@@ -405,7 +405,7 @@ func (s *Session) writeToClient(u *leg, op ws.OpCode, p []byte) bool {
 // leg getting the same Close, unless an upstream closed with a code of
 // TETHER_RECONNECT_ON_CODES, which is answered and reconnected.
 func (s *Session) peerClosed(l *leg, ce *CloseError) {
-	o := Outcome{Cause: CauseClosed, Leg: l.name}
+	o := Outcome{Cause: CauseClosed, Leg: l.name()}
 	if s.staleClient(l) {
 		return // a client leg replaced by a resume
 	}
@@ -432,10 +432,10 @@ func (s *Session) legEnded(l *leg, err error) {
 		return
 	}
 	e := classify(l, err)
-	o := Outcome{Cause: e.cause, Leg: l.name, Err: e.err}
+	o := Outcome{Cause: e.cause, Leg: l.name(), Err: e.err}
 	if e.cause == CauseHeartbeatTimeout {
-		s.env.Metrics.HeartbeatTimeout(l.name)
-		s.log.Warn("heartbeat timeout", "session", s.id, "leg", l.name, "timeout", l.hb.Timeout)
+		s.env.Metrics.HeartbeatTimeout(l.name())
+		s.log.Warn("heartbeat timeout", "session", s.id, "leg", l.name(), "timeout", l.hb.Timeout)
 	}
 	if !l.upstream() {
 		if s.detach(l, e.cause, o.Why()) {

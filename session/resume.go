@@ -517,7 +517,7 @@ func (s *Session) Attach(conn net.Conn, buffered []byte, deflate bool, token str
 		rs.send.Unlock()
 		return ErrResumeEnded
 	}
-	l := newLeg(s, LegClient, conn, buffered, true, s.cfg.ClientHeartbeat)
+	l := newLeg(s, conn, buffered, true, s.cfg.ClientHeartbeat)
 	l.deflate, l.fr.deflate = deflate, deflate
 	l.resume = func() { s.run(l) }
 	// What the client has is freed; the rest is written again.

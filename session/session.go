@@ -288,7 +288,7 @@ func New(env *Env, id string, client net.Conn, clientBuffered []byte, up Upstrea
 	s.replay.keep = uint32(min(s.cfg.ReplayFirst, math.MaxUint32))
 	s.replay.dropN = int32(min(s.cfg.ReplayDropReplies, math.MaxInt32))
 	s.initReplay(up.Protocol)
-	s.client = newLeg(s, LegClient, client, clientBuffered, true, s.cfg.ClientHeartbeat)
+	s.client = newLeg(s, client, clientBuffered, true, s.cfg.ClientHeartbeat)
 	s.installLocked(up)
 	return s
 }
@@ -309,7 +309,7 @@ func (s *Session) retention() bool { return s.cfg.UpstreamHeartbeat.Mode.On() }
 // installLocked makes up the current upstream leg. The caller holds mu or
 // owns s exclusively.
 func (s *Session) installLocked(up Upstream) *leg {
-	u := newLeg(s, LegUpstream, up.Conn, up.Buffered, false, s.cfg.UpstreamHeartbeat)
+	u := newLeg(s, up.Conn, up.Buffered, false, s.cfg.UpstreamHeartbeat)
 	u.resume = func() { s.run(u) }
 	s.gen++
 	u.gen = s.gen
@@ -439,13 +439,13 @@ func (s *Session) pong(l *leg, payload []byte, isJSON bool) {
 		rtt, ack, ok = l.tracker.PongWS(now, payload)
 	}
 	l.ctl.Unlock()
-	s.env.Metrics.PongReceived(l.name)
+	s.env.Metrics.PongReceived(l.name())
 	if !ok {
 		return
 	}
-	s.env.Metrics.RTT(l.name, rtt)
+	s.env.Metrics.RTT(l.name(), rtt)
 	if s.log.Enabled(context.Background(), slog.LevelDebug) {
-		s.log.Debug("pong received", "session", s.id, "leg", l.name, "rtt", rtt)
+		s.log.Debug("pong received", "session", s.id, "leg", l.name(), "rtt", rtt)
 	}
 	if l.upstream() {
 		// Answered before the log is acknowledged: a client message
@@ -461,9 +461,9 @@ func (s *Session) pong(l *leg, payload []byte, isJSON bool) {
 }
 
 func (s *Session) pingSent(l *leg) {
-	s.env.Metrics.PingSent(l.name)
+	s.env.Metrics.PingSent(l.name())
 	if s.log.Enabled(context.Background(), slog.LevelDebug) {
-		s.log.Debug("ping sent", "session", s.id, "leg", l.name)
+		s.log.Debug("ping sent", "session", s.id, "leg", l.name())
 	}
 }
 
