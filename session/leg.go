@@ -81,7 +81,6 @@ type legReadState struct {
 	// and heartbeat messages; short: its last socket read took less than
 	// it asked for.
 	quiet, short bool
-	hasDL        bool // the read loop left a read deadline set on conn
 	lr           legReader
 	fr           frameReader
 	ph           netpoll.Handle // the leg's registration in the poller
@@ -89,6 +88,9 @@ type legReadState struct {
 	// (write coalescing). It is flushed before the loop's next socket
 	// read, so pending frames never wait for input.
 	flushTo *leg
+	// rdl is the read deadline the read loop left set on conn (unix
+	// nano; 0 none), see armRead.
+	rdl int64
 }
 
 // legWriteState is the part of a leg guarded by its write lock (see leg),

@@ -51,12 +51,12 @@ type readBuf struct {
 	tier uint8
 	ctl  [125]byte
 
-	l           *leg
-	p           []byte
-	n           int
-	err         error
-	idle, quick bool
-	readFn      func(fd uintptr) bool // rawRead, made once per readBuf
+	l      *leg
+	p      []byte
+	n      int
+	err    error
+	quick  bool                  // armRead asked to park at once
+	readFn func(fd uintptr) bool // rawRead, made once per readBuf
 }
 
 var readBufs [len(readBufSizes)]sync.Pool
@@ -89,7 +89,7 @@ func (rb *readBuf) rawRead(fd uintptr) bool {
 	}
 	if l.flushTo != nil {
 		l.flushDeferred()
-		if rb.idle, rb.quick = l.armRead(); rb.quick {
+		if _, rb.quick = l.armRead(); rb.quick {
 			return true
 		}
 	}
@@ -178,52 +178,69 @@ func (r *legReader) Read(p []byte) (int, error) {
 		}
 		return n, err
 	}
-	idle, quick := l.armRead()
-	if quick {
-		l.flushDeferred()
-		return 0, errIdle
-	}
-	// A socket is read with one read syscall while bytes are waiting;
-	// the frames this loop left pending on the other leg go out only when
-	// it has nothing more (EAGAIN, see rawRead), so the bytes that were
-	// already there join them in the same write. One socket read per
-	// batch and one write per batch the other way: measured, 1.6x the
-	// 1 KiB messages per CPU second of reading through net.Conn, which
-	// flushed before every read and read into EAGAIN once more.
-	rb := l.rb
-	rb.p, rb.n, rb.err, rb.idle, rb.quick = p, 0, nil, idle, false
-	cerr := l.rc.Read(rb.readFn)
-	n, err := rb.n, rb.err
-	idle = rb.idle
-	rb.p, rb.err = nil, nil
-	if rb.quick {
-		return 0, errIdle
-	}
-	if n < 0 {
-		n = 0
-	}
-	if cerr != nil {
-		err = cerr
-	} else if n == 0 && err == nil {
-		err = io.EOF
-	}
-	if n > 0 {
-		l.short = n < len(p)
-		l.lastRead.Store(time.Now().UnixNano())
-		if n == len(p) && l.tier < tierLargest {
-			l.grow = true // more may be waiting: take a larger buffer
+	for {
+		_, quick := l.armRead()
+		if quick {
+			l.flushDeferred()
+			return 0, errIdle
 		}
+		// A socket is read with one read syscall while bytes are waiting;
+		// the frames this loop left pending on the other leg go out only
+		// when it has nothing more (EAGAIN, see rawRead), so the bytes that
+		// were already there join them in the same write. One socket read
+		// per batch and one write per batch the other way: measured, 1.6x
+		// the 1 KiB messages per CPU second of reading through net.Conn,
+		// which flushed before every read and read into EAGAIN once more.
+		rb := l.rb
+		rb.p, rb.n, rb.err, rb.quick = p, 0, nil, false
+		cerr := l.rc.Read(rb.readFn)
+		n, err := rb.n, rb.err
+		rb.p, rb.err = nil, nil
+		if rb.quick {
+			return 0, errIdle
+		}
+		if n < 0 {
+			n = 0
+		}
+		if cerr != nil {
+			err = cerr
+		} else if n == 0 && err == nil {
+			err = io.EOF
+		}
+		if n > 0 {
+			l.short = n < len(p)
+			l.lastRead.Store(time.Now().UnixNano())
+			if n == len(p) && l.tier < tierLargest {
+				l.grow = true // more may be waiting: take a larger buffer
+			}
+		}
+		if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+			idle, again := l.readExpired()
+			if idle {
+				return 0, errIdle
+			}
+			if again {
+				continue
+			}
+		}
+		return n, err
 	}
-	if idle && n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
-		return 0, errIdle
-	}
-	return n, err
 }
 
 // armRead sets the read deadline of the read about to start: the
 // heartbeat timeout, or, for a leg that can park and is at a message
 // boundary, IdleAfter when that comes first (idle). quick asks the caller
 // to park at once without reading (see below).
+//
+// A leg read raw (one that can park) keeps the deadline an earlier read
+// set while it comes no later than the one due now and is not about to
+// pass (an eighth of IdleAfter away or more): setting a deadline is a
+// clock reading and a runtime timer update, and a busy leg's reads would
+// otherwise move it at every read, between IdleAfter at message
+// boundaries and the heartbeat timeout inside frames. A kept deadline can
+// pass early; readExpired then tells, from the time of the last bytes
+// received, whether the leg is idle, dead or neither. Legs read through
+// net.Conn (TLS, pipes) set the deadline at every read.
 func (l *leg) armRead() (idle, quick bool) {
 	if l.closing.Load() {
 		return false, false
@@ -255,16 +272,68 @@ func (l *leg) armRead() (idle, quick bool) {
 				dl, idle = idl, true
 			}
 		}
+		if l.rc != nil && l.rdl != 0 {
+			want, at := dl.UnixNano(), now.UnixNano()
+			if keep := min(want-at, int64(l.s.env.idleAfter())) / 8; l.rdl <= want && l.rdl-at >= keep {
+				return idle, false
+			}
+		}
 	}
-	if !dl.IsZero() || l.hasDL {
-		_ = l.conn.SetReadDeadline(dl)
-		l.hasDL = !dl.IsZero()
-	}
-	if l.closing.Load() { // lost a race with beginClose
-		idle = false
-		_ = l.conn.SetReadDeadline(time.Unix(0, l.closeDL.Load()))
+	if !dl.IsZero() || l.rdl != 0 {
+		l.setReadDeadline(dl)
 	}
 	return idle, false
+}
+
+// setReadDeadline sets the read loop's deadline, unless the leg is
+// closing: beginClose set its own then.
+func (l *leg) setReadDeadline(dl time.Time) {
+	if t := l.s.env.test; t != nil && t.deadline != nil {
+		t.deadline(l)
+	}
+	_ = l.conn.SetReadDeadline(dl)
+	l.rdl = 0
+	if !dl.IsZero() {
+		l.rdl = dl.UnixNano()
+	}
+	if l.closing.Load() { // lost a race with beginClose
+		_ = l.conn.SetReadDeadline(time.Unix(0, l.closeDL.Load()))
+	}
+}
+
+// readExpired tells what a raw read that ended on its deadline with no
+// bytes means: idle (quiet for IdleAfter at a message boundary: park),
+// dead (quiet for the heartbeat timeout, or closing), or, when the
+// deadline passed early (armRead kept it), neither: again, with the
+// deadline moved to when one of those is due. Quiet is measured from the
+// last bytes received; bytes that came since would be in the socket.
+func (l *leg) readExpired() (idle, again bool) {
+	if l.closing.Load() {
+		return false, false
+	}
+	now := time.Now()
+	at, last := now.UnixNano(), l.lastRead.Load()
+	var want int64
+	if l.hb.Mode.On() && l.hb.Timeout > 0 {
+		if want = last + int64(l.hb.Timeout); at >= want {
+			return false, false
+		}
+	}
+	if l.fr.atBoundary && l.br.Buffered() == 0 {
+		idl := last + int64(l.s.env.idleAfter())
+		if at >= idl {
+			return true, false
+		}
+		if want == 0 || idl < want {
+			want = idl
+		}
+	}
+	var dl time.Time
+	if want != 0 {
+		dl = now.Add(time.Duration(want - at))
+	}
+	l.setReadDeadline(dl)
+	return false, true
 }
 
 // message kinds returned by frameReader.next.

@@ -7,6 +7,7 @@ import (
 	"net"
 	"runtime"
 	"slices"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -683,5 +684,71 @@ func TestParkedLegReparksAfterControlOnlyWake(t *testing.T) {
 	case leg := <-quick:
 		t.Fatalf("quick park of the %s leg after a data message", leg)
 	default:
+	}
+}
+
+// A busy leg keeps its read deadline across reads (armRead) instead of
+// setting one per read: 200 messages, each read on its own, set a handful.
+func TestReadDeadlineKeptWhileBusy(t *testing.T) {
+	var sets atomic.Int32
+	r := newParkRigWith(t, hbCfg(hbLeg(heartbeat.ModeWS, 10*time.Second, 30*time.Second), hbOff), func(env *Env) {
+		env.IdleAfter = time.Second
+		env.test.deadline = func(l *leg) {
+			if l.name() == LegClient {
+				sets.Add(1)
+			}
+		}
+	})
+	const n = 200
+	for i := range n {
+		if err := wsutil.WriteClientText(r.client, []byte("m"+strconv.Itoa(i))); err != nil {
+			t.Fatal(err)
+		}
+		if got := readClientMsg(t, r.upstream); got != "m"+strconv.Itoa(i) {
+			t.Fatalf("upstream got %q", got)
+		}
+	}
+	if got := sets.Load(); got > n/10 {
+		t.Fatalf("%d read deadlines set for %d messages read one by one, want a few", got, n)
+	}
+}
+
+// A deadline kept from a message boundary (IdleAfter away) that passes in
+// the middle of a frame neither parks the leg nor ends it: the frame's
+// rest arriving later is relayed, and the heartbeat timeout still counts
+// from the last bytes received.
+func TestKeptReadDeadlinePassesMidFrame(t *testing.T) {
+	const timeout = 600 * time.Millisecond
+	r := newParkRigWith(t, hbCfg(hbLeg(heartbeat.ModeWS, timeout/2, timeout), hbOff), func(env *Env) {
+		env.IdleAfter = 50 * time.Millisecond
+	})
+	var frame bytesWriter
+	if err := wsutil.WriteClientText(&frame, []byte("split across an idle deadline")); err != nil {
+		t.Fatal(err)
+	}
+	half := len(frame) / 2
+	if _, err := r.client.Write(frame[:half]); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(4 * 50 * time.Millisecond) // past IdleAfter, short of the timeout
+	if _, err := r.client.Write(frame[half:]); err != nil {
+		t.Fatal(err)
+	}
+	last := time.Now()
+	if got := readClientMsg(t, r.upstream); got != "split across an idle deadline" {
+		t.Fatalf("upstream got %q", got)
+	}
+	// Silent from now on: the timeout ends the session, not before it is
+	// due from the last bytes.
+	if code := readCloseCode(t, r.upstream, false); code != int(CloseGoingAway) {
+		t.Fatalf("upstream got Close %d, want 1001 (heartbeat timeout)", code)
+	}
+	if d := time.Since(last); d < timeout {
+		t.Fatalf("heartbeat timeout after %v of silence, want at least %v", d, timeout)
+	}
+	_ = ws.WriteFrame(r.upstream, ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusGoingAway, "")))
+	r.waitDone()
+	if n := r.metrics.timeoutsOf(LegClient); n != 1 {
+		t.Fatalf("client heartbeat timeouts = %d, want 1", n)
 	}
 }
