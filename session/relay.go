@@ -139,8 +139,8 @@ func (s *Session) admit(counted *leg, op ws.OpCode, p []byte) (a admission) {
 				a.verdict = admitHeld
 				return a
 			}
+			s.env.Metrics.Buffered(1) // before the copy (see push)
 			s.upLog.push(a.seq, op, p, true)
-			s.env.Metrics.Buffered(1)
 			a.retained = true
 			break
 		}
