@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"strconv"
 	"sync/atomic"
@@ -123,5 +124,42 @@ func TestArmWriteKeepsDeadline(t *testing.T) {
 	}
 	if took := time.Since(start); took < 50*time.Millisecond {
 		t.Fatalf("blocked write failed after %v, before its timeout", took)
+	}
+}
+
+// A masked leg masks a consumed payload in place and leaves it so once
+// written (one pass over the bytes, not two), but restores it when the
+// write fails: forward then holds those bytes for the next connection.
+func TestWriteConsumedRestoresOnFailure(t *testing.T) {
+	env, err := NewEnv(hbCfg(hbOff, hbOff), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, _ := net.Pipe()
+	s := New(env, "consume", ct, nil, Upstream{}, nil)
+	msg := bytes.Repeat([]byte("payload "), 1024) // past the coalescing size
+	p := append([]byte(nil), msg...)
+
+	ok, peer := net.Pipe()
+	go func() { _, _ = io.Copy(io.Discard, peer) }()
+	u := newLeg(s, ok, nil, false, hbOff)
+	if err := u.writeData(ws.OpBinary, p, 1, false); err != nil || !bytes.Equal(p, msg) {
+		t.Fatalf("writeData: err %v, payload kept: %v", err, bytes.Equal(p, msg))
+	}
+	if err := u.writeDataConsumed(ws.OpBinary, p, 2, false); err != nil || bytes.Equal(p, msg) {
+		t.Fatalf("writeDataConsumed: err %v, payload still plain: %v (want masked in place)", err, bytes.Equal(p, msg))
+	}
+	ok.Close()
+	peer.Close()
+
+	p = append(p[:0], msg...)
+	bad, other := net.Pipe()
+	other.Close()
+	u = newLeg(s, bad, nil, false, hbOff)
+	if err := u.writeDataConsumed(ws.OpBinary, p, 3, false); err == nil {
+		t.Fatal("write to a closed pipe succeeded")
+	}
+	if !bytes.Equal(p, msg) {
+		t.Fatal("a failed consumed write left the payload masked")
 	}
 }

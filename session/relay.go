@@ -41,7 +41,9 @@ func (s *Session) forward(c *leg, a admission, op ws.OpCode, p []byte, more bool
 		}
 	}
 	for {
-		if err := a.up.writeData(op, p, a.seq, more); err == nil {
+		// p is the client reader's buffer: it may be left masked once
+		// written (nothing reads it after this).
+		if err := a.up.writeDataConsumed(op, p, a.seq, more); err == nil {
 			s.env.Metrics.Message(true, len(p))
 			switch {
 			case a.askAck && more && a.up.hb.Mode.SendsWS():
