@@ -59,9 +59,10 @@
 //
 // # Heartbeat timers
 //
-// A running leg reads under SetReadDeadline(now + TIMEOUT), so any byte
-// received, even the middle of a large frame, keeps the leg alive, and a
-// silent peer surfaces as os.ErrDeadlineExceeded in the leg's read loop.
+// A running leg reads under a read deadline TIMEOUT after its last bytes
+// (kept across reads while busy, see armRead), so any byte received, even
+// the middle of a large frame, keeps the leg alive, and a silent peer
+// surfaces as os.ErrDeadlineExceeded in the leg's read loop.
 // A parked leg has no read in progress: its heartbeat timer (one
 // time.AfterFunc per leg, which also sends its pings) fires by the time
 // its last received byte is TIMEOUT old and wakes it with that error.
