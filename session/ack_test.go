@@ -388,3 +388,29 @@ func TestAckProbeFindsStall(t *testing.T) {
 		up.expect("m2")
 	})
 }
+
+// Probe times are rounded up to a grid, so that the probes of sessions
+// active at nearby times fire in one wake of the process.
+func TestAckProbesShareTheGrid(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		cfg := hbCfg(hbOff, hbLeg(heartbeat.ModeWS, 10*time.Second, 0))
+		a := newHBRig(t, cfg, hbOpts{upAutoPong: true})
+		b := newHBRig(t, cfg, hbOpts{upAutoPong: true})
+		a.client.text("a")
+		time.Sleep(3 * time.Millisecond)
+		b.client.text("b")
+		time.Sleep(probeEvery + 40*time.Millisecond)
+		synctest.Wait()
+		pa, pb := hbOps(a.up.got(), ws.OpPing), hbOps(b.up.got(), ws.OpPing)
+		if len(pa) != 2 || len(pb) != 2 {
+			t.Fatalf("%d and %d pings, want each message's and one probe", len(pa), len(pb))
+		}
+		if !pa[1].at.Equal(pb[1].at) {
+			t.Fatalf("probes %v apart, want together", pb[1].at.Sub(pa[1].at))
+		}
+		if gap := pa[1].at.Sub(pa[0].at); gap < probeEvery {
+			t.Fatalf("probe %v after the message's ping, want at least %v", gap, probeEvery)
+		}
+	})
+}
