@@ -234,7 +234,9 @@ func (r *legReader) Read(p []byte) (int, error) {
 //
 // A leg read raw (one that can park) keeps the deadline an earlier read
 // set while it comes no later than the one due now and is not about to
-// pass (an eighth of IdleAfter away or more): setting a deadline is a
+// pass (half of IdleAfter away or more; with less, a leg whose messages
+// come a little less often than IdleAfter would see every kept deadline
+// pass early, a wake per message): setting a deadline is a
 // clock reading and a runtime timer update, and a busy leg's reads would
 // otherwise move it at every read, between IdleAfter at message
 // boundaries and the heartbeat timeout inside frames. A kept deadline can
@@ -274,7 +276,7 @@ func (l *leg) armRead() (idle, quick bool) {
 		}
 		if l.rc != nil && l.rdl != 0 {
 			want, at := dl.UnixNano(), now.UnixNano()
-			if keep := min(want-at, int64(l.s.env.idleAfter())) / 8; l.rdl <= want && l.rdl-at >= keep {
+			if keep := min(want-at, int64(l.s.env.idleAfter())) / 2; l.rdl <= want && l.rdl-at >= keep {
 				return idle, false
 			}
 		}
@@ -327,6 +329,9 @@ func (l *leg) readExpired() (idle, again bool) {
 		if want == 0 || idl < want {
 			want = idl
 		}
+	}
+	if t := l.s.env.test; t != nil && t.early != nil {
+		t.early(l)
 	}
 	var dl time.Time
 	if want != 0 {

@@ -752,3 +752,31 @@ func TestKeptReadDeadlinePassesMidFrame(t *testing.T) {
 		t.Fatalf("client heartbeat timeouts = %d, want 1", n)
 	}
 }
+
+// A leg whose messages come a little less often than IdleAfter sets a
+// deadline per message rather than keep one that would pass before the
+// next message (a wake per message for nothing).
+func TestKeptReadDeadlineNotEarlyForSteadyTraffic(t *testing.T) {
+	const idle = 200 * time.Millisecond
+	var early atomic.Int32
+	r := newParkRigWith(t, hbCfg(hbLeg(heartbeat.ModeWS, 10*time.Second, 30*time.Second), hbOff), func(env *Env) {
+		env.IdleAfter = idle
+		env.test.early = func(l *leg) {
+			if l.name() == LegClient {
+				early.Add(1)
+			}
+		}
+	})
+	for i := range 8 {
+		if err := wsutil.WriteClientText(r.client, []byte("m"+strconv.Itoa(i))); err != nil {
+			t.Fatal(err)
+		}
+		if got := readClientMsg(t, r.upstream); got != "m"+strconv.Itoa(i) {
+			t.Fatalf("upstream got %q", got)
+		}
+		time.Sleep(idle * 7 / 10)
+	}
+	if n := early.Load(); n > 1 {
+		t.Fatalf("%d kept deadlines passed early under one message per %v, want none", n, idle*7/10)
+	}
+}

@@ -102,6 +102,7 @@ type testHooks struct {
 	readBuf   func(l *leg, size int) // told the size of each read buffer a read loop takes
 	quickPark func(l *leg)           // told of each leg that parks right after a control-only wake
 	deadline  func(l *leg)           // told of each read deadline a read loop sets
+	early     func(l *leg)           // told of each kept read deadline that passed early
 }
 
 func (e *Env) parkMinInterval() time.Duration {
