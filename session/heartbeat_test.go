@@ -903,6 +903,7 @@ func TestHeartbeatPingFlood(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		synctest.Wait() // the last ping handled, not only read
 		r.client.resume()
 		synctest.Wait()
 		fs := r.client.got()
@@ -930,6 +931,7 @@ func TestHeartbeatPongOvertakesData(t *testing.T) {
 		if err := r.client.send(ws.NewPingFrame([]byte("p"))); err != nil {
 			t.Fatal(err)
 		}
+		synctest.Wait() // the ping handled, not only read
 		r.client.resume()
 		synctest.Wait()
 		var got []string
