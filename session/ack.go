@@ -169,7 +169,7 @@ func (l *leg) holdAfterLocked() int64 {
 // then gets its acknowledgement without a timer firing or a write of its
 // own for the ping. It reports done false, having written nothing, when
 // the message must go the usual way (writeData, then armAck).
-func (l *leg) writeDataAcked(op ws.OpCode, p []byte, seq uint64) (done bool, err error) {
+func (l *leg) writeDataAcked(op ws.OpCode, p []byte, seq uint64, mk maskKey) (done bool, err error) {
 	if l.ackDue.Load() != 0 || len(p) > 4096 || !l.hb.Mode.SendsWS() || l.deflate {
 		return false, nil
 	}
@@ -189,7 +189,7 @@ func (l *leg) writeDataAcked(op ws.OpCode, p []byte, seq uint64) (done bool, err
 	l.ackDue.Store(-(ns + l.holdAfterLocked()))
 	l.ackLast = ns
 	l.ctl.Unlock()
-	l.appendFrameLocked(op, false, p)
+	l.appendFrameKey(op, false, p, mk)
 	l.appendFrameLocked(ws.OpPing, false, id[:])
 	if err = l.flushLocked(l.wt); err == nil && seq >= l.ackMark {
 		l.ackMark = seq + 1

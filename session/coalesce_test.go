@@ -146,7 +146,7 @@ func TestWriteConsumedRestoresOnFailure(t *testing.T) {
 	if err := u.writeData(ws.OpBinary, p, 1, false); err != nil || !bytes.Equal(p, msg) {
 		t.Fatalf("writeData: err %v, payload kept: %v", err, bytes.Equal(p, msg))
 	}
-	if err := u.writeDataConsumed(ws.OpBinary, p, 2, false); err != nil || bytes.Equal(p, msg) {
+	if err := u.writeDataConsumed(ws.OpBinary, p, 2, false, maskKey{}); err != nil || bytes.Equal(p, msg) {
 		t.Fatalf("writeDataConsumed: err %v, payload still plain: %v (want masked in place)", err, bytes.Equal(p, msg))
 	}
 	ok.Close()
@@ -156,7 +156,7 @@ func TestWriteConsumedRestoresOnFailure(t *testing.T) {
 	bad, other := net.Pipe()
 	other.Close()
 	u = newLeg(s, bad, nil, false, hbOff)
-	if err := u.writeDataConsumed(ws.OpBinary, p, 3, false); err == nil {
+	if err := u.writeDataConsumed(ws.OpBinary, p, 3, false, maskKey{}); err == nil {
 		t.Fatal("write to a closed pipe succeeded")
 	}
 	if !bytes.Equal(p, msg) {

@@ -119,6 +119,7 @@ func hbReadAll(r *frameReader) ([]hbEvent, error) {
 			}
 			return out, err
 		}
+		r.mk.unmask(p) // a client's binary message comes still masked
 		e := hbEvent{ev: ev, op: op, p: string(p), frag: frag}
 		if ce != nil {
 			e.code = ce.Code
@@ -307,6 +308,9 @@ func FuzzFrameReader(f *testing.F) {
 				}
 				if op == ws.OpText && !utf8.Valid(p) {
 					t.Fatalf("invalid UTF-8 text %q", p)
+				}
+				if r.mk.set && (op != ws.OpBinary || !fromClient || r.compressed) {
+					t.Fatalf("opcode %d (from client %v, compressed %v) returned still masked", op, fromClient, r.compressed)
 				}
 			case evPing, evPong:
 				if len(p) > 125 {

@@ -355,25 +355,31 @@ const (
 // between fragments, are returned as their own events. It is not safe for
 // concurrent use; the leg's read loop owns it.
 type frameReader struct {
-	br         *bufio.Reader
-	fromClient bool // frames must be masked (we are the server side)
-	max        int64
-	buf        []byte     // message being assembled; reused
-	box        *[]byte    // buf's pool box, if buf came from the pool
-	ctl        *[125]byte // control frame payload (the leg's readBuf)
+	br  *bufio.Reader
+	max int64
+	buf []byte     // message being assembled; reused
+	box *[]byte    // buf's pool box, if buf came from the pool
+	ctl *[125]byte // control frame payload (the leg's readBuf)
 
 	z      *inflated // made by the first compressed message
 	frames int
+
+	fromClient bool // frames must be masked (we are the server side)
+	deflate    bool // permessage-deflate negotiated (client leg)
 
 	// The message being assembled, kept across the control frames that
 	// may arrive between its fragments (RFC 6455 §5.4).
 	msgOp      ws.OpCode
 	compressed bool
 
-	deflate bool // permessage-deflate negotiated (client leg)
 	// atBoundary is set while the header of a frame that starts a
 	// message (or a control frame between messages) is being read.
 	atBoundary bool
+
+	// mk is the client's masking key of the message last returned when
+	// it is returned still masked: a whole binary message in one
+	// uncompressed frame from the client is (README "Performance").
+	mk maskKey
 }
 
 // inflated is a compressed message's output buffer and input reader,
@@ -392,6 +398,7 @@ func (r *frameReader) next() (ev event, op ws.OpCode, payload []byte, fragmented
 		r.buf = r.buf[:0]
 		r.compressed = false
 	}
+	r.mk = maskKey{}
 	for {
 		r.atBoundary = r.frames == 0
 		h, err := readHeader(r.br)
@@ -471,7 +478,11 @@ func (r *frameReader) next() (ev event, op ws.OpCode, payload []byte, fragmented
 			}
 			_, _ = r.br.Discard(len(p))
 			if h.masked {
-				ws.Cipher(p, h.mask, 0)
+				if h.op == ws.OpBinary {
+					r.mk = maskKey{key: h.mask, set: true}
+				} else {
+					ws.Cipher(p, h.mask, 0)
+				}
 			}
 			r.frames = 0
 			if h.op == ws.OpText && !utf8.Valid(p) {
@@ -490,7 +501,11 @@ func (r *frameReader) next() (ev event, op ws.OpCode, payload []byte, fragmented
 			return 0, 0, nil, false, nil, eofToUnexpected(err, 1)
 		}
 		if h.masked {
-			ws.Cipher(p, h.mask, 0)
+			if h.fin && r.frames == 1 && !r.compressed && h.op == ws.OpBinary {
+				r.mk = maskKey{key: h.mask, set: true}
+			} else {
+				ws.Cipher(p, h.mask, 0)
+			}
 		}
 		if !h.fin {
 			continue

@@ -131,7 +131,25 @@ func (l *leg) failure() error {
 
 // writeFrameLocked writes one final frame. The caller holds the lock.
 func (l *leg) writeFrameLocked(op ws.OpCode, p []byte, deadline time.Duration) error {
-	return l.writeFrameRSV(op, false, p, deadline, false)
+	return l.writeFrameRSV(op, false, p, deadline, false, maskKey{})
+}
+
+// maskKey is the masking key a client message's payload still carries:
+// tether forwards a client's binary message as the client masked it,
+// under the client's own key (unpredictable, as RFC 6455 §5.3 asks of a
+// browser's), instead of unmasking it on read and masking it again on
+// write (README "Performance"). The zero value is plaintext.
+type maskKey struct {
+	key [4]byte
+	set bool
+}
+
+// unmask makes p plaintext, once: later calls do nothing.
+func (k *maskKey) unmask(p []byte) {
+	if k.set {
+		ws.Cipher(p, k.key, 0)
+		k.set = false
+	}
 }
 
 // writeFrameRSV writes one final frame with RSV1 as given. A masked leg
@@ -139,7 +157,10 @@ func (l *leg) writeFrameLocked(op ws.OpCode, p []byte, deadline time.Duration) e
 // p once it is written) it leaves p masked after a successful write
 // instead of unmasking it again, one pass over the payload instead of
 // two (a 64 KiB client message took three: unmask on read, mask, unmask).
-func (l *leg) writeFrameRSV(op ws.OpCode, rsv1 bool, p []byte, deadline time.Duration, consume bool) error {
+//
+// A payload masked already (mk set; the upstream leg only) is written as
+// it is, under its key, and never modified.
+func (l *leg) writeFrameRSV(op ws.OpCode, rsv1 bool, p []byte, deadline time.Duration, consume bool, mk maskKey) error {
 	if l.werr != nil {
 		return l.werr
 	}
@@ -147,15 +168,16 @@ func (l *leg) writeFrameRSV(op ws.OpCode, rsv1 bool, p []byte, deadline time.Dur
 		// Frames are pending: this one goes after them, in the same
 		// write when it is small.
 		if len(p) <= 4096 {
-			l.appendFrameLocked(op, rsv1, p)
+			l.appendFrameKey(op, rsv1, p, mk)
 			return l.flushLocked(deadline)
 		}
 		if err := l.flushLocked(deadline); err != nil {
 			return err
 		}
 	}
-	var key [4]byte
-	if l.mask {
+	key := mk.key
+	inPlace := l.mask && !mk.set
+	if inPlace {
 		key = newMaskKey()
 		ws.Cipher(p, key, 0)
 	}
@@ -165,7 +187,7 @@ func (l *leg) writeFrameRSV(op ws.OpCode, rsv1 bool, p []byte, deadline time.Dur
 	l.armWrite(deadline)
 	_, err := l.bufs.WriteTo(l.conn)
 	l.bufArr = [2][]byte{}
-	if l.mask && (!consume || err != nil) {
+	if inPlace && (!consume || err != nil) {
 		ws.Cipher(p, key, 0) // restore the caller's bytes
 	}
 	if err != nil {
@@ -187,18 +209,25 @@ const coalesceBuf = 32 << 10
 
 // appendFrameLocked appends one final frame to wbuf, masking the copy.
 func (l *leg) appendFrameLocked(op ws.OpCode, rsv1 bool, p []byte) {
+	l.appendFrameKey(op, rsv1, p, maskKey{})
+}
+
+// appendFrameKey is appendFrameLocked for a payload that may be masked
+// already (mk set): it is copied as it is, under its key.
+func (l *leg) appendFrameKey(op ws.OpCode, rsv1 bool, p []byte, mk maskKey) {
 	if l.wbuf == nil {
 		l.wbuf, l.wbox = takeBuf(coalesceBuf)
 		l.wbuf = l.wbuf[:0]
 	}
-	var key [4]byte
-	if l.mask {
+	key := mk.key
+	fresh := l.mask && !mk.set
+	if fresh {
 		key = newMaskKey()
 	}
 	l.wbuf = append(l.wbuf, putHeader(&l.hdr, op, rsv1, len(p), l.mask, key)...)
 	n := len(l.wbuf)
 	l.wbuf = append(l.wbuf, p...)
-	if l.mask {
+	if fresh {
 		ws.Cipher(l.wbuf[n:], key, 0)
 	}
 }
@@ -270,37 +299,43 @@ func (l *leg) flushPending() {
 // must then call from.deferFlush(l), and its loop flushes before it next
 // reads its socket.
 func (l *leg) writeData(op ws.OpCode, p []byte, seq uint64, more bool) error {
-	return l.writeDataRSV(op, p, seq, more, false)
+	return l.writeDataRSV(op, p, seq, more, false, maskKey{})
+}
+
+// writeLogged writes a message of a delivery log, masked or not (mk).
+func (l *leg) writeLogged(op ws.OpCode, p []byte, seq uint64, mk maskKey) error {
+	return l.writeDataRSV(op, p, seq, false, false, mk)
 }
 
 // writeDataConsumed is writeData for a payload the caller is done with
 // once it is written (writeFrameRSV's consume): after a successful write
-// p may be left masked. After a failed one it is as it was.
-func (l *leg) writeDataConsumed(op ws.OpCode, p []byte, seq uint64, more bool) error {
-	return l.writeDataRSV(op, p, seq, more, true)
+// p may be left masked. After a failed one it is as it was. mk is the
+// client's key when p is still masked with it.
+func (l *leg) writeDataConsumed(op ws.OpCode, p []byte, seq uint64, more bool, mk maskKey) error {
+	return l.writeDataRSV(op, p, seq, more, true, mk)
 }
 
-func (l *leg) writeDataRSV(op ws.OpCode, p []byte, seq uint64, more, consume bool) error {
+func (l *leg) writeDataRSV(op ws.OpCode, p []byte, seq uint64, more, consume bool, mk maskKey) error {
 	l.lock()
 	var err error
 	switch {
 	case l.closed:
 		err = errLegClosed
 	case more && !l.deflate && l.werr == nil && len(l.wbuf)+len(p)+14 <= coalesceBuf/2:
-		l.appendFrameLocked(op, false, p)
+		l.appendFrameKey(op, false, p, mk)
 	case l.deflate && len(p) >= minDeflate:
 		var z []byte
 		if l.zbuf == nil {
 			l.zbuf = new(bytes.Buffer)
 		}
 		if z, err = deflate(l.zbuf, p); err == nil {
-			err = l.writeFrameRSV(op, true, z, l.wt, true) // z is scratch
+			err = l.writeFrameRSV(op, true, z, l.wt, true, maskKey{}) // z is scratch
 		}
 		if l.zbuf.Cap() > 64<<10 {
 			l.zbuf = nil
 		}
 	default:
-		err = l.writeFrameRSV(op, false, p, l.wt, consume)
+		err = l.writeFrameRSV(op, false, p, l.wt, consume, mk)
 	}
 	if err == nil && seq >= l.ackMark {
 		l.ackMark = seq + 1

@@ -44,9 +44,10 @@ type deliveryLog struct {
 type logMsg struct {
 	seq  uint64
 	op   ws.OpCode
+	sent bool    // written to some connection at least once
+	mask maskKey // p is still masked with the client's key (leg_write.go)
 	p    []byte
 	box  *[]byte
-	sent bool // written to some connection at least once
 }
 
 // newDeliveryLog makes a log bounded by maxMsgs messages and maxBytes
@@ -108,7 +109,7 @@ func (l *deliveryLog) askAck() bool {
 // push appends a copy of p. A message written to the current connection
 // already (sent) moves the re-send cursor past everything held: the owner
 // pushes written messages only while nothing waits to be re-sent.
-func (l *deliveryLog) push(seq uint64, op ws.OpCode, p []byte, sent bool) {
+func (l *deliveryLog) push(seq uint64, op ws.OpCode, p []byte, sent bool, mk maskKey) {
 	// The process-wide count first: an atomic add waits for every store
 	// before it to complete, and after the copy those are the copy's
 	// (cache misses into a pooled buffer): that wait was a tenth of the
@@ -116,7 +117,7 @@ func (l *deliveryLog) push(seq uint64, op ws.OpCode, p []byte, sent bool) {
 	l.total.Add(int64(len(p)))
 	l.bytes += int64(len(p))
 	b, box := getBuf(p)
-	l.msgs = append(l.msgs, logMsg{seq: seq, op: op, p: b, box: box, sent: sent})
+	l.msgs = append(l.msgs, logMsg{seq: seq, op: op, p: b, box: box, sent: sent, mask: mk})
 	if sent {
 		l.next = len(l.msgs)
 	}

@@ -21,7 +21,7 @@ func logSeqs(l *deliveryLog) []uint64 {
 // pushN pushes messages of the given sizes with fresh sequence numbers.
 func pushN(l *deliveryLog, sent bool, sizes ...int) {
 	for _, n := range sizes {
-		l.push(l.newSeq(), ws.OpBinary, bytes.Repeat([]byte{'x'}, n), sent)
+		l.push(l.newSeq(), ws.OpBinary, bytes.Repeat([]byte{'x'}, n), sent, maskKey{})
 	}
 }
 
@@ -227,7 +227,7 @@ func TestDeliveryLogSteadyStateAllocs(t *testing.T) {
 	pushN(&l, true, 1, 1, 1, 1) // grow the array once
 	l.ack(l.seq)
 	allocs := testing.AllocsPerRun(100, func() {
-		l.push(l.newSeq(), ws.OpBinary, p, true)
+		l.push(l.newSeq(), ws.OpBinary, p, true, maskKey{})
 		l.ack(l.seq)
 	})
 	if allocs != 0 {

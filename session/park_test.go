@@ -1,6 +1,7 @@
 package session
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -779,4 +780,79 @@ func TestKeptReadDeadlineNotEarlyForSteadyTraffic(t *testing.T) {
 	if n := early.Load(); n > 1 {
 		t.Fatalf("%d kept deadlines passed early under one message per %v, want none", n, idle*7/10)
 	}
+}
+
+// readMaskedFrame reads one data frame a peer got from tether's upstream
+// side, skipping control frames, and returns its opcode, masking key and
+// unmasked payload.
+func readMaskedFrame(t *testing.T, c net.Conn) (ws.OpCode, [4]byte, []byte) {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		h, err := ws.ReadHeader(c)
+		if err != nil {
+			t.Fatalf("upstream peer read: %v", err)
+		}
+		p := make([]byte, h.Length)
+		if _, err := io.ReadFull(c, p); err != nil {
+			t.Fatalf("upstream peer read: %v", err)
+		}
+		if !h.Masked {
+			t.Fatalf("unmasked %v frame from tether", h.OpCode)
+		}
+		ws.Cipher(p, h.Mask, 0)
+		if !h.OpCode.IsControl() {
+			return h.OpCode, h.Mask, p
+		}
+	}
+}
+
+// A client's binary message is forwarded as the client masked it, under
+// its key, and retained that way: re-sent after an upstream loss, it
+// arrives intact, under the same key. A text message is unmasked (UTF-8
+// is checked) and masked again under a key of tether's.
+func TestClientBinaryForwardedMasked(t *testing.T) {
+	r := newParkRig(t, hbCfg(hbOff, hbLeg(heartbeat.ModeWS, 10*time.Second, 30*time.Second)))
+	send := func(op ws.OpCode, p []byte, key [4]byte) {
+		t.Helper()
+		f := ws.MaskFrameWith(ws.NewFrame(op, true, bytes.Clone(p)), key)
+		if err := ws.WriteFrame(r.client, f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := bytes.Repeat([]byte("first "), 10) // the first message is read for recognition
+	small := bytes.Repeat([]byte{1, 2, 3, 250}, 300)
+	large := bytes.Repeat([]byte{9, 8, 7, 6, 5}, 20000) // past the read buffer: assembled
+	k1, k2, k3 := [4]byte{1, 2, 3, 4}, [4]byte{0xa, 0xb, 0xc, 0xd}, [4]byte{0x55, 0x66, 0x77, 0x88}
+	send(ws.OpBinary, first, k3)
+	send(ws.OpBinary, small, k1)
+	send(ws.OpBinary, large, k2)
+	send(ws.OpText, []byte("text"), k3)
+	check := func(up net.Conn) {
+		t.Helper()
+		for _, w := range []struct {
+			op     ws.OpCode
+			p      []byte
+			key    [4]byte
+			client bool // under the client's key
+		}{{ws.OpBinary, first, k3, false}, {ws.OpBinary, small, k1, true}, {ws.OpBinary, large, k2, true}, {ws.OpText, []byte("text"), k3, false}} {
+			op, key, p := readMaskedFrame(t, up)
+			if op != w.op || !bytes.Equal(p, w.p) {
+				t.Fatalf("upstream got %v of %d bytes, want %v of %d bytes intact", op, len(p), w.op, len(w.p))
+			}
+			if (key == w.key) != w.client {
+				t.Errorf("%v message of %d bytes under key %x; the client's was %x, want it used: %v", op, len(p), key, w.key, w.client)
+			}
+		}
+	}
+	check(r.upstream)
+	// The pings go unanswered: all four are retained. The upstream goes.
+	r.upstream.Close()
+	var up2 net.Conn
+	select {
+	case up2 = <-r.dials:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no reconnect")
+	}
+	check(up2)
 }

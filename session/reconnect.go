@@ -204,7 +204,7 @@ func (s *Session) resume(up Upstream) resumeResult {
 	u.startHeartbeat()
 
 	for _, m := range replay {
-		if u.writeData(m.op, m.p, m.seq, false) != nil {
+		if u.writeLogged(m.op, m.p, m.seq, m.mask) != nil {
 			return s.resumeFailed(u)
 		}
 	}
@@ -228,7 +228,7 @@ func (s *Session) resume(up Upstream) resumeResult {
 			return resumeOK
 		}
 		if m.seq >= covered && !plan.Skip(m.seq) { // else the replay above covered it
-			if u.writeData(m.op, m.p, m.seq, false) != nil {
+			if u.writeLogged(m.op, m.p, m.seq, m.mask) != nil {
 				return s.resumeFailed(u)
 			}
 			s.env.Metrics.Message(true, len(m.p))

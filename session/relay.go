@@ -12,13 +12,14 @@ import (
 // and the delivery guarantee"): sent at once while connected (and retained
 // in upLog until acknowledged when the upstream heartbeat is on), buffered
 // in upLog while reconnecting. p is the client reader's buffer and is only
-// valid during the call.
-func (s *Session) toUpstream(c *leg, op ws.OpCode, p []byte, more bool) {
-	s.forward(c, s.admit(nil, op, p), op, p, more)
+// valid during the call; a binary message may still be masked with the
+// client's key (mk, leg_write.go): it is relayed and retained that way.
+func (s *Session) toUpstream(c *leg, op ws.OpCode, p []byte, mk maskKey, more bool) {
+	s.forward(c, s.admit(nil, op, p, &mk), op, p, mk, more)
 }
 
 // forward carries out admit's decision a for one client message.
-func (s *Session) forward(c *leg, a admission, op ws.OpCode, p []byte, more bool) {
+func (s *Session) forward(c *leg, a admission, op ws.OpCode, p []byte, mk maskKey, more bool) {
 	switch a.verdict {
 	case admitOverflow:
 		s.overflow()
@@ -33,7 +34,7 @@ func (s *Session) forward(c *leg, a admission, op ws.OpCode, p []byte, more bool
 	// if that connection fails before the write, the log re-sends it.
 	more = more && a.retained
 	if a.retained && !more && !a.askAck {
-		if done, err := a.up.writeDataAcked(op, p, a.seq); done {
+		if done, err := a.up.writeDataAcked(op, p, a.seq, mk); done {
 			if err == nil {
 				s.env.Metrics.Message(true, len(p))
 			}
@@ -43,7 +44,7 @@ func (s *Session) forward(c *leg, a admission, op ws.OpCode, p []byte, more bool
 	for {
 		// p is the client reader's buffer: it may be left masked once
 		// written (nothing reads it after this).
-		if err := a.up.writeDataConsumed(op, p, a.seq, more); err == nil {
+		if err := a.up.writeDataConsumed(op, p, a.seq, more, mk); err == nil {
 			s.env.Metrics.Message(true, len(p))
 			switch {
 			case a.askAck && more && a.up.hb.Mode.SendsWS():
@@ -64,7 +65,7 @@ func (s *Session) forward(c *leg, a admission, op ws.OpCode, p []byte, more bool
 		}
 		// Not retained (upstream heartbeat off): this message was not
 		// delivered, so hold it for the next connection.
-		if a.up = s.holdUndelivered(a.up, a.seq, op, p); a.up == nil {
+		if a.up = s.holdUndelivered(a.up, a.seq, op, p, mk); a.up == nil {
 			return
 		}
 	}
@@ -98,7 +99,12 @@ type admission struct {
 // meanwhile), asking for one at once. counted is the client leg of a
 // resumable session when the message counts (resume.go): it is dropped
 // unless that leg is attached, and counted under the same lock.
-func (s *Session) admit(counted *leg, op ws.OpCode, p []byte) (a admission) {
+//
+// A message still masked with the client's key (mk) is unmasked here, in
+// place, when its content matters: the first message (protocol
+// recognition), the replay opening's, and every message of a session
+// whose state is replayed; mk then tells forward it is plaintext.
+func (s *Session) admit(counted *leg, op ws.OpCode, p []byte, mk *maskKey) (a admission) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if counted != nil && !s.countLocked(counted, &a) {
@@ -106,6 +112,9 @@ func (s *Session) admit(counted *leg, op ws.OpCode, p []byte) (a admission) {
 		return a
 	}
 	a.seq = s.upLog.newSeq()
+	if mk.set && (a.seq == 0 || s.sr.st != nil || a.seq < uint64(s.replay.keep)) {
+		mk.unmask(p)
+	}
 	s.replay.record(a.seq, op, p)
 	if s.sr.st != nil || a.seq == 0 {
 		if s.replayFromClientLocked(op, p, a.seq) != nil {
@@ -124,7 +133,7 @@ func (s *Session) admit(counted *leg, op ws.OpCode, p []byte) (a admission) {
 				a.verdict = admitOverflow
 				return a
 			}
-			s.upLog.push(a.seq, op, p, false)
+			s.upLog.push(a.seq, op, p, false, *mk)
 			s.env.Metrics.Buffered(1)
 			a.verdict = admitHeld
 			return a
@@ -136,13 +145,13 @@ func (s *Session) admit(counted *leg, op ws.OpCode, p []byte) (a admission) {
 			if s.holding || s.up.suspect() {
 				// The upstream is suspect (ack.go): wait in the log.
 				s.holding = true
-				s.upLog.push(a.seq, op, p, false)
+				s.upLog.push(a.seq, op, p, false, *mk)
 				s.env.Metrics.Buffered(1)
 				a.verdict = admitHeld
 				return a
 			}
 			s.env.Metrics.Buffered(1) // before the copy (see push)
-			s.upLog.push(a.seq, op, p, true)
+			s.upLog.push(a.seq, op, p, true, *mk)
 			a.retained = true
 			break
 		}
@@ -175,7 +184,7 @@ func (s *Session) admit(counted *leg, op ws.OpCode, p []byte) (a admission) {
 // holdUndelivered puts a client message whose write to failed did not
 // happen (retention off) in upLog for the next connection. It returns the
 // connection to write it to instead when a new one is up already, or nil.
-func (s *Session) holdUndelivered(failed *leg, seq uint64, op ws.OpCode, p []byte) *leg {
+func (s *Session) holdUndelivered(failed *leg, seq uint64, op ws.OpCode, p []byte, mk maskKey) *leg {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
@@ -184,7 +193,7 @@ func (s *Session) holdUndelivered(failed *leg, seq uint64, op ws.OpCode, p []byt
 	case s.state == stateConnected && s.gen != failed.gen:
 		return s.up
 	}
-	s.upLog.push(seq, op, p, false)
+	s.upLog.push(seq, op, p, false, mk)
 	s.env.Metrics.Buffered(1)
 	return nil
 }
@@ -283,7 +292,7 @@ func (s *Session) flushHeld() {
 			return
 		}
 		s.mu.Unlock()
-		if up.writeData(m.op, m.p, m.seq, false) != nil {
+		if up.writeLogged(m.op, m.p, m.seq, m.mask) != nil {
 			// Lost: its read loop reports it, and the reconnect
 			// re-sends everything from the log.
 			s.mu.Lock()
@@ -360,9 +369,9 @@ func (s *Session) readLoop(l *leg) error {
 			l.quiet = false
 			if !l.upstream() {
 				if s.rs != nil {
-					s.fromClient(l, op, p, l.moreInput())
+					s.fromClient(l, op, p, l.fr.mk, l.moreInput())
 				} else {
-					s.toUpstream(l, op, p, l.moreInput())
+					s.toUpstream(l, op, p, l.fr.mk, l.moreInput())
 				}
 			} else if !s.toClient(l, op, p) {
 				continue

@@ -151,7 +151,7 @@ func (s *Session) writeSessionMsg(l *leg, token string, resumed bool, ack uint64
 // fromClient handles a data message from client leg l of a resumable
 // session: a tether.ack frees what the client has; anything else is
 // counted and relayed (toUpstream), and tether acknowledges it in time.
-func (s *Session) fromClient(l *leg, op ws.OpCode, p []byte, more bool) {
+func (s *Session) fromClient(l *leg, op ws.OpCode, p []byte, mk maskKey, more bool) {
 	rs := s.rs
 	if op == ws.OpText {
 		if n, ok := parseTetherAck(p); ok {
@@ -159,13 +159,13 @@ func (s *Session) fromClient(l *leg, op ws.OpCode, p []byte, more bool) {
 			return
 		}
 		if s.uncounted(p) {
-			s.toUpstream(l, op, p, more)
+			s.toUpstream(l, op, p, mk, more)
 			return
 		}
 	}
 	rs.fwd.Lock()
-	a := s.admit(l, op, p)
-	s.forward(l, a, op, p, more)
+	a := s.admit(l, op, p, &mk)
+	s.forward(l, a, op, p, mk, more)
 	rs.fwd.Unlock()
 	if a.tellNow {
 		s.sendAck()
@@ -333,7 +333,7 @@ func (s *Session) holdForClient(u *leg, op ws.OpCode, p []byte) *leg {
 				s.detachedEnd(CauseResumeOverflow)
 				return nil
 			}
-			rs.log.push(rs.log.newSeq(), op, p, false)
+			rs.log.push(rs.log.newSeq(), op, p, false, maskKey{})
 			s.mu.Unlock()
 			return nil
 		}
@@ -349,7 +349,7 @@ func (s *Session) holdForClient(u *leg, op ws.OpCode, p []byte) *leg {
 		s.waitForClientAck(len(p))
 	}
 	seq := rs.log.newSeq()
-	rs.log.push(seq, op, p, true)
+	rs.log.push(seq, op, p, true, maskKey{})
 	rs.written = seq + 1
 	c := rs.cur.Load()
 	s.mu.Unlock()
@@ -543,7 +543,7 @@ func (s *Session) Attach(conn net.Conn, buffered []byte, deflate bool, token str
 			rs.written = m.seq + 1
 		}
 		s.mu.Unlock()
-		if !ok || l.writeData(m.op, m.p, 0, false) != nil {
+		if !ok || l.writeData(m.op, m.p, 0, false) != nil { // plaintext: upstream messages
 			break
 		}
 		if m.sent {
