@@ -324,3 +324,55 @@ func FuzzFrameReader(f *testing.F) {
 		}
 	})
 }
+
+// A client's binary message assembled in the reader's buffer comes still
+// masked, and give hands that buffer over (the delivery log keeps it
+// without a copy): the next message is assembled in another one. A message
+// returned in place (inside the read buffer) or unmasked cannot be given.
+func TestFrameReaderGive(t *testing.T) {
+	t.Parallel()
+	big1, big2 := bytes.Repeat([]byte{1}, 10000), bytes.Repeat([]byte{2}, 10000)
+	wire := hbWire(t, true, ws.NewBinaryFrame(big1), ws.NewBinaryFrame(big2), ws.NewBinaryFrame([]byte("small")), ws.NewTextFrame(bytes.Repeat([]byte("t"), 10000)))
+	r := &frameReader{br: bufio.NewReaderSize(bytes.NewReader(wire), 4096), fromClient: true, max: 1 << 20, ctl: new([125]byte)}
+	next := func(want []byte) []byte {
+		t.Helper()
+		_, _, p, _, _, err := r.next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := bytes.Clone(p)
+		mk := r.mk
+		mk.unmask(got)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("got %d bytes %.8q, want %d bytes %.8q", len(got), got, len(want), want)
+		}
+		return p
+	}
+	p1 := next(big1)
+	if !r.mk.set {
+		t.Fatal("an assembled binary message came unmasked")
+	}
+	b1, box, ok := r.give(p1)
+	if !ok || &b1[0] != &p1[0] || box == nil {
+		t.Fatal("the assembled message's buffer was not given")
+	}
+	kept := bytes.Clone(b1)
+	if _, _, ok := r.give(p1); ok {
+		t.Fatal("a buffer was given twice")
+	}
+	p2 := next(big2)
+	if &p2[0] == &b1[0] {
+		t.Fatal("the next message was assembled in the buffer given away")
+	}
+	if !bytes.Equal(b1, kept) {
+		t.Fatal("the given buffer changed under the next message")
+	}
+	p3 := next([]byte("small"))
+	if _, _, ok := r.give(p3); ok {
+		t.Fatal("a message in the read buffer was given")
+	}
+	next(bytes.Repeat([]byte("t"), 10000))
+	if r.mk.set {
+		t.Fatal("a text message came masked")
+	}
+}

@@ -380,6 +380,22 @@ type frameReader struct {
 	// it is returned still masked: a whole binary message in one
 	// uncompressed frame from the client is (README "Performance").
 	mk maskKey
+	// own: the message last returned is buf itself, a pooled buffer that
+	// give may hand over.
+	own bool
+}
+
+// give hands the buffer of p, the message last returned, over to the
+// caller (a delivery log that retains it), when p is the assembly buffer
+// itself: the reader takes a new one for its next message, and the caller
+// saves the copy. The caller returns it with putBuf.
+func (r *frameReader) give(p []byte) (b []byte, box *[]byte, ok bool) {
+	if !r.own || len(p) == 0 || len(p) != len(r.buf) || &p[0] != &r.buf[0] {
+		return nil, nil, false
+	}
+	b, box = r.buf, r.box
+	r.buf, r.box, r.own = nil, nil, false
+	return b, box, true
 }
 
 // inflated is a compressed message's output buffer and input reader,
@@ -398,7 +414,7 @@ func (r *frameReader) next() (ev event, op ws.OpCode, payload []byte, fragmented
 		r.buf = r.buf[:0]
 		r.compressed = false
 	}
-	r.mk = maskKey{}
+	r.mk, r.own = maskKey{}, false
 	for {
 		r.atBoundary = r.frames == 0
 		h, err := readHeader(r.br)
@@ -512,6 +528,7 @@ func (r *frameReader) next() (ev event, op ws.OpCode, payload []byte, fragmented
 		}
 		msg, msgOp, frag := r.buf, r.msgOp, r.frames > 1
 		r.frames = 0
+		r.own = r.box != nil && !r.compressed
 		if r.compressed {
 			if r.z == nil {
 				r.z = new(inflated)

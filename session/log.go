@@ -115,8 +115,19 @@ func (l *deliveryLog) push(seq uint64, op ws.OpCode, p []byte, sent bool, mk mas
 	// (cache misses into a pooled buffer): that wait was a tenth of the
 	// relay's CPU (README "Performance").
 	l.total.Add(int64(len(p)))
-	l.bytes += int64(len(p))
 	b, box := getBuf(p)
+	l.add(seq, op, b, box, sent, mk)
+}
+
+// pushOwned is push for a message whose pooled buffer the log takes over
+// (frameReader.give): no copy.
+func (l *deliveryLog) pushOwned(seq uint64, op ws.OpCode, p []byte, box *[]byte, sent bool, mk maskKey) {
+	l.total.Add(int64(len(p)))
+	l.add(seq, op, p, box, sent, mk)
+}
+
+func (l *deliveryLog) add(seq uint64, op ws.OpCode, b []byte, box *[]byte, sent bool, mk maskKey) {
+	l.bytes += int64(len(b))
 	l.msgs = append(l.msgs, logMsg{seq: seq, op: op, p: b, box: box, sent: sent, mask: mk})
 	if sent {
 		l.next = len(l.msgs)

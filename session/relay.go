@@ -15,7 +15,7 @@ import (
 // valid during the call; a binary message may still be masked with the
 // client's key (mk, leg_write.go): it is relayed and retained that way.
 func (s *Session) toUpstream(c *leg, op ws.OpCode, p []byte, mk maskKey, more bool) {
-	s.forward(c, s.admit(nil, op, p, &mk), op, p, mk, more)
+	s.forward(c, s.admit(nil, op, p, &mk, &c.fr), op, p, mk, more)
 }
 
 // forward carries out admit's decision a for one client message.
@@ -104,7 +104,11 @@ type admission struct {
 // place, when its content matters: the first message (protocol
 // recognition), the replay opening's, and every message of a session
 // whose state is replayed; mk then tells forward it is plaintext.
-func (s *Session) admit(counted *leg, op ws.OpCode, p []byte, mk *maskKey) (a admission) {
+//
+// src is the frame reader p came from: upLog takes a large message's
+// buffer from it instead of copying it (frameReader.give) when the message
+// stays masked (then nothing writes to those bytes).
+func (s *Session) admit(counted *leg, op ws.OpCode, p []byte, mk *maskKey, src *frameReader) (a admission) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if counted != nil && !s.countLocked(counted, &a) {
@@ -133,7 +137,7 @@ func (s *Session) admit(counted *leg, op ws.OpCode, p []byte, mk *maskKey) (a ad
 				a.verdict = admitOverflow
 				return a
 			}
-			s.upLog.push(a.seq, op, p, false, *mk)
+			s.retain(a.seq, op, p, false, *mk, src)
 			s.env.Metrics.Buffered(1)
 			a.verdict = admitHeld
 			return a
@@ -145,13 +149,13 @@ func (s *Session) admit(counted *leg, op ws.OpCode, p []byte, mk *maskKey) (a ad
 			if s.holding || s.up.suspect() {
 				// The upstream is suspect (ack.go): wait in the log.
 				s.holding = true
-				s.upLog.push(a.seq, op, p, false, *mk)
+				s.retain(a.seq, op, p, false, *mk, src)
 				s.env.Metrics.Buffered(1)
 				a.verdict = admitHeld
 				return a
 			}
 			s.env.Metrics.Buffered(1) // before the copy (see push)
-			s.upLog.push(a.seq, op, p, true, *mk)
+			s.retain(a.seq, op, p, true, *mk, src)
 			a.retained = true
 			break
 		}
@@ -179,6 +183,18 @@ func (s *Session) admit(counted *leg, op ws.OpCode, p []byte, mk *maskKey) (a ad
 	a.verdict, a.up = admitSend, s.up
 	a.askAck = a.retained && s.upLog.ackDue() && s.upLog.askAck()
 	return a
+}
+
+// retain puts a client message in upLog: its buffer when src gives it
+// (a masked message assembled in the reader's own buffer), else a copy.
+func (s *Session) retain(seq uint64, op ws.OpCode, p []byte, sent bool, mk maskKey, src *frameReader) {
+	if mk.set && src != nil {
+		if b, box, ok := src.give(p); ok {
+			s.upLog.pushOwned(seq, op, b, box, sent, mk)
+			return
+		}
+	}
+	s.upLog.push(seq, op, p, sent, mk)
 }
 
 // holdUndelivered puts a client message whose write to failed did not
