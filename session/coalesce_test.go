@@ -163,3 +163,42 @@ func TestWriteConsumedRestoresOnFailure(t *testing.T) {
 		t.Fatal("a failed consumed write left the payload masked")
 	}
 }
+
+// checkConn calls check before each write.
+type checkConn struct {
+	net.Conn
+	check func()
+}
+
+func (c *checkConn) Write(p []byte) (int, error) {
+	c.check()
+	return c.Conn.Write(p)
+}
+
+// A delivery log's plaintext message written to a masked leg is masked in
+// a copy: its bytes never change, even during the write (another goroutine
+// may be writing the same message to the next connection).
+func TestWriteLoggedLeavesMessage(t *testing.T) {
+	env, err := NewEnv(hbCfg(hbOff, hbOff), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, _ := net.Pipe()
+	s := New(env, "logged", ct, nil, Upstream{}, nil)
+	msg := bytes.Repeat([]byte("logged "), 2000)
+	p := bytes.Clone(msg)
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	go func() { _, _ = io.Copy(io.Discard, b) }()
+	changed := false
+	u := newLeg(s, &checkConn{Conn: a, check: func() { changed = changed || !bytes.Equal(p, msg) }}, nil, false, hbOff)
+	for _, n := range []int{10, len(p)} {
+		if err := u.writeLogged(ws.OpText, p[:n], 1, maskKey{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if changed || !bytes.Equal(p, msg) {
+		t.Fatal("a logged message's bytes changed while written")
+	}
+}

@@ -303,7 +303,19 @@ func (l *leg) writeData(op ws.OpCode, p []byte, seq uint64, more bool) error {
 }
 
 // writeLogged writes a message of a delivery log, masked or not (mk).
+//
+// A plaintext message for a masked leg is masked in a copy, never in
+// place: two goroutines may write the same logged message at once
+// (flushHeld on a connection just lost, the reconnect's re-send on the
+// next), and masking in place, then restoring, would let one write the
+// other's half-masked bytes. Re-sends are rare; the copy is cheap there.
 func (l *leg) writeLogged(op ws.OpCode, p []byte, seq uint64, mk maskKey) error {
+	if l.mask && !mk.set {
+		b, box := getBuf(p)
+		err := l.writeDataRSV(op, b, seq, false, true, maskKey{})
+		putBuf(box, b)
+		return err
+	}
 	return l.writeDataRSV(op, p, seq, false, false, mk)
 }
 
