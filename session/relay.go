@@ -15,7 +15,8 @@ import (
 // valid during the call; a binary message may still be masked with the
 // client's key (mk, leg_write.go): it is relayed and retained that way.
 func (s *Session) toUpstream(c *leg, op ws.OpCode, p []byte, mk maskKey, more bool) {
-	s.forward(c, s.admit(nil, op, p, &mk, &c.fr), op, p, mk, more)
+	a := s.admit(nil, op, p, &mk, &c.fr) // may unmask p: mk is read after
+	s.forward(c, a, op, p, mk, more)
 }
 
 // forward carries out admit's decision a for one client message.
