@@ -30,8 +30,9 @@ const (
 //     the read loop reads the connection. A parked leg has no read loop;
 //     the goroutine that wakes it (a CAS on legParkState.state) owns this
 //     part from then on.
-//   - legWriteState (leg_write.go), guarded by the write lock: a 1-slot
-//     channel, so that a goodbye write can give up waiting. It is held for
+//   - legWriteState (leg_write.go), guarded by the write lock (writeLock:
+//     an atomic count; a goodbye write polls it, so that it can give up
+//     waiting). It is held for
 //     one frame write under a write deadline and never across anything
 //     else. Control frames that another goroutine wants written (pongs,
 //     heartbeat pings) are left as flags in pending; whoever holds or next
