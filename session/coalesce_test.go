@@ -175,9 +175,10 @@ func (c *checkConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-// A delivery log's plaintext message written to a masked leg is masked in
-// a copy: its bytes never change, even during the write (another goroutine
-// may be writing the same message to the next connection).
+// Bytes a writer keeps (here a delivery log's plaintext message) are
+// masked in a copy on a masked leg: they never change, even during the
+// write (another goroutine may be writing the same message to the next
+// connection).
 func TestWriteLoggedLeavesMessage(t *testing.T) {
 	env, err := NewEnv(hbCfg(hbOff, hbOff), nil, nil)
 	if err != nil {

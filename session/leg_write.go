@@ -129,9 +129,17 @@ func (l *leg) failure() error {
 	return nil
 }
 
-// writeFrameLocked writes one final frame. The caller holds the lock.
+// writeFrameLocked writes one final frame. The caller holds the lock;
+// p is left as it is (see writeFrameRSV).
 func (l *leg) writeFrameLocked(op ws.OpCode, p []byte, deadline time.Duration) error {
 	return l.writeFrameRSV(op, false, p, deadline, false, maskKey{})
+}
+
+// writeScratchLocked is writeFrameLocked for a payload the caller owns
+// and is done with once it is written (a pooled control payload): a
+// masked leg masks it in place.
+func (l *leg) writeScratchLocked(op ws.OpCode, p []byte) error {
+	return l.writeFrameRSV(op, false, p, l.wt, true, maskKey{})
 }
 
 // maskKey is the masking key a client message's payload still carries:
@@ -152,11 +160,16 @@ func (k *maskKey) unmask(p []byte) {
 	}
 }
 
-// writeFrameRSV writes one final frame with RSV1 as given. A masked leg
-// masks p in place for the write; with consume (the caller is done with
-// p once it is written) it leaves p masked after a successful write
-// instead of unmasking it again, one pass over the payload instead of
-// two (a 64 KiB client message took three: unmask on read, mask, unmask).
+// writeFrameRSV writes one final frame with RSV1 as given. It never
+// modifies bytes the caller keeps: a masked leg masks p in place only
+// with consume (the caller is done with p once it is written: forward's
+// read buffer, a scratch payload), restoring it if the write fails so the
+// caller can hold it for another connection; otherwise it masks a pooled
+// copy. Bytes the caller keeps may be shared with another goroutine (a
+// delivery log's message that the reconnect re-sends while a write to
+// the lost connection still runs, the process's JSON ping): masking
+// them in place, even restoring them after, would let another writer
+// send them half masked.
 //
 // A payload masked already (mk set; the upstream leg only) is written as
 // it is, under its key, and never modified.
@@ -177,7 +190,11 @@ func (l *leg) writeFrameRSV(op ws.OpCode, rsv1 bool, p []byte, deadline time.Dur
 	}
 	key := mk.key
 	inPlace := l.mask && !mk.set
+	var box *[]byte
 	if inPlace {
+		if !consume {
+			p, box = getBuf(p)
+		}
 		key = newMaskKey()
 		ws.Cipher(p, key, 0)
 	}
@@ -187,7 +204,10 @@ func (l *leg) writeFrameRSV(op ws.OpCode, rsv1 bool, p []byte, deadline time.Dur
 	l.armWrite(deadline)
 	_, err := l.bufs.WriteTo(l.conn)
 	l.bufArr = [2][]byte{}
-	if inPlace && (!consume || err != nil) {
+	switch {
+	case inPlace && !consume:
+		putBuf(box, p) // the copy
+	case inPlace && err != nil:
 		ws.Cipher(p, key, 0) // restore the caller's bytes
 	}
 	if err != nil {
@@ -303,19 +323,8 @@ func (l *leg) writeData(op ws.OpCode, p []byte, seq uint64, more bool) error {
 }
 
 // writeLogged writes a message of a delivery log, masked or not (mk).
-//
-// A plaintext message for a masked leg is masked in a copy, never in
-// place: two goroutines may write the same logged message at once
-// (flushHeld on a connection just lost, the reconnect's re-send on the
-// next), and masking in place, then restoring, would let one write the
-// other's half-masked bytes. Re-sends are rare; the copy is cheap there.
+// Its bytes are left as they are (writeFrameRSV).
 func (l *leg) writeLogged(op ws.OpCode, p []byte, seq uint64, mk maskKey) error {
-	if l.mask && !mk.set {
-		b, box := getBuf(p)
-		err := l.writeDataRSV(op, b, seq, false, true, maskKey{})
-		putBuf(box, b)
-		return err
-	}
 	return l.writeDataRSV(op, p, seq, false, false, mk)
 }
 
@@ -388,7 +397,7 @@ func (l *leg) flushControlLocked() {
 		buf := ctlBufs.Get().(*[125]byte)
 		n := copy(buf[:], l.pong)
 		l.ctl.Unlock()
-		err := l.writeFrameLocked(ws.OpPong, buf[:n], l.wt)
+		err := l.writeScratchLocked(ws.OpPong, buf[:n])
 		ctlBufs.Put(buf)
 		if err != nil {
 			return
@@ -400,7 +409,7 @@ func (l *leg) flushControlLocked() {
 		l.jsonPong, l.jsonBox = nil, nil
 		l.ctl.Unlock()
 		if p != nil {
-			err := l.writeFrameLocked(ws.OpText, p, l.wt)
+			err := l.writeScratchLocked(ws.OpText, p)
 			putBuf(box, p)
 			if err != nil {
 				return
@@ -413,7 +422,7 @@ func (l *leg) flushControlLocked() {
 		l.ctl.Unlock()
 		buf := ctlBufs.Get().(*[125]byte)
 		n := copy(buf[:], id[:])
-		err := l.writeFrameLocked(ws.OpPing, buf[:n], l.wt)
+		err := l.writeScratchLocked(ws.OpPing, buf[:n])
 		ctlBufs.Put(buf)
 		if err != nil {
 			return
@@ -424,18 +433,8 @@ func (l *leg) flushControlLocked() {
 		l.ctl.Lock()
 		l.tracker.SentJSON(time.Now(), l.ackMark)
 		l.ctl.Unlock()
-		ping := s.env.Messages.Ping()
-		// writeFrameLocked masks in place; never mask the shared bytes:
-		// a masked leg writes a pooled copy.
-		tmp, box := ping, (*[]byte)(nil)
-		if l.mask {
-			tmp, box = getBuf(ping)
-		}
-		err := l.writeFrameLocked(ws.OpText, tmp, l.wt)
-		if box != nil {
-			putBuf(box, tmp)
-		}
-		if err != nil {
+		// The process's shared bytes: writeFrameLocked leaves them be.
+		if err := l.writeFrameLocked(ws.OpText, s.env.Messages.Ping(), l.wt); err != nil {
 			return
 		}
 		s.pingSent(l)

@@ -732,10 +732,10 @@ func TestKeptReadDeadlinePassesMidFrame(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(4 * 50 * time.Millisecond) // past IdleAfter, short of the timeout
+	last := time.Now() // before tether can read the last bytes
 	if _, err := r.client.Write(frame[half:]); err != nil {
 		t.Fatal(err)
 	}
-	last := time.Now()
 	if got := readClientMsg(t, r.upstream); got != "split across an idle deadline" {
 		t.Fatalf("upstream got %q", got)
 	}
