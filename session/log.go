@@ -229,9 +229,9 @@ type replayOpening struct {
 }
 
 // record keeps a copy of message seq if it is one of the first.
-func (r *replayOpening) record(seq uint64, op ws.OpCode, p []byte) {
+func (r *replayOpening) record(seq uint64, op ws.OpCode, p []byte, mk maskKey) {
 	if seq < uint64(r.keep) {
-		r.first = append(r.first, logMsg{seq: seq, op: op, p: clone(p)})
+		r.first = append(r.first, logMsg{seq: seq, op: op, p: clone(p), mask: mk})
 	}
 }
 

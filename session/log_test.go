@@ -242,7 +242,7 @@ func TestReplayOpening(t *testing.T) {
 	r.keep, r.dropN = 2, 1
 	for seq, m := range []string{"a", "b", "c"} {
 		p := []byte(m)
-		r.record(uint64(seq), ws.OpText, p)
+		r.record(uint64(seq), ws.OpText, p, maskKey{})
 		p[0] = '!' // the caller's buffer is reused
 	}
 	first, covered := r.start()

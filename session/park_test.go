@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"runtime"
@@ -809,10 +810,19 @@ func readMaskedFrame(t *testing.T, c net.Conn) (ws.OpCode, [4]byte, []byte) {
 
 // A client's binary message is forwarded as the client masked it, under
 // its key, and retained that way: re-sent after an upstream loss, it
-// arrives intact, under the same key. A text message is unmasked (UTF-8
-// is checked) and masked again under a key of tether's.
+// arrives intact, under the same key, also from TETHER_REPLAY_FIRST's
+// copies. A text message is unmasked (UTF-8 is checked) and masked again
+// under a key of tether's.
 func TestClientBinaryForwardedMasked(t *testing.T) {
-	r := newParkRig(t, hbCfg(hbOff, hbLeg(heartbeat.ModeWS, 10*time.Second, 30*time.Second)))
+	for _, first := range []int{0, 2} {
+		t.Run(fmt.Sprintf("replay-first-%d", first), func(t *testing.T) { testClientBinaryForwardedMasked(t, first) })
+	}
+}
+
+func testClientBinaryForwardedMasked(t *testing.T, replayFirst int) {
+	cfg := hbCfg(hbOff, hbLeg(heartbeat.ModeWS, 10*time.Second, 30*time.Second))
+	cfg.ReplayFirst = replayFirst
+	r := newParkRig(t, cfg)
 	send := func(op ws.OpCode, p []byte, key [4]byte) {
 		t.Helper()
 		f := ws.MaskFrameWith(ws.NewFrame(op, true, bytes.Clone(p)), key)
@@ -828,14 +838,16 @@ func TestClientBinaryForwardedMasked(t *testing.T) {
 	send(ws.OpBinary, small, k1)
 	send(ws.OpBinary, large, k2)
 	send(ws.OpText, []byte("text"), k3)
-	check := func(up net.Conn) {
+	// firstMasked: the first message comes under the client's key (a
+	// replay opening's copy was taken before it was read, still masked).
+	check := func(up net.Conn, firstMasked bool) {
 		t.Helper()
 		for _, w := range []struct {
 			op     ws.OpCode
 			p      []byte
 			key    [4]byte
 			client bool // under the client's key
-		}{{ws.OpBinary, first, k3, false}, {ws.OpBinary, small, k1, true}, {ws.OpBinary, large, k2, true}, {ws.OpText, []byte("text"), k3, false}} {
+		}{{ws.OpBinary, first, k3, firstMasked}, {ws.OpBinary, small, k1, true}, {ws.OpBinary, large, k2, true}, {ws.OpText, []byte("text"), k3, false}} {
 			op, key, p := readMaskedFrame(t, up)
 			if op != w.op || !bytes.Equal(p, w.p) {
 				t.Fatalf("upstream got %v of %d bytes, want %v of %d bytes intact", op, len(p), w.op, len(w.p))
@@ -845,7 +857,7 @@ func TestClientBinaryForwardedMasked(t *testing.T) {
 			}
 		}
 	}
-	check(r.upstream)
+	check(r.upstream, false)
 	// The pings go unanswered: all four are retained. The upstream goes.
 	r.upstream.Close()
 	var up2 net.Conn
@@ -854,5 +866,5 @@ func TestClientBinaryForwardedMasked(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no reconnect")
 	}
-	check(up2)
+	check(up2, replayFirst > 0)
 }

@@ -102,9 +102,10 @@ type admission struct {
 // unless that leg is attached, and counted under the same lock.
 //
 // A message still masked with the client's key (mk) is unmasked here, in
-// place, when its content matters: the first message (protocol
-// recognition), the replay opening's, and every message of a session
-// whose state is replayed; mk then tells forward it is plaintext.
+// place, when its content is read: the first message (protocol
+// recognition) and every message of a session whose state is replayed;
+// mk then tells forward it is plaintext. The replay opening keeps its
+// copies masked, like the delivery log.
 //
 // src is the frame reader p came from: upLog takes a large message's
 // buffer from it instead of copying it (frameReader.give) when the message
@@ -117,11 +118,9 @@ func (s *Session) admit(counted *leg, op ws.OpCode, p []byte, mk *maskKey, src *
 		return a
 	}
 	a.seq = s.upLog.newSeq()
-	if mk.set && (a.seq == 0 || s.sr.st != nil || a.seq < uint64(s.replay.keep)) {
-		mk.unmask(p)
-	}
-	s.replay.record(a.seq, op, p)
+	s.replay.record(a.seq, op, p, *mk)
 	if s.sr.st != nil || a.seq == 0 {
+		mk.unmask(p) // read for its content
 		if s.replayFromClientLocked(op, p, a.seq) != nil {
 			a.verdict = admitStateFull
 			return a
