@@ -127,16 +127,24 @@ func TestArmWriteKeepsDeadline(t *testing.T) {
 	}
 }
 
-// A masked leg masks a consumed payload in place and leaves it so once
-// written (one pass over the bytes, not two), but restores it when the
-// write fails: forward then holds those bytes for the next connection.
-func TestWriteConsumedRestoresOnFailure(t *testing.T) {
+// writeSession is a session, never started, to make legs of for testing
+// their write path alone.
+func writeSession(t *testing.T) *Session {
+	t.Helper()
 	env, err := NewEnv(hbCfg(hbOff, hbOff), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ct, _ := net.Pipe()
-	s := New(env, "consume", ct, nil, Upstream{}, nil)
+	t.Cleanup(func() { ct.Close() })
+	return New(env, "write", ct, nil, Upstream{}, nil)
+}
+
+// A masked leg masks a consumed payload in place and leaves it so once
+// written (one pass over the bytes, not two), but restores it when the
+// write fails: forward then holds those bytes for the next connection.
+func TestWriteConsumedRestoresOnFailure(t *testing.T) {
+	s := writeSession(t)
 	msg := bytes.Repeat([]byte("payload "), 1024) // past the coalescing size
 	p := append([]byte(nil), msg...)
 
@@ -180,12 +188,7 @@ func (c *checkConn) Write(p []byte) (int, error) {
 // write (another goroutine may be writing the same message to the next
 // connection).
 func TestWriteLoggedLeavesMessage(t *testing.T) {
-	env, err := NewEnv(hbCfg(hbOff, hbOff), nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ct, _ := net.Pipe()
-	s := New(env, "logged", ct, nil, Upstream{}, nil)
+	s := writeSession(t)
 	msg := bytes.Repeat([]byte("logged "), 2000)
 	p := bytes.Clone(msg)
 	a, b := net.Pipe()
