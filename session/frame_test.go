@@ -376,3 +376,31 @@ func TestFrameReaderGive(t *testing.T) {
 		t.Fatal("a text message came masked")
 	}
 }
+
+// retain keeps a masked message assembled in the reader's buffer without
+// a copy (the log takes the buffer), and copies anything else.
+func TestRetainTakesAssembledBuffer(t *testing.T) {
+	s := writeSession(t)
+	big := bytes.Repeat([]byte{7}, 10000)
+	wire := hbWire(t, true, ws.NewBinaryFrame(big), ws.NewTextFrame(bytes.Repeat([]byte("t"), 10000)))
+	r := &frameReader{br: bufio.NewReaderSize(bytes.NewReader(wire), 4096), fromClient: true, max: 1 << 20, ctl: new([125]byte)}
+	for i := range 2 {
+		_, op, p, _, _, err := r.next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.mu.Lock()
+		s.retain(uint64(i), op, p, true, r.mk, r)
+		kept := s.upLog.msgs[i]
+		s.mu.Unlock()
+		if shared := &kept.p[0] == &p[0]; shared != (i == 0) {
+			t.Fatalf("message %d (%v): log shares the reader's buffer: %v, want %v", i, op, shared, i == 0)
+		}
+		if kept.mask != r.mk {
+			t.Fatalf("message %d: log keeps mask %v, want %v", i, kept.mask, r.mk)
+		}
+	}
+	s.mu.Lock()
+	s.upLog.release()
+	s.mu.Unlock()
+}
