@@ -733,7 +733,8 @@ func TestKeptReadDeadlinePassesMidFrame(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(4 * 50 * time.Millisecond) // past IdleAfter, short of the timeout
-	last := time.Now() // before tether can read the last bytes
+	// Marked before tether can read the last bytes.
+	last := time.Now()
 	if _, err := r.client.Write(frame[half:]); err != nil {
 		t.Fatal(err)
 	}
