@@ -29,9 +29,19 @@ func (s *Server) resumeRequest(r *http.Request) (req resume.Request, badAck bool
 // once the client's upgrade was under way. false: refused (logged and
 // counted, never the token), and the handshake goes on as a new
 // resumable session.
+//
+// The token is used up (swapped for the next) before the session is
+// claimed, so of several handshakes presenting one token only the one
+// that wins the swap can touch the session: one that looked the token up
+// before the winner swapped it can no longer claim the session and close
+// the winner's new client leg. A claim refused afterwards (an ack out of
+// range) puts the token back.
 func (s *Server) tryResume(w http.ResponseWriter, r *http.Request, req resume.Request, badAck bool) bool {
 	why := ""
 	e, key, ok := s.tokens.Lookup(req.Token)
+	if f := s.lookedUp.Load(); f != nil {
+		(*f)()
+	}
 	var sess *session.Session
 	if ok {
 		s.mu.Lock()
@@ -45,6 +55,8 @@ func (s *Server) tryResume(w http.ResponseWriter, r *http.Request, req resume.Re
 			why = "the session has not started"
 		}
 	}
+	var token string
+	var next resume.Key
 	switch {
 	case !ok:
 		why = "unknown, used or expired token"
@@ -54,7 +66,11 @@ func (s *Server) tryResume(w http.ResponseWriter, r *http.Request, req resume.Re
 	case !sess.SameOrigin(r.Header.Get("Origin")):
 		why = "another Origin"
 	default:
-		if err := sess.Claim(req.Ack); err != nil {
+		token, next = resume.NewToken()
+		if !s.swapToken(e, sess, key, next) {
+			why = "token used meanwhile, or the session has ended"
+		} else if err := sess.Claim(req.Ack); err != nil {
+			s.swapToken(e, sess, next, key)
 			why = err.Error()
 		}
 	}
@@ -63,18 +79,11 @@ func (s *Server) tryResume(w http.ResponseWriter, r *http.Request, req resume.Re
 		s.log.Info("resume refused", "session", sessionID(sess), "why", why)
 		return false
 	}
-	token, next := resume.NewToken()
-	if !s.swapToken(e, sess, key, next) {
-		sess.Unclaim()
-		s.metrics.resumeRefused.Inc()
-		s.log.Info("resume refused", "session", sess.ID(), "why", "the session has ended")
-		return false
-	}
 	c, err := s.upgradeClient(w, r, sess.ID(), sess.Protocol(), nil)
 	if err != nil {
 		// The client never got the new token: the old one stays good.
-		s.swapToken(e, sess, next, key)
 		sess.Unclaim()
+		s.swapToken(e, sess, next, key)
 		s.log.Info("client upgrade failed", "session", sess.ID(), "err", err)
 		return true
 	}

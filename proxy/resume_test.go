@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -562,7 +563,9 @@ func TestResumeDrain(t *testing.T) {
 // the other gets a new session.
 func TestResumeRace(t *testing.T) {
 	nb := newNumberedBackend(t)
-	tt := startTether(t, nb.URL, nil)
+	var logs lockedBuffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	tt := startTetherOpts(t, nb.URL, proxy.Options{Logger: log}, nil)
 	rc := newResumeClient(t, tt.URL, "")
 	rc.open()
 	rc.stream(20, nil, "")
@@ -574,7 +577,52 @@ func TestResumeRace(t *testing.T) {
 	}
 	a, b := <-results, <-results
 	if a == b {
-		t.Fatalf("resumed %v and %v: want exactly one", a, b)
+		t.Fatalf("resumed %v and %v: want exactly one; tether's log:\n%s", a, b, logs.String())
+	}
+	if v := metric(t, tt, "tether_client_resumes_total", "result=refused"); v != 1 {
+		t.Errorf("refused %v, want 1; tether's log:\n%s", v, logs.String())
+	}
+}
+
+// TestResumeStaleLookupCannotTakeOver: a handshake that looked the token
+// up just before another resume used it is refused, and the client leg
+// that resume attached stays open: a used token touches nothing.
+func TestResumeStaleLookupCannotTakeOver(t *testing.T) {
+	nb := newNumberedBackend(t)
+	tt := startTether(t, nb.URL, nil)
+	rc := newResumeClient(t, tt.URL, "")
+	rc.open()
+	rc.stream(20, nil, "")
+
+	// The stale handshake stops right after its lookup until the other
+	// resume has completed.
+	var calls atomic.Int32
+	arrived, release := make(chan struct{}), make(chan struct{})
+	proxy.SetResumeLookedUp(tt.Server, func() {
+		if calls.Add(1) == 1 {
+			close(arrived)
+			<-release
+		}
+	})
+	stale := newResumeClient(t, tt.URL, "")
+	stale.token, stale.recv, stale.sent = rc.token, rc.recv, rc.sent
+	staleResumed := make(chan bool, 1)
+	go func() { staleResumed <- stale.resume("") }()
+	<-arrived
+	if !rc.resume("") {
+		t.Fatal("the first resume was refused")
+	}
+	close(release)
+	if <-staleResumed {
+		t.Fatal("a handshake with a used token resumed the session")
+	}
+	// The resumed leg is still attached: a round trip on it, with no
+	// resume in between.
+	if err := rc.send("c20"); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := rc.next(5 * time.Second); err != nil || m != "u20" {
+		t.Fatalf("after the stale handshake the resumed leg read %q, %v: want u20", m, err)
 	}
 	if v := metric(t, tt, "tether_client_resumes_total", "result=refused"); v != 1 {
 		t.Errorf("refused %v, want 1", v)

@@ -74,6 +74,9 @@ type Server struct {
 	// tokens finds resumable sessions by token (README "Client session
 	// resume"); a session's key changes under mu.
 	tokens resume.Table[*entry]
+	// lookedUp, when set (tests only), runs in tryResume between the
+	// token's lookup and its use.
+	lookedUp atomic.Pointer[func()]
 
 	ready atomic.Bool
 	http  *http.Server
