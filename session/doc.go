@@ -40,7 +40,7 @@
 // timeout starts the loop again on a new goroutine. A leg woken by control
 // frames only (pongs, pings, JSON heartbeats) parks again as soon as its
 // socket has nothing more. A woken leg reads with a 512-byte buffer and
-// takes 4 KiB, then 16 KiB, while its reads fill the buffer. Legs without
+// takes 4, 16, then 32 KiB, while its reads fill the buffer. Legs without
 // a file descriptor (TLS, net.Pipe) and legs with heartbeats under 1 s
 // keep a goroutine blocked in their read, with a 4 KiB buffer. Start
 // returns at once; Run waits.

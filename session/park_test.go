@@ -497,9 +497,9 @@ func BenchmarkIdleParked(b *testing.B) {
 }
 
 // A parking leg reads with the 512-byte buffer until a read fills it, then
-// takes the next size (4 KiB, then 16 KiB) at the next message boundary,
+// takes the next size (4, 16, then 32 KiB) at the next message boundary,
 // and starts small again after it parks: a burst of sessions that go idle
-// costs 0.5 KiB per running leg, a streaming leg reads 16 KiB at a time.
+// costs 0.5 KiB per running leg, a streaming leg reads 32 KiB at a time.
 func TestParkReadBufferGrowsWhenBusy(t *testing.T) {
 	sizes := make(chan int, 64)
 	r := newParkRigWith(t, hbCfg(hbOff, hbOff), func(env *Env) {
@@ -553,14 +553,25 @@ func TestParkReadBufferGrowsWhenBusy(t *testing.T) {
 	if n := next("a small message"); n != small {
 		t.Fatalf("a leg woken by a small message took %d B, want %d", n, small)
 	}
-	// 64 KiB in one write: reads fill each size in turn.
+	// Bursts of 64 KiB in one write each: a read fills the buffer, and
+	// the leg takes the next size where a burst ends (the first message
+	// boundary with no unread byte), until the largest.
 	burst := make([][]byte, 64)
 	for i := range burst {
 		burst[i] = make([]byte, 1000)
 	}
-	send(burst...)
-	r.waitParked(c)
+	largest := readBufSizes[tierLargest]
 	var took []int
+	for range 2 * len(readBufSizes) {
+		if len(took) > 0 && took[len(took)-1] == largest {
+			break
+		}
+		send(burst...)
+		for len(sizes) > 0 {
+			took = append(took, <-sizes)
+		}
+	}
+	r.waitParked(c)
 	for len(sizes) > 0 {
 		took = append(took, <-sizes)
 	}
