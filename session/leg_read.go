@@ -34,7 +34,9 @@ var errIdle = errors.New("leg idle")
 // for 16 KiB; 32 KiB takes a burst of 16 KiB of messages and their
 // headers in one read, not two: a third fewer reads, +6 %). A frame
 // larger than the buffer is read past it, straight into the message, so
-// the size limits nothing but the bytes per read.
+// the size limits nothing but the bytes per read; a leg whose buffer was
+// filled by a frame longer than the largest size does not grow (it would
+// only copy more of such frames out of the buffer: see growReader).
 var readBufSizes = [...]int{512, 4 << 10, 16 << 10, 32 << 10}
 
 const (
@@ -131,6 +133,14 @@ func (l *leg) growReader() {
 		return
 	}
 	l.grow = false
+	if l.fr.big {
+		// A frame longer than any read buffer filled it: what of it the
+		// buffer holds is copied out, the rest is read straight into the
+		// message, so a larger buffer would only copy more (at 64 KiB
+		// messages, 32 KiB of each instead of the 0.5 KiB a woken leg's
+		// buffer holds: tether's user CPU at 64 KiB halved).
+		return
+	}
 	l.releaseReader()
 	l.tier++
 	l.acquireReader()
@@ -385,6 +395,9 @@ type frameReader struct {
 	// own: the message last returned is buf itself, a pooled buffer that
 	// give may hand over.
 	own bool
+	// big: a frame of the message last returned was longer than the
+	// largest read buffer (readBufSizes): no read buffer holds it whole.
+	big bool
 }
 
 // give hands the buffer of p, the message last returned, over to the
@@ -416,7 +429,7 @@ func (r *frameReader) next() (ev event, op ws.OpCode, payload []byte, fragmented
 		r.buf = r.buf[:0]
 		r.compressed = false
 	}
-	r.mk, r.own = maskKey{}, false
+	r.mk, r.own, r.big = maskKey{}, false, false
 	for {
 		r.atBoundary = r.frames == 0
 		h, err := readHeader(r.br)
@@ -508,6 +521,7 @@ func (r *frameReader) next() (ev event, op ws.OpCode, payload []byte, fragmented
 			}
 			return evData, h.op, p, false, nil, nil
 		}
+		r.big = r.big || h.length > int64(readBufSizes[tierLargest])
 		total := int64(len(r.buf)) + h.length
 		start := len(r.buf)
 		if cap(r.buf) == 0 {

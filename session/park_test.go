@@ -501,22 +501,8 @@ func BenchmarkIdleParked(b *testing.B) {
 // and starts small again after it parks: a burst of sessions that go idle
 // costs 0.5 KiB per running leg, a streaming leg reads 32 KiB at a time.
 func TestParkReadBufferGrowsWhenBusy(t *testing.T) {
-	sizes := make(chan int, 64)
-	r := newParkRigWith(t, hbCfg(hbOff, hbOff), func(env *Env) {
-		// Long enough that a stalled machine does not park the leg in
-		// the middle of the burst.
-		env.IdleAfter = 300 * time.Millisecond
-		env.test.readBuf = func(l *leg, size int) {
-			if l.name() == LegClient {
-				sizes <- size
-			}
-		}
-	})
-	c, u := r.s.client, r.up()
-	r.waitParked(c, u)
-	for len(sizes) > 0 {
-		<-sizes // the buffers taken before the first park
-	}
+	r, sizes := newReadBufRig(t)
+	c := r.s.client
 	next := func(what string) int {
 		t.Helper()
 		select {
@@ -527,26 +513,7 @@ func TestParkReadBufferGrowsWhenBusy(t *testing.T) {
 			return 0
 		}
 	}
-	send := func(msgs ...[]byte) {
-		t.Helper()
-		var wire []byte
-		for _, m := range msgs {
-			var b bytesWriter
-			if err := wsutil.WriteClientBinary(&b, m); err != nil {
-				t.Fatal(err)
-			}
-			wire = append(wire, b...)
-		}
-		if _, err := r.client.Write(wire); err != nil {
-			t.Fatal(err)
-		}
-		_ = r.upstream.SetReadDeadline(time.Now().Add(10 * time.Second))
-		for range msgs {
-			if _, err := wsutil.ReadClientBinary(r.upstream); err != nil {
-				t.Fatalf("upstream peer read: %v", err)
-			}
-		}
-	}
+	send := r.sendBurst
 
 	small := readBufSizes[tierWake]
 	send([]byte("small"))
@@ -591,6 +558,90 @@ func TestParkReadBufferGrowsWhenBusy(t *testing.T) {
 	case n := <-sizes:
 		t.Fatalf("an extra read buffer of %d B was taken", n)
 	default:
+	}
+}
+
+// newReadBufRig is a parking session whose client leg reports each read
+// buffer it takes on sizes, once both legs have parked.
+func newReadBufRig(t *testing.T) (*parkRig, chan int) {
+	t.Helper()
+	sizes := make(chan int, 64)
+	r := newParkRigWith(t, hbCfg(hbOff, hbOff), func(env *Env) {
+		// Long enough that a stalled machine does not park the leg in
+		// the middle of a burst.
+		env.IdleAfter = 300 * time.Millisecond
+		env.test.readBuf = func(l *leg, size int) {
+			if l.name() == LegClient {
+				sizes <- size
+			}
+		}
+	})
+	r.waitParked(r.s.client, r.up())
+	for len(sizes) > 0 {
+		<-sizes // the buffers taken before the first park
+	}
+	return r, sizes
+}
+
+// sendBurst writes msgs from the client peer in one write and waits until
+// the upstream peer has read them all.
+func (r *parkRig) sendBurst(msgs ...[]byte) {
+	t := r.t
+	t.Helper()
+	var wire []byte
+	for _, m := range msgs {
+		var b bytesWriter
+		if err := wsutil.WriteClientBinary(&b, m); err != nil {
+			t.Fatal(err)
+		}
+		wire = append(wire, b...)
+	}
+	// Written while the upstream peer reads: a burst larger than the
+	// sockets' buffers would block both otherwise.
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := r.client.Write(wire)
+		wrote <- err
+	}()
+	_ = r.upstream.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for range msgs {
+		if _, err := wsutil.ReadClientBinary(r.upstream); err != nil {
+			t.Fatalf("upstream peer read: %v", err)
+		}
+	}
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A leg streaming messages longer than the largest read buffer keeps the
+// buffer it woke with: a larger one would hold no whole message, only
+// more of one to copy out (what it holds of a frame is copied into the
+// message, the rest is read straight into it).
+func TestParkReadBufferNotGrownForLargeMessages(t *testing.T) {
+	r, sizes := newReadBufRig(t)
+	burst := make([][]byte, 4)
+	for i := range burst {
+		burst[i] = make([]byte, readBufSizes[tierLargest]+1000)
+	}
+	var took []int
+	for range 2 * len(readBufSizes) {
+		r.sendBurst(burst...)
+		for len(sizes) > 0 {
+			took = append(took, <-sizes)
+		}
+	}
+	r.waitParked(r.s.client)
+	for len(sizes) > 0 {
+		took = append(took, <-sizes)
+	}
+	for _, n := range took {
+		if n != readBufSizes[tierWake] {
+			t.Fatalf("streaming %d-byte messages the leg took read buffers of %v B, want only %d", len(burst[0]), took, readBufSizes[tierWake])
+		}
+	}
+	if len(took) == 0 {
+		t.Fatal("the leg never woke")
 	}
 }
 
