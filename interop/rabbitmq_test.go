@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -38,6 +39,11 @@ func freePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
+// rabbitSeq makes each broker's node name unique within the process (a
+// test run with -count above 1 starts a new broker while epmd may still
+// hold the name of the one killed before).
+var rabbitSeq atomic.Int32
+
 func startRabbit(t *testing.T) *rabbit {
 	t.Helper()
 	if _, err := exec.LookPath("rabbitmq-server"); err != nil {
@@ -60,7 +66,7 @@ func startRabbit(t *testing.T) *rabbit {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	r := &rabbit{t: t, dir: dir, node: "tethertest" + strconv.Itoa(os.Getpid()) + "@" + host,
+	r := &rabbit{t: t, dir: dir, node: "tethertest" + strconv.Itoa(os.Getpid()) + "x" + strconv.Itoa(int(rabbitSeq.Add(1))) + "@" + host,
 		stomp: freePort(t), mqtt: freePort(t), dist: freePort(t)}
 	conf := "listeners.tcp = none\nloopback_users = none\nstomp.listeners.tcp = none\nmqtt.listeners.tcp = none\n" +
 		"web_stomp.tcp.ip = 127.0.0.1\nweb_stomp.tcp.port = " + strconv.Itoa(r.stomp) + "\n" +
