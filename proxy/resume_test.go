@@ -52,6 +52,16 @@ func newResumeClient(t *testing.T, url, origin string) *resumeClient {
 	return rc
 }
 
+// openStreamed opens a resumable session at url and streams n round
+// trips on it.
+func openStreamed(t *testing.T, url, origin string, n int) *resumeClient {
+	t.Helper()
+	rc := newResumeClient(t, url, origin)
+	rc.open()
+	rc.stream(n, nil, "")
+	return rc
+}
+
 func (rc *resumeClient) header() http.Header {
 	if rc.origin == "" {
 		return nil
@@ -401,9 +411,7 @@ func TestResumeHalfOpen(t *testing.T) {
 func TestResumeRefusals(t *testing.T) {
 	nb := newNumberedBackend(t)
 	tt := startTether(t, nb.URL, nil)
-	rc := newResumeClient(t, tt.URL, "https://app.example")
-	rc.open()
-	rc.stream(10, nil, "")
+	rc := openStreamed(t, tt.URL, "https://app.example", 10)
 	first := rc.token
 
 	// A good resume: the token changes.
@@ -566,9 +574,7 @@ func TestResumeRace(t *testing.T) {
 	var logs lockedBuffer
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	tt := startTetherOpts(t, nb.URL, proxy.Options{Logger: log}, nil)
-	rc := newResumeClient(t, tt.URL, "")
-	rc.open()
-	rc.stream(20, nil, "")
+	rc := openStreamed(t, tt.URL, "", 20)
 	results := make(chan bool, 2)
 	for range 2 {
 		c := newResumeClient(t, tt.URL, "")
@@ -590,9 +596,7 @@ func TestResumeRace(t *testing.T) {
 func TestResumeStaleLookupCannotTakeOver(t *testing.T) {
 	nb := newNumberedBackend(t)
 	tt := startTether(t, nb.URL, nil)
-	rc := newResumeClient(t, tt.URL, "")
-	rc.open()
-	rc.stream(20, nil, "")
+	rc := openStreamed(t, tt.URL, "", 20)
 
 	// The stale handshake stops right after its lookup until the other
 	// resume has completed.
