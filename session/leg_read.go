@@ -395,8 +395,9 @@ type frameReader struct {
 	// own: the message last returned is buf itself, a pooled buffer that
 	// give may hand over.
 	own bool
-	// big: a frame of the message last returned was longer than the
-	// largest read buffer (readBufSizes): no read buffer holds it whole.
+	// big: a frame of the last data message (returned or being
+	// assembled) was longer than the largest read buffer (readBufSizes):
+	// no read buffer holds it whole.
 	big bool
 }
 
@@ -429,7 +430,7 @@ func (r *frameReader) next() (ev event, op ws.OpCode, payload []byte, fragmented
 		r.buf = r.buf[:0]
 		r.compressed = false
 	}
-	r.mk, r.own, r.big = maskKey{}, false, false
+	r.mk, r.own = maskKey{}, false
 	for {
 		r.atBoundary = r.frames == 0
 		h, err := readHeader(r.br)
@@ -489,6 +490,7 @@ func (r *frameReader) next() (ev event, op ws.OpCode, payload []byte, fragmented
 				return 0, 0, nil, false, nil, protoErr("new message inside a fragmented message")
 			}
 			r.msgOp = h.op
+			r.big = false // control frames between messages leave it
 		default:
 			return 0, 0, nil, false, nil, protoErr("unknown data opcode %d", h.op)
 		}
