@@ -196,6 +196,7 @@ type numberedBackend struct {
 	dedupe bool
 	next   int
 	gap    string
+	joined chan struct{} // a value per upstream connection the backend got
 }
 
 func newNumberedBackend(t *testing.T) *numberedBackend {
@@ -205,12 +206,17 @@ func newNumberedBackend(t *testing.T) *numberedBackend {
 }
 
 func (nb *numberedBackend) init(t *testing.T) {
+	nb.joined = make(chan struct{}, 1024)
 	anyOrigin := &websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
 	nb.backend = newBackend(t, anyOrigin, func(c *websocket.Conn, _ *http.Request) {
 		nb.mu.Lock()
 		i := len(nb.recv)
 		nb.recv = append(nb.recv, nil)
 		nb.mu.Unlock()
+		select {
+		case nb.joined <- struct{}{}:
+		default: // full: a waiter has values to wake on and counts recv
+		}
 		for {
 			mt, p, err := c.ReadMessage()
 			if err != nil {
@@ -241,6 +247,27 @@ func (nb *numberedBackend) init(t *testing.T) {
 			}
 		}
 	})
+}
+
+// connections waits until the backend's handler has taken n upstream
+// connections (tether's dial completes when the backend's upgrade
+// response is written, a moment before its handler runs), or 5 s, and
+// returns how many it has; more than n are counted too.
+func (nb *numberedBackend) connections(n int) int {
+	timeout := time.After(5 * time.Second)
+	for {
+		nb.mu.Lock()
+		got := len(nb.recv)
+		nb.mu.Unlock()
+		if got >= n {
+			return got
+		}
+		select {
+		case <-nb.joined:
+		case <-timeout:
+			return got
+		}
+	}
 }
 
 func (nb *numberedBackend) received() [][]string {
@@ -449,7 +476,7 @@ func TestResumeRefusals(t *testing.T) {
 		t.Errorf("tether_client_resumes_total{refused} = %v, want 4", v)
 	}
 	// Each refusal is a new session with its own upstream connection.
-	if got := len(nb.received()); got != 5 {
+	if got := nb.connections(5); got != 5 {
 		t.Errorf("the backend saw %d connections, want 5", got)
 	}
 }
@@ -678,7 +705,7 @@ func TestResumeDuringUpstreamReconnect(t *testing.T) {
 	if strings.Join(status, " ") != strings.Join(want, " ") {
 		t.Fatalf("status messages %v, want %v", status, want)
 	}
-	if got := len(nb.received()); got != 2 {
+	if got := nb.connections(2); got != 2 {
 		t.Errorf("%d upstream connections, want 2", got)
 	}
 }
