@@ -404,3 +404,26 @@ func TestRetainTakesAssembledBuffer(t *testing.T) {
 	s.upLog.release()
 	s.mu.Unlock()
 }
+
+// big marks the last data message that had a frame longer than the
+// largest read buffer (growReader's test for not growing): a control frame
+// after it leaves the mark, the next data message sets it anew.
+func TestFrameReaderBigMarksDataMessages(t *testing.T) {
+	t.Parallel()
+	large := make([]byte, readBufSizes[tierLargest]+1)
+	wire := hbWire(t, true, ws.NewBinaryFrame(large), ws.NewPingFrame([]byte("p")),
+		ws.NewBinaryFrame([]byte("small")), ws.NewPongFrame(nil))
+	r := &frameReader{br: bufio.NewReaderSize(bytes.NewReader(wire), 512), fromClient: true, max: 1 << 20, ctl: new([125]byte)}
+	for i, want := range []struct {
+		ev  event
+		big bool
+	}{{evData, true}, {evPing, true}, {evData, false}, {evPong, false}} {
+		ev, _, _, _, _, err := r.next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ev != want.ev || r.big != want.big {
+			t.Fatalf("event %d: %v with big %v, want %v with big %v", i, ev, r.big, want.ev, want.big)
+		}
+	}
+}
