@@ -629,6 +629,9 @@ func TestResumeStaleLookupCannotTakeOver(t *testing.T) {
 	// resume has completed.
 	var calls atomic.Int32
 	arrived, release := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	letGo := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(letGo) // a failed test does not leave the handshake held
 	proxy.SetResumeLookedUp(tt.Server, func() {
 		if calls.Add(1) == 1 {
 			close(arrived)
@@ -643,7 +646,7 @@ func TestResumeStaleLookupCannotTakeOver(t *testing.T) {
 	if !rc.resume("") {
 		t.Fatal("the first resume was refused")
 	}
-	close(release)
+	letGo()
 	if <-staleResumed {
 		t.Fatal("a handshake with a used token resumed the session")
 	}
