@@ -22,8 +22,8 @@ func (r *hbRig) retained() int {
 // Acknowledgement pings (README "Upstream loss, reconnect and the delivery
 // guarantee"): a message sent alone carries its acknowledgement ping right
 // behind it, in the same write; the messages of a burst behind it share
-// the next one, ackPingDelay after the pong (and ackSpacing after the
-// last); nothing waits for the interval ping.
+// the next one, ackSpacing plus ackGrace after the last when no message
+// comes to carry it; nothing waits for the interval ping.
 func TestAckPingSoonAfterSend(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
@@ -64,11 +64,19 @@ func TestAckPingSoonAfterSend(t *testing.T) {
 		if n := r.retained(); n != 2 {
 			t.Fatalf("%d messages retained after the first pong, want 2 (b2, b3)", n)
 		}
+		// The spacing allows the next ping ackSpacing after the first;
+		// it waits ackGrace more for a message to ride on, then goes
+		// alone.
 		time.Sleep(ackSpacing)
+		synctest.Wait()
+		if pings = hbOps(r.up.take(), ws.OpPing); len(pings) != 0 {
+			t.Fatalf("%d pings %v after the burst, want none before ackGrace more", len(pings), ackSpacing)
+		}
+		time.Sleep(ackGrace)
 		synctest.Wait()
 		pings = hbOps(r.up.take(), ws.OpPing)
 		if len(pings) != 1 {
-			t.Fatalf("%d pings %v after the burst, want one acknowledgement ping", len(pings), ackSpacing)
+			t.Fatalf("%d pings %v after the burst, want one acknowledgement ping", len(pings), ackSpacing+ackGrace)
 		}
 		if err := r.up.send(ws.NewPongFrame(pings[0].p)); err != nil {
 			t.Fatal(err)
@@ -130,6 +138,50 @@ func TestAckNoProbeBetweenAckedMessages(t *testing.T) {
 	})
 }
 
+// A session sending every 20 ms, more often than ackSpacing allows pings,
+// has each acknowledgement ping carried by a message (the first written
+// once the spacing allows), never one written alone by the timer, and
+// still at most one per ackSpacing; every message is acknowledged within
+// ackSpacing plus ackGrace.
+func TestAckPingRidesOnNextMessage(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		r := newHBRig(t, hbCfg(hbOff, hbLeg(heartbeat.ModeWS, 10*time.Second, 0)), hbOpts{upAutoPong: true})
+		const n, every = 50, 20 * time.Millisecond
+		r.at(time.Second)
+		for i := range n {
+			r.client.text(strconv.Itoa(i))
+			if i < n-1 {
+				time.Sleep(every)
+			}
+		}
+		synctest.Wait()
+		fs := r.up.got()
+		var pings []time.Time
+		for i, f := range fs {
+			if f.op != ws.OpPing {
+				continue
+			}
+			if i == 0 || fs[i-1].op != ws.OpText || !fs[i-1].at.Equal(f.at) {
+				t.Fatalf("ping %d at %v not behind a message in its write", len(pings), f.at.Sub(r.start))
+			}
+			if k := len(pings); k > 0 && f.at.Sub(pings[k-1]) < ackSpacing {
+				t.Fatalf("pings %v apart, want at least %v", f.at.Sub(pings[k-1]), ackSpacing)
+			}
+			pings = append(pings, f.at)
+		}
+		// One per three messages: 0, 60, 120 ms…
+		if want := n / 3; len(pings) < want-1 || len(pings) > want+1 {
+			t.Fatalf("%d acknowledgement pings for %d messages %v apart, want about %d", len(pings), n, every, want)
+		}
+		time.Sleep(ackSpacing + ackGrace)
+		synctest.Wait()
+		if k := r.retained(); k != 0 {
+			t.Fatalf("%d messages retained %v after the last, want 0", k, ackSpacing+ackGrace)
+		}
+	})
+}
+
 // A busy session sends at most one acknowledgement ping per ackSpacing, and
 // its messages are acknowledged within about that.
 func TestAckPingBounded(t *testing.T) {
@@ -146,10 +198,10 @@ func TestAckPingBounded(t *testing.T) {
 		if max := int(time.Second/ackSpacing) + 1; pings > max || pings < max/2 {
 			t.Fatalf("%d acknowledgement pings in a busy second, want at most %d (and not far fewer)", pings, max)
 		}
-		time.Sleep(ackSpacing + ackPingDelay)
+		time.Sleep(ackSpacing + ackGrace)
 		synctest.Wait()
 		if k := r.retained(); k != 0 {
-			t.Fatalf("%d messages retained %v after the last send, want 0", k, ackSpacing+ackPingDelay)
+			t.Fatalf("%d messages retained %v after the last send, want 0", k, ackSpacing+ackGrace)
 		}
 		t.Logf("%d acknowledgement pings for %d messages in 1s", pings, n)
 	})
@@ -184,7 +236,7 @@ func TestAckMQTTPacketBoundary(t *testing.T) {
 		connect := []byte{0x10, 12, 0, 4, 'M', 'Q', 'T', 'T', 4, 2, 0, 60, 0, 0}
 		pong := func() {
 			t.Helper()
-			time.Sleep(ackPingDelay + ackSpacing)
+			time.Sleep(ackSpacing + ackGrace)
 			synctest.Wait()
 			pings := hbOps(r.up.take(), ws.OpPing)
 			if len(pings) != 1 {
