@@ -7,6 +7,12 @@
 # core 1, as in compare.sh.
 #
 #   bench/ab.sh [-reps 3] [-duration 5s] [-size 1024] [-conns 64] [-inflight 16] [-resume] TARGET...
+#   bench/ab.sh -rate 5000 [-conns 1000] [-size 128] [-reps 6] [-duration 7s] TARGET...
+#
+# -rate runs the latency workload instead (a fixed rate over the
+# connections, open loop): p50/p99 and the proxy's CPU seconds at that
+# rate, compare.sh's latency rows; -conns 100 at the same rate has each
+# connection send every 20 ms instead of every 200 ms.
 #
 # TARGET is haproxy, caddy, or the path of a tether binary (its file name
 # labels it), e.g. two builds of tether:
@@ -22,13 +28,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin:/usr/sbin"
-reps=3 dur=5s size=1024 conns=64 inflight=16 resume=""
+reps=3 dur=5s size=1024 conns=64 inflight=16 resume="" rate=""
+size_set="" conns_set=""
 while [ $# -gt 0 ]; do
   case "$1" in
     -reps) reps=$2; shift 2 ;;
     -duration) dur=$2; shift 2 ;;
-    -size) size=$2; shift 2 ;;
-    -conns) conns=$2; shift 2 ;;
+    -size) size=$2; size_set=1; shift 2 ;;
+    -conns) conns=$2; conns_set=1; shift 2 ;;
+    -rate) rate=$2; shift 2 ;;
     -inflight) inflight=$2; shift 2 ;;
     -resume) resume=-resume; shift ;;
     -*) echo "unknown flag $1" >&2; exit 2 ;;
@@ -36,6 +44,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ $# -gt 0 ] || { echo "usage: $0 [flags] TARGET..." >&2; exit 2; }
+if [ -n "$rate" ]; then
+  # compare.sh's latency workload unless told otherwise.
+  [ -n "$size_set" ] || size=128
+  [ -n "$conns_set" ] || conns=1000
+fi
 tmp=$(mktemp -d /tmp/tether-ab.XXXXXX)
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$tmp"' EXIT
@@ -60,8 +73,13 @@ for _ in $(seq "$reps"); do
     esac
     pids+=("$p")
     wait_port "${proxy##*:}"
-    taskset -c 1 "$tmp/bench" throughput -url "ws://$proxy/" -target "$label" -label "throughput-$size" -duration "$dur" \
-      -size "$size" -conns "$conns" -inflight "$inflight" $tres -proxy-pid "$p" -backend-pid "$bk" -json 2>/dev/null >> "$tmp/results.jsonl" || true
+    if [ -n "$rate" ]; then
+      taskset -c 1 "$tmp/bench" latency -url "ws://$proxy/" -target "$label" -label "latency-$conns" -duration "$dur" \
+        -size "$size" -conns "$conns" -rate "$rate" $tres -proxy-pid "$p" -backend-pid "$bk" -json 2>/dev/null >> "$tmp/results.jsonl" || true
+    else
+      taskset -c 1 "$tmp/bench" throughput -url "ws://$proxy/" -target "$label" -label "throughput-$size" -duration "$dur" \
+        -size "$size" -conns "$conns" -inflight "$inflight" $tres -proxy-pid "$p" -backend-pid "$bk" -json 2>/dev/null >> "$tmp/results.jsonl" || true
+    fi
     kill "$p"; wait "$p" 2>/dev/null || true
     sleep 0.2
   done
