@@ -200,9 +200,17 @@ func (l *leg) writeDataAcked(op ws.OpCode, p []byte, seq uint64, mk maskKey) (do
 	id := l.tracker.SentWS(now, seq+1)
 	l.ackDue.Store(-(ns + l.holdAfterLocked()))
 	l.ackLast = ns
-	if armed > 0 {
-		// The timer was set for the armed ping: set it for what is
-		// next instead, so that it does not fire for nothing.
+	moved := armed > 0 // the timer was set for the armed ping
+	if l.probeDue > 0 {
+		// This ping probes too: the probe is due probeEvery after it.
+		l.probeDue = probeGrid(ns + int64(probeEvery))
+		moved = true
+	}
+	if moved {
+		// Set the timer for what is next now, so that it does not fire
+		// for nothing: a session whose messages carry their pings has
+		// no timer firing between them (a firing costs a goroutine and
+		// came in bursts on the probe grid; a Reset is a heap update).
 		l.timer.Reset(time.Duration(l.nextTickLocked(ns)))
 	}
 	l.ctl.Unlock()

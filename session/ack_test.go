@@ -2,6 +2,7 @@ package session
 
 import (
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -120,11 +121,18 @@ func TestAckProbeWhileActive(t *testing.T) {
 }
 
 // A session whose messages each carry their own acknowledgement ping is
-// probed by those pings: no probe goes out between them.
+// probed by those pings: no probe goes out between them, and no timer
+// fires.
 func TestAckNoProbeBetweenAckedMessages(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		r := newHBRig(t, hbCfg(hbOff, hbLeg(heartbeat.ModeWS, 10*time.Second, 0)), hbOpts{upAutoPong: true})
+		var ticks atomic.Int32
+		hooks := &testHooks{tick: func(l *leg) {
+			if l.upstream() {
+				ticks.Add(1)
+			}
+		}}
+		r := newHBRig(t, hbCfg(hbOff, hbLeg(heartbeat.ModeWS, 10*time.Second, 0)), hbOpts{upAutoPong: true, hooks: hooks})
 		const n = 15 // one every 200 ms for 3 s
 		for i := range n {
 			r.at(time.Second + time.Duration(i)*200*time.Millisecond)
@@ -134,6 +142,11 @@ func TestAckNoProbeBetweenAckedMessages(t *testing.T) {
 		fs := r.up.got()
 		if pings, msgs := len(hbOps(fs, ws.OpPing)), len(hbOps(fs, ws.OpText)); msgs != n || pings != n {
 			t.Fatalf("%d pings with %d messages, want one per message and no probe", pings, msgs)
+		}
+		// Nor a timer firing between them: each ping moves the probe,
+		// and the timer with it.
+		if k := ticks.Load(); k != 0 {
+			t.Fatalf("the upstream leg's timer fired %d times between messages, want 0", k)
 		}
 	})
 }

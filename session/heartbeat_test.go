@@ -285,6 +285,8 @@ type hbOpts struct {
 	subprotocol string
 	// dialDelay: each reconnect dial takes this long.
 	dialDelay time.Duration
+	// hooks: the Env's test hooks.
+	hooks *testHooks
 }
 
 // newHBRig starts a session. Its DialFunc records each attempt and, unless
@@ -299,6 +301,7 @@ func newHBRig(t *testing.T, cfg Config, o hbOpts) *hbRig {
 		t.Fatal(err)
 	}
 	env.Jitter = func(int64) int64 { return 0 }
+	env.test = o.hooks
 	r.env = env
 	cs, cp := net.Pipe()
 	us, up := net.Pipe()

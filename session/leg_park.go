@@ -114,6 +114,9 @@ func (l *leg) tick() {
 	if l.timerStop.Load() {
 		return
 	}
+	if t := l.s.env.test; t != nil && t.tick != nil {
+		t.tick(l)
+	}
 	now := time.Now().UnixNano()
 	l.ctl.Lock()
 	ping := now >= l.pingDue

@@ -103,6 +103,7 @@ type testHooks struct {
 	quickPark func(l *leg)           // told of each leg that parks right after a control-only wake
 	deadline  func(l *leg)           // told of each read deadline a read loop sets
 	early     func(l *leg)           // told of each kept read deadline that passed early
+	tick      func(l *leg)           // told of each firing of a leg's timer
 }
 
 func (e *Env) parkMinInterval() time.Duration {
