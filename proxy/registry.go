@@ -10,7 +10,6 @@ import (
 // once its session runs, an element of the registry's list.
 type entry struct {
 	released bool             // its slot is free (under Server.mu)
-	removed  bool             // unregistered (under Server.mu)
 	sess     *session.Session // nil while handshaking
 	// seq orders running sessions by start (1, 2, …; 0 while
 	// handshaking) and is the position a /sessions cursor names.

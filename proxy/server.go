@@ -204,7 +204,6 @@ func (s *Server) register() (*entry, func(), int) {
 	return e, func() {
 		s.releaseSlot(e)
 		s.mu.Lock()
-		e.removed = true
 		s.sessions.unlink(e)
 		s.sessions.n--
 		s.mu.Unlock()
@@ -390,6 +389,11 @@ func (s *Server) startSession(e *entry, unregister func(), id string, c upgraded
 	// for the drain (Server.Shutdown never waits for hijacked connections
 	// anyway).
 	s.burst.Note()
+	// Started and listed in one critical section: once Start returns the
+	// session relays, and an admin lookup that follows a relayed message
+	// must find it (README "Admin endpoints"). Start only starts
+	// goroutines; the end callback takes mu, so it waits for the link.
+	s.mu.Lock()
 	sess.Start(context.Background(), func(st session.Stage, _ session.Outcome) {
 		if st == session.Ending {
 			s.releaseSlot(e) // before the goodbye handshakes finish
@@ -402,11 +406,8 @@ func (s *Server) startSession(e *entry, unregister func(), id string, c upgraded
 		unregister()
 		s.burst.Note()
 	})
-	s.mu.Lock()
-	if !e.removed { // else it has ended already
-		e.sess = sess
-		s.sessions.link(e, time.Now())
-	}
+	e.sess = sess
+	s.sessions.link(e, time.Now())
 	draining := s.draining
 	s.mu.Unlock()
 	if draining {
