@@ -77,6 +77,9 @@ type Server struct {
 	// lookedUp, when set (tests only), runs in tryResume between the
 	// token's lookup and its use.
 	lookedUp atomic.Pointer[func()]
+	// relayed, when set (tests only), runs in startSession between the
+	// session's Relay and its listing, with mu held.
+	relayed atomic.Pointer[func()]
 
 	ready atomic.Bool
 	http  *http.Server
@@ -389,12 +392,7 @@ func (s *Server) startSession(e *entry, unregister func(), id string, c upgraded
 	// for the drain (Server.Shutdown never waits for hijacked connections
 	// anyway).
 	s.burst.Note()
-	// Started and listed in one critical section: once Start returns the
-	// session relays, and an admin lookup that follows a relayed message
-	// must find it (README "Admin endpoints"). Start only starts
-	// goroutines; the end callback takes mu, so it waits for the link.
-	s.mu.Lock()
-	sess.Start(context.Background(), func(st session.Stage, _ session.Outcome) {
+	sess.Open(func(st session.Stage, _ session.Outcome) {
 		if st == session.Ending {
 			s.releaseSlot(e) // before the goodbye handshakes finish
 			if resumable {
@@ -406,6 +404,15 @@ func (s *Server) startSession(e *entry, unregister func(), id string, c upgraded
 		unregister()
 		s.burst.Note()
 	})
+	// Relayed and listed in one critical section: an admin lookup that
+	// follows a relayed message must find the session (README "Admin
+	// endpoints"). Relay starts goroutines and timers only, no I/O; the
+	// end callback takes mu, so it waits for the link.
+	s.mu.Lock()
+	sess.Relay(context.Background())
+	if f := s.relayed.Load(); f != nil {
+		(*f)()
+	}
 	e.sess = sess
 	s.sessions.link(e, time.Now())
 	draining := s.draining

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -386,5 +387,58 @@ func waitSession(t *testing.T, admin *httptest.Server, id, what string, ok func(
 			t.Fatalf("waiting for %s: session is %+v", what, s)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// README "Admin endpoints": a session is listed before it relays its first
+// message, so a lookup made after an echo finds it. The session is held
+// between its Relay and its listing while it relays a round trip; the
+// lookup made then must wait for the listing (it takes the server's
+// lock, which the listing holds), not answer 404.
+func TestAdminSessionListedBeforeItRelays(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, nil, nil)
+	tt := startTether(t, b.URL, nil)
+	admin := startAdmin(t, tt)
+	held, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	proxy.SetRelayed(tt.Server, func() {
+		once.Do(func() {
+			close(held)
+			select {
+			case <-release:
+			case <-time.After(10 * time.Second):
+			}
+		})
+	})
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	c, id := dialSession(t, tt)
+	<-held
+	coreEcho(t, c, "first") // relayed while held
+	got := make(chan int, 1)
+	go func() {
+		resp, err := http.Get(admin.URL + "/sessions/" + id)
+		if err != nil {
+			got <- -1
+			return
+		}
+		resp.Body.Close()
+		got <- resp.StatusCode
+	}()
+	select {
+	case st := <-got:
+		t.Fatalf("GET /sessions/{id} after the first echo answered %d before the session was listed", st)
+	case <-time.After(200 * time.Millisecond):
+		// Waiting for the listing, as it should.
+	}
+	close(release)
+	if st := <-got; st != http.StatusOK {
+		t.Fatalf("GET /sessions/{id} after the first echo: %d, want 200", st)
 	}
 }

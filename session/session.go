@@ -340,10 +340,27 @@ func (s *Session) Run(ctx context.Context) Outcome {
 // drains the session as in Run. No goroutine waits for the session: an
 // idle session has none at all.
 func (s *Session) Start(ctx context.Context, onEnd EndFunc) {
+	s.Open(onEnd)
+	s.Relay(ctx)
+}
+
+// Open is Start's first half: it logs the session's opening and records
+// onEnd; nothing is relayed until Relay. A caller that publishes the
+// session (the proxy's admin list, README "Admin endpoints") calls Relay
+// and publishes it in one critical section, so that nothing the session
+// relays is seen before it is listed: Relay does no I/O (the log line is
+// here), so that section holds its lock across no write.
+func (s *Session) Open(onEnd EndFunc) {
 	s.log.Info("session open", "session", s.id, "remote", s.client.conn.RemoteAddr().String(), "upstream", s.upHost)
 	s.mu.Lock()
 	s.onEnd = onEnd // under mu: a Close may race with Start
 	s.mu.Unlock()
+}
+
+// Relay is Start's second half, once, after Open: it starts the read
+// loops and the heartbeat timers (goroutines and timers only). Cancelling
+// ctx drains the session as in Run.
+func (s *Session) Relay(ctx context.Context) {
 	if ctx.Done() != nil {
 		s.stopDrain = context.AfterFunc(ctx, s.Drain)
 	}
