@@ -9,7 +9,6 @@ package session
 //	go test -run x -bench Relay ./session/
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -153,13 +152,13 @@ func BenchmarkIdleHeartbeats(b *testing.B) {
 type hbWirePeer struct {
 	conn net.Conn
 	mask bool // we are the client side
-	br   *bufio.Reader
+	br   *inbuf
 	out  []byte
 	in   []byte
 }
 
 func newHBWirePeer(c net.Conn, mask bool) *hbWirePeer {
-	return &hbWirePeer{conn: c, mask: mask, br: bufio.NewReaderSize(c, 32<<10)}
+	return &hbWirePeer{conn: c, mask: mask, br: newInbuf(c, 32<<10)}
 }
 
 // encode builds one final frame in p.out.

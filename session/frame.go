@@ -1,7 +1,6 @@
 package session
 
 import (
-	"bufio"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -90,7 +89,7 @@ type frameHeader struct {
 }
 
 // readHeader decodes one frame header from br without allocating.
-func readHeader(br *bufio.Reader) (h frameHeader, err error) {
+func readHeader(br *inbuf) (h frameHeader, err error) {
 	b, err := br.Peek(2)
 	if err != nil {
 		return h, eofToUnexpected(err, len(b))
@@ -137,7 +136,7 @@ func readHeader(br *bufio.Reader) (h frameHeader, err error) {
 	if h.masked {
 		copy(h.mask[:], b[off:off+4])
 	}
-	_, _ = br.Discard(n)
+	br.Discard(n)
 	return h, nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"unicode/utf8"
 
 	"github.com/gobwas/ws"
@@ -34,7 +35,7 @@ func hbWire(t testing.TB, masked bool, fs ...ws.Frame) []byte {
 }
 
 func hbFrameReader(b []byte, fromClient bool, max int64) *frameReader {
-	return &frameReader{br: bufio.NewReader(bytes.NewReader(b)), fromClient: fromClient, max: max, ctl: new([125]byte)}
+	return &frameReader{br: newInbuf(bytes.NewReader(b), 4096), fromClient: fromClient, max: max, ctl: new([125]byte)}
 }
 
 func TestFrameHeaderRoundTrip(t *testing.T) {
@@ -53,7 +54,7 @@ func TestFrameHeaderRoundTrip(t *testing.T) {
 				if gh.Length != int64(n) || gh.Masked != masked || gh.OpCode != op || !gh.Fin || (masked && gh.Mask != key) {
 					t.Errorf("n=%d masked=%v: gobwas read %+v", n, masked, gh)
 				}
-				h, err := readHeader(bufio.NewReader(bytes.NewReader(hdr)))
+				h, err := readHeader(newInbuf(bytes.NewReader(hdr), 4096))
 				if err != nil {
 					t.Fatalf("n=%d masked=%v: %v", n, masked, err)
 				}
@@ -83,7 +84,7 @@ func TestFrameHeaderErrors(t *testing.T) {
 		{"64-bit length for 0xffff", len64(0xffff), true, nil},
 		{"64-bit length with MSB", len64(1 << 63), true, nil},
 	} {
-		_, err := readHeader(bufio.NewReader(bytes.NewReader(c.b)))
+		_, err := readHeader(newInbuf(bytes.NewReader(c.b), 4096))
 		var pe *protocolError
 		switch {
 		case c.proto && (!errors.As(err, &pe) || pe.Code != CloseProtocolError):
@@ -94,7 +95,7 @@ func TestFrameHeaderErrors(t *testing.T) {
 	}
 	// Minimal encodings at the edges are fine.
 	for _, b := range [][]byte{len16(126), len64(0x10000)} {
-		if _, err := readHeader(bufio.NewReader(bytes.NewReader(b))); err != nil {
+		if _, err := readHeader(newInbuf(bytes.NewReader(b), 4096)); err != nil {
 			t.Errorf("% x: %v", b, err)
 		}
 	}
@@ -333,7 +334,7 @@ func TestFrameReaderGive(t *testing.T) {
 	t.Parallel()
 	big1, big2 := bytes.Repeat([]byte{1}, 10000), bytes.Repeat([]byte{2}, 10000)
 	wire := hbWire(t, true, ws.NewBinaryFrame(big1), ws.NewBinaryFrame(big2), ws.NewBinaryFrame([]byte("small")), ws.NewTextFrame(bytes.Repeat([]byte("t"), 10000)))
-	r := &frameReader{br: bufio.NewReaderSize(bytes.NewReader(wire), 4096), fromClient: true, max: 1 << 20, ctl: new([125]byte)}
+	r := &frameReader{br: newInbuf(bytes.NewReader(wire), 4096), fromClient: true, max: 1 << 20, ctl: new([125]byte)}
 	next := func(want []byte) []byte {
 		t.Helper()
 		_, _, p, _, _, err := r.next()
@@ -383,7 +384,7 @@ func TestRetainTakesAssembledBuffer(t *testing.T) {
 	s := writeSession(t)
 	big := bytes.Repeat([]byte{7}, 10000)
 	wire := hbWire(t, true, ws.NewBinaryFrame(big), ws.NewTextFrame(bytes.Repeat([]byte("t"), 10000)))
-	r := &frameReader{br: bufio.NewReaderSize(bytes.NewReader(wire), 4096), fromClient: true, max: 1 << 20, ctl: new([125]byte)}
+	r := &frameReader{br: newInbuf(bytes.NewReader(wire), 4096), fromClient: true, max: 1 << 20, ctl: new([125]byte)}
 	for i := range 2 {
 		_, op, p, _, _, err := r.next()
 		if err != nil {
@@ -413,7 +414,7 @@ func TestFrameReaderBigMarksDataMessages(t *testing.T) {
 	large := make([]byte, readBufSizes[tierLargest]+1)
 	wire := hbWire(t, true, ws.NewBinaryFrame(large), ws.NewPingFrame([]byte("p")),
 		ws.NewBinaryFrame([]byte("small")), ws.NewPongFrame(nil))
-	r := &frameReader{br: bufio.NewReaderSize(bytes.NewReader(wire), 512), fromClient: true, max: 1 << 20, ctl: new([125]byte)}
+	r := &frameReader{br: newInbuf(bytes.NewReader(wire), 512), fromClient: true, max: 1 << 20, ctl: new([125]byte)}
 	for i, want := range []struct {
 		ev  event
 		big bool
@@ -425,5 +426,82 @@ func TestFrameReaderBigMarksDataMessages(t *testing.T) {
 		if ev != want.ev || r.big != want.big {
 			t.Fatalf("event %d: %v with big %v, want %v with big %v", i, ev, r.big, want.ev, want.big)
 		}
+	}
+}
+
+// wholeFrame tells pump which buffered frames the frame reader can take
+// without a read of its own.
+func TestWholeFrame(t *testing.T) {
+	frame := func(fin bool, op ws.OpCode, n int, masked bool) []byte {
+		var b bytesWriter
+		h := ws.Header{Fin: fin, OpCode: op, Length: int64(n), Masked: masked}
+		if err := ws.WriteHeader(&b, h); err != nil {
+			t.Fatal(err)
+		}
+		return append(b, make([]byte, n)...)
+	}
+	const size = 512
+	cases := []struct {
+		name string
+		q    []byte
+		want int
+	}{
+		{"empty", nil, framePart},
+		{"one byte", frame(true, ws.OpBinary, 10, true)[:1], framePart},
+		{"header in part", frame(true, ws.OpBinary, 300, true)[:3], framePart},
+		{"payload in part", frame(true, ws.OpBinary, 300, true)[:100], framePart},
+		{"whole", frame(true, ws.OpText, 10, true), frameWhole},
+		{"whole, 16-bit length", frame(true, ws.OpBinary, 300, false), frameWhole},
+		{"whole, then more", append(frame(true, ws.OpBinary, 10, true), 0x82), frameWhole},
+		{"whole control", frame(true, ws.OpPing, 4, true), frameWhole},
+		{"fragment", frame(false, ws.OpBinary, 10, true), framePull},
+		{"continuation, final", frame(true, ws.OpContinuation, 10, true), frameWhole},
+		{"fills the buffer", frame(true, ws.OpBinary, size-8, true), frameWhole},
+		{"longer than the buffer", frame(true, ws.OpBinary, size-7, true)[:20], framePull},
+		{"64-bit length", frame(true, ws.OpBinary, 70000, false)[:10], framePull},
+		{"length over 2^63", []byte{0x82, 127, 0xff, 0, 0, 0, 0, 0, 0, 0}, framePull},
+	}
+	for _, c := range cases {
+		if got := wholeFrame(c.q, size); got != c.want {
+			t.Errorf("%s: wholeFrame = %d, want %d", c.name, got, c.want)
+		}
+	}
+}
+
+// inbuf reads as bufio.Reader does: Peek fills, Read copies what is
+// buffered or reads a long p straight, and an error is returned once.
+func TestInbufLikeBufio(t *testing.T) {
+	src := make([]byte, 3000)
+	for i := range src {
+		src[i] = byte(i)
+	}
+	b := newInbuf(iotest.OneByteReader(bytes.NewReader(src)), 16)
+	p, err := b.Peek(10)
+	if err != nil || !bytes.Equal(p, src[:10]) {
+		t.Fatalf("Peek(10) = %v, %v", p, err)
+	}
+	if _, err := b.Peek(17); err != bufio.ErrBufferFull {
+		t.Fatalf("Peek past the buffer: %v, want ErrBufferFull", err)
+	}
+	b.Discard(16)
+	if b.Buffered() != 0 {
+		t.Fatalf("Buffered = %d after discarding all", b.Buffered())
+	}
+	long := make([]byte, 100) // read straight, one byte per read here
+	n, err := b.Read(long)
+	if n != 1 || err != nil || long[0] != src[16] {
+		t.Fatalf("Read(100) = %d, %v, %d", n, err, long[0])
+	}
+	rest, err := io.ReadAll(b)
+	if err != nil || !bytes.Equal(rest, src[17:]) {
+		t.Fatalf("ReadAll: %d bytes, %v", len(rest), err)
+	}
+	e := errors.New("boom")
+	b = newInbuf(iotest.ErrReader(e), 16)
+	if _, err := b.Peek(1); err != e {
+		t.Fatalf("Peek error = %v, want %v", err, e)
+	}
+	if b.err != nil {
+		t.Fatal("an error was kept after it was returned")
 	}
 }

@@ -1,7 +1,6 @@
 package session
 
 import (
-	"bufio"
 	"bytes"
 	"net"
 	"sync"
@@ -74,10 +73,9 @@ type leg struct {
 
 // legReadState is the part of a leg its read loop owns (see leg).
 type legReadState struct {
-	br   *bufio.Reader // nil while parked
-	rb   *readBuf      // holds br; nil while parked
-	tier uint8         // index in readBufSizes of the read buffer to take
-	grow bool          // a read filled the buffer: take the next size
+	rb   *readBuf // holds the frame reader's buffer; nil while parked
+	tier uint8    // index in readBufSizes of the read buffer to take
+	grow bool     // a read filled the buffer: take the next size
 	// quiet: since the leg last parked, it has read only control frames
 	// and heartbeat messages; short: its last socket read took less than
 	// it asked for.
@@ -132,6 +130,7 @@ type legParkState struct {
 	lastRead  atomic.Int64  // unix nano of the last bytes read (parking legs)
 	closeDL   atomic.Int64  // read deadline (unix nano) once closing
 	closing   atomic.Bool   // a Close was sent or the leg is being torn down
+	pumping   atomic.Bool   // the read loop handles a message inside pumpRead
 	timerStop atomic.Bool
 	// ackDue is the acknowledgement ping of an upstream leg (ack.go): 0
 	// none, > 0 armed for that time (unix nano), < 0 a ping in flight,
@@ -186,6 +185,13 @@ func newLeg(s *Session, conn net.Conn, buffered []byte, fromClient bool, hb hear
 // that its read loop sees the close and ends (a closed socket leaves the
 // poller without a readiness report).
 func (l *leg) closeConn() {
+	if l.pumping.Load() {
+		// Called from the leg's own read loop inside pumpRead (or
+		// while it is there): Close waits until the socket's read in
+		// progress returns, which is that loop's.
+		go l.conn.Close()
+		return
+	}
 	_ = l.conn.Close()
 	l.wake()
 }

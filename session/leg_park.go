@@ -30,7 +30,7 @@ const parkMinInterval = 1 * time.Second
 // caller's read loop must then return errParked at once, touching nothing
 // of the leg's read side) or could not (the caller goes on reading).
 func (l *leg) park() bool {
-	if l.rc == nil || l.closing.Load() || l.fr.frames != 0 || (l.br != nil && l.br.Buffered() != 0) || len(l.lr.pre) != 0 {
+	if l.rc == nil || l.closing.Load() || l.fr.frames != 0 || (l.fr.br != nil && l.fr.br.Buffered() != 0) || len(l.lr.pre) != 0 {
 		return false
 	}
 	l.flushDeferred() // already done by the read that returned errIdle

@@ -1,8 +1,8 @@
 package session
 
 import (
-	"bufio"
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
 	"os"
@@ -17,6 +17,10 @@ import (
 // errIdle is returned by a read at a message boundary when the leg has
 // been quiet for Env.IdleAfter: the read loop may park the leg.
 var errIdle = errors.New("leg idle")
+
+// errPumpRead would be a socket read from inside pumpRead's own: a bug,
+// ended as a session error, not a deadlock.
+var errPumpRead = errors.New("session: socket read inside a pumped read")
 
 // Read buffers a leg holds while its read loop runs come in four sizes
 // (tiers). A leg that cannot park holds its buffer for life: 4 KiB. A leg
@@ -51,7 +55,7 @@ const (
 // allocates nothing (a closure over it would escape to the heap on every
 // read) and a parked leg holds none of it.
 type readBuf struct {
-	br   *bufio.Reader
+	in   inbuf
 	tier uint8
 	ctl  [125]byte
 
@@ -60,7 +64,10 @@ type readBuf struct {
 	n      int
 	err    error
 	quick  bool                  // armRead asked to park at once
+	pump   bool                  // pumpRead is running (no nested socket read)
+	stop   bool                  // pumpRead: a message ended the read loop
 	readFn func(fd uintptr) bool // rawRead, made once per readBuf
+	pumpFn func(fd uintptr) bool // pumpRead, made once per readBuf
 }
 
 var readBufs [len(readBufSizes)]sync.Pool
@@ -68,8 +75,8 @@ var readBufs [len(readBufSizes)]sync.Pool
 func init() {
 	for i := range readBufs {
 		readBufs[i].New = func() any {
-			rb := &readBuf{br: bufio.NewReaderSize(nil, readBufSizes[i]), tier: uint8(i)}
-			rb.readFn = rb.rawRead
+			rb := &readBuf{in: inbuf{buf: make([]byte, readBufSizes[i])}, tier: uint8(i)}
+			rb.readFn, rb.pumpFn = rb.rawRead, rb.pumpRead
 			return rb
 		}
 	}
@@ -88,6 +95,9 @@ func (rb *readBuf) rawRead(fd uintptr) bool {
 			break
 		}
 	}
+	if t := l.s.env.test; t != nil && t.read != nil {
+		t.read(l, rb.n, rb.err)
+	}
 	if rb.err != syscall.EAGAIN {
 		return true
 	}
@@ -105,11 +115,10 @@ func (l *leg) acquireReader() {
 	if l.rb == nil {
 		l.rb = readBufs[l.tier].Get().(*readBuf)
 		l.rb.l = l
-		l.br = l.rb.br
-		l.br.Reset(&l.lr)
-		l.fr.br, l.fr.ctl = l.br, &l.rb.ctl
+		l.fr.br, l.fr.ctl = &l.rb.in, &l.rb.ctl
+		l.fr.br.Reset(&l.lr)
 		if t := l.s.env.test; t != nil && t.readBuf != nil {
-			t.readBuf(l, l.br.Size())
+			t.readBuf(l, l.fr.br.Size())
 		}
 	}
 }
@@ -118,10 +127,10 @@ func (l *leg) acquireReader() {
 // unless the leg is done.
 func (l *leg) releaseReader() {
 	if l.rb != nil {
-		l.br.Reset(nil)
+		l.fr.br.Reset(nil)
 		l.rb.l, l.rb.p, l.rb.err = nil, nil, nil
 		readBufs[l.rb.tier].Put(l.rb)
-		l.rb, l.br, l.fr.br, l.fr.ctl = nil, nil, nil, nil
+		l.rb, l.fr.br, l.fr.ctl = nil, nil, nil
 	}
 }
 
@@ -129,7 +138,7 @@ func (l *leg) releaseReader() {
 // read has filled its buffer (legReader sets grow), at a message boundary
 // with no unread byte. The read loop calls it before each message.
 func (l *leg) growReader() {
-	if !l.grow || l.fr.frames != 0 || l.br.Buffered() != 0 || len(l.lr.pre) != 0 {
+	if !l.grow || l.fr.frames != 0 || l.fr.br.Buffered() != 0 || len(l.lr.pre) != 0 {
 		return
 	}
 	l.grow = false
@@ -158,7 +167,7 @@ func (l *leg) readDone() {
 
 // moreInput reports whether the read loop has bytes of a next frame
 // buffered already (so that a write may wait for the next message).
-func (l *leg) moreInput() bool { return l.br != nil && l.br.Buffered() > 0 }
+func (l *leg) moreInput() bool { return l.fr.br != nil && l.fr.br.Buffered() > 0 }
 
 // legReader refreshes the liveness deadline before every socket read, so that
 // any byte received, including bytes of a frame still arriving, keeps the leg
@@ -175,6 +184,11 @@ func (r *legReader) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	l := r.l
+	if l.pumping.Load() {
+		// A message handled inside pumpRead's socket read must not read
+		// the socket again (RawConn.Read holds its read lock).
+		return 0, errPumpRead
+	}
 	if l.expired.Load() && l.expired.Swap(false) {
 		return 0, os.ErrDeadlineExceeded
 	}
@@ -239,6 +253,198 @@ func (r *legReader) Read(p []byte) (int, error) {
 	}
 }
 
+// pumps reports whether l's read loop waits for its socket in pump: a leg
+// read raw, at a message boundary with nothing buffered.
+func (l *leg) pumps() bool {
+	return l.rc != nil && l.fr.frames == 0 && l.fr.br.Buffered() == 0 && len(l.lr.pre) == 0
+}
+
+// pump waits for l's socket and reads it raw, handling every message a
+// read completes inside that same RawConn.Read call (pumpRead), so that a
+// read that took less than it asked for, which emptied the socket, is
+// followed by a wait for readiness, not by one more read into EAGAIN:
+// one read per wake, not two (README "Performance"). That is sound only
+// inside one RawConn.Read: Go's poller reports every arrival after the
+// wake that led to the read, but each new RawConn.Read forgets a report
+// that came before it and must read first.
+//
+// It returns stop when a message ended the read loop (err is then the
+// loop's result), errIdle when the leg may park, another error when the
+// read failed, and nil when the frame reader is to go on by itself: a
+// frame that does not fit the buffer or is part of a fragmented message,
+// or a buffer to grow.
+func (s *Session) pump(l *leg) (stop bool, err error) {
+	if l.expired.Load() && l.expired.Swap(false) {
+		return false, os.ErrDeadlineExceeded
+	}
+	rb := l.rb
+	l.fr.atBoundary = true
+	for {
+		_, quick := l.armRead()
+		if quick {
+			l.flushDeferred()
+			return false, errIdle
+		}
+		rb.err, rb.quick, rb.stop = nil, false, false
+		cerr := l.rc.Read(rb.pumpFn)
+		err := rb.err
+		rb.err = nil
+		switch {
+		case rb.stop:
+			return true, err
+		case rb.quick:
+			return false, errIdle
+		case err != nil:
+			return false, err
+		case cerr == nil:
+			return false, nil
+		}
+		if errors.Is(cerr, os.ErrDeadlineExceeded) {
+			idle, again := l.readExpired()
+			if idle {
+				return false, errIdle
+			}
+			if again {
+				continue
+			}
+		}
+		return false, cerr
+	}
+}
+
+// pumpRead is pump's RawConn.Read callback: it reads, hands each whole
+// message buffered to the read loop's handle, and reports true to leave
+// the RawConn.Read (pump's results are in rb) or false to wait for
+// readiness.
+func (rb *readBuf) pumpRead(fd uintptr) bool {
+	l, b := rb.l, &rb.in
+	for {
+		if b.w == len(b.buf) {
+			b.compact()
+		}
+		var n int
+		var err error
+		for {
+			n, err = syscall.Read(int(fd), b.buf[b.w:])
+			if err != syscall.EINTR {
+				break
+			}
+		}
+		if t := l.s.env.test; t != nil && t.read != nil {
+			t.read(l, n, err)
+		}
+		if err == syscall.EAGAIN {
+			if l.flushTo != nil {
+				l.flushDeferred()
+				if _, rb.quick = l.armRead(); rb.quick {
+					return true
+				}
+			}
+			return false
+		}
+		if err != nil || n <= 0 {
+			if err == nil {
+				err = io.EOF
+			}
+			rb.err = err
+			return true
+		}
+		short := n < len(b.buf)-b.w
+		b.w += n
+		l.short = short
+		l.lastRead.Store(time.Now().UnixNano())
+		if !short && l.tier < tierLargest {
+			l.grow = true
+		}
+		for {
+			w := wholeFrame(b.buf[b.r:b.w], len(b.buf))
+			if w == framePull {
+				return true // the frame reader goes on with it
+			}
+			if w == framePart {
+				break
+			}
+			ev, op, p, frag, ce, err := l.fr.next()
+			if err != nil {
+				rb.err = err
+				return true
+			}
+			l.pumping.Store(true)
+			stop := l.s.handle(l, ev, op, p, frag, ce)
+			l.pumping.Store(false)
+			if stop {
+				rb.stop = true
+				return true
+			}
+		}
+		if b.r == b.w {
+			b.r, b.w = 0, 0
+		}
+		if !short {
+			if l.grow && b.r == b.w {
+				return true // a larger buffer, at this boundary
+			}
+			continue // more may be waiting
+		}
+		if l.grow && b.r == b.w {
+			return true // a larger buffer first (growReader)
+		}
+		// The socket is empty: wait for readiness.
+		l.flushDeferred()
+		l.fr.atBoundary = b.r == b.w
+		if _, rb.quick = l.armRead(); rb.quick {
+			return true
+		}
+		return false
+	}
+}
+
+// What wholeFrame found at the start of the buffered bytes.
+const (
+	frameWhole = iota // a whole frame that the frame reader can take without reading
+	framePart         // the start of a frame that fits the buffer: read more
+	framePull         // a frame the frame reader must read itself
+)
+
+// wholeFrame tells whether q, the bytes buffered in a buffer of size
+// bytes, start with a whole control frame or a whole final data frame.
+// Other frames (the first of a fragmented message, one longer than the
+// buffer) are the frame reader's (framePull).
+func wholeFrame(q []byte, size int) int {
+	if len(q) < 2 {
+		return framePart
+	}
+	n := 2
+	l7 := int(q[1] & 0x7f)
+	switch l7 {
+	case 126:
+		n += 2
+	case 127:
+		n += 8
+	}
+	if q[1]&0x80 != 0 {
+		n += 4
+	}
+	if len(q) < n {
+		return framePart
+	}
+	length := uint64(l7)
+	switch l7 {
+	case 126:
+		length = uint64(binary.BigEndian.Uint16(q[2:4]))
+	case 127:
+		length = binary.BigEndian.Uint64(q[2:10])
+	}
+	fin, control := q[0]&0x80 != 0, q[0]&0x08 != 0
+	if (!fin && !control) || length > uint64(size-n) {
+		return framePull
+	}
+	if uint64(len(q)-n) < length {
+		return framePart
+	}
+	return frameWhole
+}
+
 // armRead sets the read deadline of the read about to start: the
 // heartbeat timeout, or, for a leg that can park and is at a message
 // boundary, IdleAfter when that comes first (idle). quick asks the caller
@@ -263,7 +469,7 @@ func (l *leg) armRead() (idle, quick bool) {
 	hb := l.hb.Mode.On() && l.hb.Timeout > 0
 	// At a message boundary with nothing buffered, a leg that can park
 	// waits only IdleAfter with its goroutine.
-	park := l.rc != nil && l.fr.atBoundary && l.br.Buffered() == 0
+	park := l.rc != nil && l.fr.atBoundary && l.fr.br.Buffered() == 0
 	if park && l.quiet && l.short {
 		// Woken for a ping, a pong or a heartbeat message only, and the
 		// socket had nothing more: park again now instead of reading
@@ -333,7 +539,7 @@ func (l *leg) readExpired() (idle, again bool) {
 			return false, false
 		}
 	}
-	if l.fr.atBoundary && l.br.Buffered() == 0 {
+	if l.fr.atBoundary && l.fr.br.Buffered() == 0 {
 		idl := last + int64(l.s.env.idleAfter())
 		if at >= idl {
 			return true, false
@@ -367,7 +573,7 @@ const (
 // between fragments, are returned as their own events. It is not safe for
 // concurrent use; the leg's read loop owns it.
 type frameReader struct {
-	br  *bufio.Reader
+	br  *inbuf
 	max int64
 	buf []byte     // message being assembled; reused
 	box *[]byte    // buf's pool box, if buf came from the pool
@@ -509,7 +715,7 @@ func (r *frameReader) next() (ev event, op ws.OpCode, payload []byte, fragmented
 			if err != nil {
 				return 0, 0, nil, false, nil, eofToUnexpected(err, 1)
 			}
-			_, _ = r.br.Discard(len(p))
+			r.br.Discard(len(p))
 			if h.masked {
 				if h.op == ws.OpBinary {
 					r.mk = maskKey{key: h.mask, set: true}

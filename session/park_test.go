@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -941,4 +942,93 @@ func testClientBinaryForwardedMasked(t *testing.T, replayFirst int) {
 		t.Fatal("no reconnect")
 	}
 	check(up2, replayFirst > 0)
+}
+
+// A leg read raw reads its socket once per message that comes alone, not
+// twice: the read that took less than it asked for emptied the socket, so
+// the message is handled and the leg waits for readiness inside the same
+// RawConn.Read, without a read into EAGAIN (pump). A frame split over
+// two segments is read in two reads and relayed whole.
+func TestPumpOneReadPerMessage(t *testing.T) {
+	var data, again atomic.Int64
+	read := make(chan struct{}, 1)
+	r := newParkRigWith(t, hbCfg(hbOff, hbOff), func(env *Env) {
+		env.IdleAfter = time.Minute // the leg stays in its read
+		env.test.read = func(l *leg, n int, err error) {
+			if l.name() != LegClient {
+				return
+			}
+			switch {
+			case err == syscall.EAGAIN:
+				again.Add(1)
+			case n > 0:
+				data.Add(1)
+				select {
+				case read <- struct{}{}:
+				default:
+				}
+			}
+		}
+	})
+	r.sendBurst([]byte("first"))
+	const n = 40
+	d0, a0 := data.Load(), again.Load()
+	for i := range n {
+		r.sendBurst([]byte(fmt.Sprintf("message %d", i)))
+	}
+	if d := data.Load() - d0; d != n {
+		t.Errorf("%d messages took %d reads with data, want %d", n, d, n)
+	}
+	if a := again.Load() - a0; a > n/8 {
+		t.Errorf("%d messages took %d reads into EAGAIN, want none (one read per message)", n, a)
+	}
+
+	// One frame in two writes: the first part waits in the buffer.
+	var b bytesWriter
+	if err := wsutil.WriteClientBinary(&b, []byte("split over two writes")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-read:
+	default:
+	}
+	if _, err := r.client.Write(b[:5]); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-read:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first part of the frame was not read")
+	}
+	if _, err := r.client.Write(b[5:]); err != nil {
+		t.Fatal(err)
+	}
+	_ = r.upstream.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := wsutil.ReadClientBinary(r.upstream)
+	if err != nil || string(got) != "split over two writes" {
+		t.Fatalf("split frame relayed as %q, %v", got, err)
+	}
+}
+
+// A write failure on a leg while its read loop handles a message inside
+// pumpRead closes that leg from the loop itself: the Close must not wait
+// for the socket read it is called from (it would never return), and the
+// session ends. Here the pong answering a ping cannot be written (the
+// socket's write side is shut).
+func TestPumpClosesItsOwnLeg(t *testing.T) {
+	r := newParkRigWith(t, hbCfg(hbOff, hbOff), func(env *Env) {
+		env.IdleAfter = time.Minute // the leg stays in its read
+	})
+	r.sendBurst([]byte("first"))
+	if err := r.s.client.conn.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if err := wsutil.WriteClientMessage(r.client, ws.OpPing, []byte("p")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-r.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the session did not end after its client leg failed a write")
+	}
 }

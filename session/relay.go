@@ -337,14 +337,27 @@ func (s *Session) run(l *leg) {
 }
 
 // readLoop reads l until it ends or parks (errParked): it answers pings,
-// hands pongs and JSON heartbeats to the tracker, handles the peer's Close
-// and relays each data message to the other leg.
+// records pongs and relays messages (handle). A leg read raw waits for its
+// socket in pump, which handles the messages each read completes inside
+// the read itself; the frame reader's own reads (next) take over from it
+// for what pump leaves: a frame read in part or longer than the buffer.
 func (s *Session) readLoop(l *leg) error {
 	l.acquireReader()
-	answerJSON := l.hb.Mode.AnswersJSON()
 	for {
 		if l.grow {
 			l.growReader()
+		}
+		if l.pumps() {
+			if stop, err := s.pump(l); stop {
+				return err
+			} else if err == errIdle {
+				if l.park() {
+					return errParked
+				}
+			} else if err != nil {
+				return err
+			}
+			continue
 		}
 		ev, op, p, frag, ce, err := l.fr.next()
 		if err != nil {
@@ -356,45 +369,54 @@ func (s *Session) readLoop(l *leg) error {
 			}
 			return err
 		}
-		switch ev {
-		case evPing:
-			l.queuePong(p)
-		case evPong:
-			s.pong(l, p, false)
-		case evClose:
-			if !l.closing.Load() { // else the reply to our Close
-				s.peerClosed(l, ce)
-			}
+		if s.handle(l, ev, op, p, frag, ce) {
 			return nil
-		case evData:
-			// Nothing is relayed once the session ends, nor from an
-			// upstream connection that is no longer current.
-			if s.closed.Load() || (l.upstream() && s.curGen.Load() != l.gen) || s.staleClient(l) {
-				continue
-			}
-			if answerJSON && op == ws.OpText && !frag {
-				switch s.env.Messages.Classify(p) {
-				case heartbeat.KindPing:
-					l.queueJSONPong(p)
-					continue
-				case heartbeat.KindPong:
-					s.pong(l, nil, true)
-					continue
-				}
-			}
-			l.quiet = false
-			if !l.upstream() {
-				if s.rs != nil {
-					s.fromClient(l, op, p, l.fr.mk, l.moreInput())
-				} else {
-					s.toUpstream(l, op, p, l.fr.mk, l.moreInput())
-				}
-			} else if !s.toClient(l, op, p) {
-				continue
-			}
-			l.fr.release()
 		}
 	}
+}
+
+// handle does what the read loop of l does with one event of its frame
+// reader; stop: the loop ends (a Close came).
+func (s *Session) handle(l *leg, ev event, op ws.OpCode, p []byte, frag bool, ce *CloseError) (stop bool) {
+	switch ev {
+	case evPing:
+		l.queuePong(p)
+	case evPong:
+		s.pong(l, p, false)
+	case evClose:
+		if !l.closing.Load() { // else the reply to our Close
+			s.peerClosed(l, ce)
+		}
+		return true
+	case evData:
+		// Nothing is relayed once the session ends, nor from an
+		// upstream connection that is no longer current.
+		if s.closed.Load() || (l.upstream() && s.curGen.Load() != l.gen) || s.staleClient(l) {
+			return false
+		}
+		if l.hb.Mode.AnswersJSON() && op == ws.OpText && !frag {
+			switch s.env.Messages.Classify(p) {
+			case heartbeat.KindPing:
+				l.queueJSONPong(p)
+				return false
+			case heartbeat.KindPong:
+				s.pong(l, nil, true)
+				return false
+			}
+		}
+		l.quiet = false
+		if !l.upstream() {
+			if s.rs != nil {
+				s.fromClient(l, op, p, l.fr.mk, l.moreInput())
+			} else {
+				s.toUpstream(l, op, p, l.fr.mk, l.moreInput())
+			}
+		} else if !s.toClient(l, op, p) {
+			return false
+		}
+		l.fr.release()
+	}
+	return false
 }
 
 // toClient relays one message from the upstream connection u to the

@@ -98,12 +98,13 @@ type Env struct {
 // testHooks let tests see and tune what a session does inside; only
 // tests set them (Env.test).
 type testHooks struct {
-	parkMin   time.Duration          // overrides parkMinInterval
-	readBuf   func(l *leg, size int) // told the size of each read buffer a read loop takes
-	quickPark func(l *leg)           // told of each leg that parks right after a control-only wake
-	deadline  func(l *leg)           // told of each read deadline a read loop sets
-	early     func(l *leg)           // told of each kept read deadline that passed early
-	tick      func(l *leg)           // told of each firing of a leg's timer
+	parkMin   time.Duration                  // overrides parkMinInterval
+	readBuf   func(l *leg, size int)         // told the size of each read buffer a read loop takes
+	quickPark func(l *leg)                   // told of each leg that parks right after a control-only wake
+	deadline  func(l *leg)                   // told of each read deadline a read loop sets
+	early     func(l *leg)                   // told of each kept read deadline that passed early
+	tick      func(l *leg)                   // told of each firing of a leg's timer
+	read      func(l *leg, n int, err error) // told of each raw socket read
 }
 
 func (e *Env) parkMinInterval() time.Duration {
