@@ -130,7 +130,6 @@ type legParkState struct {
 	lastRead  atomic.Int64  // unix nano of the last bytes read (parking legs)
 	closeDL   atomic.Int64  // read deadline (unix nano) once closing
 	closing   atomic.Bool   // a Close was sent or the leg is being torn down
-	pumping   atomic.Bool   // the read loop handles a message inside pumpRead
 	timerStop atomic.Bool
 	// ackDue is the acknowledgement ping of an upstream leg (ack.go): 0
 	// none, > 0 armed for that time (unix nano), < 0 a ping in flight,
@@ -183,16 +182,16 @@ func newLeg(s *Session, conn net.Conn, buffered []byte, fromClient bool, hb hear
 
 // closeConn closes the connection and wakes the leg if it is parked, so
 // that its read loop sees the close and ends (a closed socket leaves the
-// poller without a readiness report).
+// poller without a readiness report). A socket read raw is closed on a
+// goroutine of its own: its read loop may be inside pumpRead, handling a
+// message (the caller may be that loop), and net.Conn.Close waits until
+// the read in progress returns.
 func (l *leg) closeConn() {
-	if l.pumping.Load() {
-		// Called from the leg's own read loop inside pumpRead (or
-		// while it is there): Close waits until the socket's read in
-		// progress returns, which is that loop's.
+	if l.rc != nil {
 		go l.conn.Close()
-		return
+	} else {
+		_ = l.conn.Close()
 	}
-	_ = l.conn.Close()
 	l.wake()
 }
 

@@ -128,7 +128,7 @@ func (l *leg) acquireReader() {
 func (l *leg) releaseReader() {
 	if l.rb != nil {
 		l.fr.br.Reset(nil)
-		l.rb.l, l.rb.p, l.rb.err = nil, nil, nil
+		l.rb.l, l.rb.p, l.rb.err, l.rb.pump = nil, nil, nil, false
 		readBufs[l.rb.tier].Put(l.rb)
 		l.rb, l.fr.br, l.fr.ctl = nil, nil, nil
 	}
@@ -184,7 +184,7 @@ func (r *legReader) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	l := r.l
-	if l.pumping.Load() {
+	if l.rb != nil && l.rb.pump {
 		// A message handled inside pumpRead's socket read must not read
 		// the socket again (RawConn.Read holds its read lock).
 		return 0, errPumpRead
@@ -317,11 +317,17 @@ func (s *Session) pump(l *leg) (stop bool, err error) {
 // the RawConn.Read (pump's results are in rb) or false to wait for
 // readiness.
 func (rb *readBuf) pumpRead(fd uintptr) bool {
+	rb.pump = true
+	done := rb.pumpOnce(fd)
+	rb.pump = false
+	return done
+}
+
+func (rb *readBuf) pumpOnce(fd uintptr) bool {
 	l, b := rb.l, &rb.in
+	read := false // bytes came in this call: the deadline is armed anew
 	for {
-		if b.w == len(b.buf) {
-			b.compact()
-		}
+		b.compact() // a frame's start to the front; at a boundary, all free
 		var n int
 		var err error
 		for {
@@ -334,21 +340,23 @@ func (rb *readBuf) pumpRead(fd uintptr) bool {
 			t.read(l, n, err)
 		}
 		if err == syscall.EAGAIN {
-			if l.flushTo != nil {
-				l.flushDeferred()
-				if _, rb.quick = l.armRead(); rb.quick {
-					return true
-				}
+			if !read && l.flushTo == nil {
+				return false // wait under the deadline pump set
 			}
-			return false
+			return rb.wait()
 		}
 		if err != nil || n <= 0 {
-			if err == nil {
+			switch {
+			case err != nil:
+			case b.r == b.w:
 				err = io.EOF
+			default:
+				err = io.ErrUnexpectedEOF // within a frame
 			}
 			rb.err = err
 			return true
 		}
+		read = true
 		short := n < len(b.buf)-b.w
 		b.w += n
 		l.short = short
@@ -369,34 +377,31 @@ func (rb *readBuf) pumpRead(fd uintptr) bool {
 				rb.err = err
 				return true
 			}
-			l.pumping.Store(true)
-			stop := l.s.handle(l, ev, op, p, frag, ce)
-			l.pumping.Store(false)
-			if stop {
+			if l.s.handle(l, ev, op, p, frag, ce) {
 				rb.stop = true
 				return true
 			}
 		}
-		if b.r == b.w {
-			b.r, b.w = 0, 0
+		if l.grow && b.r == b.w {
+			return true // a larger buffer, at this boundary (growReader)
 		}
 		if !short {
-			if l.grow && b.r == b.w {
-				return true // a larger buffer, at this boundary
-			}
 			continue // more may be waiting
 		}
-		if l.grow && b.r == b.w {
-			return true // a larger buffer first (growReader)
-		}
-		// The socket is empty: wait for readiness.
-		l.flushDeferred()
-		l.fr.atBoundary = b.r == b.w
-		if _, rb.quick = l.armRead(); rb.quick {
-			return true
-		}
-		return false
+		// The read emptied the socket: wait for readiness.
+		return rb.wait()
 	}
+}
+
+// wait ends a pumpRead call that found the socket empty: the frames left
+// pending on the other leg go out and the read deadline is armed for the
+// wait (false), unless the leg is to park at once (true).
+func (rb *readBuf) wait() bool {
+	l := rb.l
+	l.flushDeferred()
+	l.fr.atBoundary = rb.in.Buffered() == 0
+	_, rb.quick = l.armRead()
+	return rb.quick
 }
 
 // What wholeFrame found at the start of the buffered bytes.

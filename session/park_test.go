@@ -1014,7 +1014,9 @@ func TestPumpOneReadPerMessage(t *testing.T) {
 // pumpRead closes that leg from the loop itself: the Close must not wait
 // for the socket read it is called from (it would never return), and the
 // session ends. Here the pong answering a ping cannot be written (the
-// socket's write side is shut).
+// socket's write side is shut). closeConn closes a socket read raw on a
+// goroutine of its own, also when another goroutine calls it: that
+// reader may be waiting, inside pumpRead, for what the caller does next.
 func TestPumpClosesItsOwnLeg(t *testing.T) {
 	r := newParkRigWith(t, hbCfg(hbOff, hbOff), func(env *Env) {
 		env.IdleAfter = time.Minute // the leg stays in its read
