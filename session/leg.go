@@ -55,12 +55,13 @@ type leg struct {
 	conn    net.Conn
 	gen     uint64 // upstream generation; 0 for the client leg (see upstream)
 	hb      heartbeat.Config
-	wt      time.Duration // write timeout
-	resume  func()        // runs the read loop again after a park
-	wakeFn  func()        // wake, as a func value made once
-	rc      syscall.RawConn
-	mask    bool // frames we send are masked (we are the client side)
-	deflate bool // permessage-deflate on sends (client leg), set before Run
+	wt      time.Duration   // write timeout
+	resume  func()          // runs the read loop again after a park
+	wakeFn  func()          // wake, as a func value made once
+	raw     syscall.RawConn // a socket's (TCP, Unix): written raw (rawio.go); nil: TLS, a pipe
+	mask    bool            // frames we send are masked (we are the client side)
+	deflate bool            // permessage-deflate on sends (client leg), set before Run
+	parks   bool            // read raw (pump), and parks when idle: a socket and a poller
 
 	// ctl guards the ctl-marked fields of legWriteState (the pongs to
 	// write) and legParkState (the heartbeat tracker and timer).
@@ -101,9 +102,10 @@ type legWriteState struct {
 	ackMark uint64    // seq+1 of the last data message written
 	closed  bool      // a Close frame was written
 	hdr     [14]byte
-	bufs    net.Buffers
+	bufs    net.Buffers // bufArr, for a connection not written raw (raw nil)
 	bufArr  [2][]byte
-	zbuf    *bytes.Buffer // deflate output, made on the first compressed send
+	wfn     func(fd uintptr) bool // rawWrite, made once
+	zbuf    *bytes.Buffer         // deflate output, made on the first compressed send
 	// wbuf holds frames appended by writeData with more set, not yet
 	// written (masked already). A pooled buffer, held only while frames
 	// are pending; wbox is its pool box.
@@ -166,16 +168,17 @@ func newLeg(s *Session, conn net.Conn, buffered []byte, fromClient bool, hb hear
 	// epoll_ctl and a goroutine start) per interval to save memory for
 	// less than that interval, so it keeps its goroutine.
 	parkable := !hb.Mode.On() || hb.Interval >= s.env.parkMinInterval()
-	if p := s.env.poller; p != nil && s.env.IdleAfter >= 0 && parkable {
-		switch c := conn.(type) {
-		case *net.TCPConn, *net.UnixConn:
-			if rc, err := c.(syscall.Conn).SyscallConn(); err == nil {
-				l.rc = rc
-				l.tier = tierWake
-				l.lastRead.Store(time.Now().UnixNano())
-				l.wakeFn = l.wake
-			}
+	switch c := conn.(type) {
+	case *net.TCPConn, *net.UnixConn:
+		if rc, err := c.(syscall.Conn).SyscallConn(); err == nil {
+			l.raw, l.wfn = rc, l.rawWrite
 		}
+	}
+	if p := s.env.poller; p != nil && s.env.IdleAfter >= 0 && parkable && l.raw != nil {
+		l.parks = true
+		l.tier = tierWake
+		l.lastRead.Store(time.Now().UnixNano())
+		l.wakeFn = l.wake
 	}
 	return l
 }
@@ -187,7 +190,7 @@ func newLeg(s *Session, conn net.Conn, buffered []byte, fromClient bool, hb hear
 // message (the caller may be that loop), and net.Conn.Close waits until
 // the read in progress returns.
 func (l *leg) closeConn() {
-	if l.rc != nil {
+	if l.parks {
 		go l.conn.Close()
 	} else {
 		_ = l.conn.Close()

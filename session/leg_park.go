@@ -30,7 +30,7 @@ const parkMinInterval = 1 * time.Second
 // caller's read loop must then return errParked at once, touching nothing
 // of the leg's read side) or could not (the caller goes on reading).
 func (l *leg) park() bool {
-	if l.rc == nil || l.closing.Load() || l.fr.frames != 0 || (l.fr.br != nil && l.fr.br.Buffered() != 0) || len(l.lr.pre) != 0 {
+	if !l.parks || l.closing.Load() || l.fr.frames != 0 || (l.fr.br != nil && l.fr.br.Buffered() != 0) || len(l.lr.pre) != 0 {
 		return false
 	}
 	l.flushDeferred() // already done by the read that returned errIdle
@@ -41,7 +41,7 @@ func (l *leg) park() bool {
 	l.fr.idle()
 	l.s.env.parked.Add(1)
 	l.state.Store(legParking)
-	err := l.s.env.poller.Arm(&l.ph, l.rc.Control, l.wakeFn)
+	err := l.s.env.poller.Arm(&l.ph, l.raw.Control, l.wakeFn)
 	if err == nil && l.state.CompareAndSwap(legParking, legParked) {
 		// Parked: from here on a wake hands the leg to a new goroutine.
 		l.scheduleTimeoutCheck()

@@ -90,7 +90,7 @@ func init() {
 func (rb *readBuf) rawRead(fd uintptr) bool {
 	l := rb.l
 	for {
-		rb.n, rb.err = syscall.Read(int(fd), rb.p)
+		rb.n, rb.err = sysRead(fd, rb.p)
 		if rb.err != syscall.EINTR {
 			break
 		}
@@ -192,7 +192,7 @@ func (r *legReader) Read(p []byte) (int, error) {
 	if l.expired.Load() && l.expired.Swap(false) {
 		return 0, os.ErrDeadlineExceeded
 	}
-	if l.rc == nil {
+	if !l.parks {
 		// No socket to read raw (TLS, a pipe): frames this loop left
 		// pending on the other leg go out before this read can block
 		// (and before its deadline starts).
@@ -219,7 +219,7 @@ func (r *legReader) Read(p []byte) (int, error) {
 		// which flushed before every read and read into EAGAIN once more.
 		rb := l.rb
 		rb.p, rb.n, rb.err, rb.quick = p, 0, nil, false
-		cerr := l.rc.Read(rb.readFn)
+		cerr := l.raw.Read(rb.readFn)
 		n, err := rb.n, rb.err
 		rb.p, rb.err = nil, nil
 		if rb.quick {
@@ -256,7 +256,7 @@ func (r *legReader) Read(p []byte) (int, error) {
 // pumps reports whether l's read loop waits for its socket in pump: a leg
 // read raw, at a message boundary with nothing buffered.
 func (l *leg) pumps() bool {
-	return l.rc != nil && l.fr.frames == 0 && l.fr.br.Buffered() == 0 && len(l.lr.pre) == 0
+	return l.parks && l.fr.frames == 0 && l.fr.br.Buffered() == 0 && len(l.lr.pre) == 0
 }
 
 // pump waits for l's socket and reads it raw, handling every message a
@@ -286,7 +286,7 @@ func (s *Session) pump(l *leg) (stop bool, err error) {
 			return false, errIdle
 		}
 		rb.err, rb.quick, rb.stop = nil, false, false
-		cerr := l.rc.Read(rb.pumpFn)
+		cerr := l.raw.Read(rb.pumpFn)
 		err := rb.err
 		rb.err = nil
 		switch {
@@ -331,7 +331,7 @@ func (rb *readBuf) pumpOnce(fd uintptr) bool {
 		var n int
 		var err error
 		for {
-			n, err = syscall.Read(int(fd), b.buf[b.w:])
+			n, err = sysRead(fd, b.buf[b.w:])
 			if err != syscall.EINTR {
 				break
 			}
@@ -474,7 +474,7 @@ func (l *leg) armRead() (idle, quick bool) {
 	hb := l.hb.Mode.On() && l.hb.Timeout > 0
 	// At a message boundary with nothing buffered, a leg that can park
 	// waits only IdleAfter with its goroutine.
-	park := l.rc != nil && l.fr.atBoundary && l.fr.br.Buffered() == 0
+	park := l.parks && l.fr.atBoundary && l.fr.br.Buffered() == 0
 	if park && l.quiet && l.short {
 		// Woken for a ping, a pong or a heartbeat message only, and the
 		// socket had nothing more: park again now instead of reading
@@ -497,7 +497,7 @@ func (l *leg) armRead() (idle, quick bool) {
 				dl, idle = idl, true
 			}
 		}
-		if l.rc != nil && l.rdl != 0 {
+		if l.parks && l.rdl != 0 {
 			want, at := dl.UnixNano(), now.UnixNano()
 			if keep := min(want-at, int64(l.s.env.idleAfter())) / 2; l.rdl <= want && l.rdl-at >= keep {
 				return idle, false

@@ -200,10 +200,8 @@ func (l *leg) writeFrameRSV(op ws.OpCode, rsv1 bool, p []byte, deadline time.Dur
 	}
 	l.bufArr[0] = putHeader(&l.hdr, op, rsv1, len(p), l.mask, key)
 	l.bufArr[1] = p
-	l.bufs = l.bufArr[:]
 	l.armWrite(deadline)
-	_, err := l.bufs.WriteTo(l.conn)
-	l.bufArr = [2][]byte{}
+	err := l.writeBufs()
 	switch {
 	case inPlace && !consume:
 		putBuf(box, p) // the copy
@@ -275,7 +273,8 @@ func (l *leg) flushLocked(deadline time.Duration) error {
 	var err error
 	if l.werr == nil {
 		l.armWrite(deadline)
-		if _, err = l.conn.Write(l.wbuf); err != nil {
+		l.bufArr[0] = l.wbuf
+		if err = l.writeBufs(); err != nil {
 			l.werr = err
 		}
 	}

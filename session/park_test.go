@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -374,21 +375,21 @@ func TestFastHeartbeatNeverParks(t *testing.T) {
 	}
 	c, _ := parkPair(t)
 	s := &Session{env: env, cfg: &env.Config}
-	if l := newLeg(s, c, nil, true, hbLeg(heartbeat.ModeWS, parkMinInterval/2, 0)); l.rc != nil {
+	if l := newLeg(s, c, nil, true, hbLeg(heartbeat.ModeWS, parkMinInterval/2, 0)); l.parks {
 		t.Fatal("a leg with a heartbeat under parkMinInterval can park")
 	}
-	if l := newLeg(s, c, nil, true, hbLeg(heartbeat.ModeWS, parkMinInterval, 0)); l.rc == nil {
+	if l := newLeg(s, c, nil, true, hbLeg(heartbeat.ModeWS, parkMinInterval, 0)); !l.parks {
 		t.Fatal("a leg with a heartbeat at parkMinInterval cannot park")
 	}
-	if l := newLeg(s, c, nil, true, hbOff); l.rc == nil {
+	if l := newLeg(s, c, nil, true, hbOff); !l.parks {
 		t.Fatal("a leg without heartbeats cannot park")
 	}
 	// 1 s heartbeats park (BENCHMARKS.md "Heartbeat cost": a third of the
 	// memory for 6-10 % more CPU); 500 ms ones keep their goroutine.
-	if l := newLeg(s, c, nil, true, hbLeg(heartbeat.ModeWS, time.Second, 0)); l.rc == nil {
+	if l := newLeg(s, c, nil, true, hbLeg(heartbeat.ModeWS, time.Second, 0)); !l.parks {
 		t.Fatal("a leg with 1 s heartbeats cannot park")
 	}
-	if l := newLeg(s, c, nil, true, hbLeg(heartbeat.ModeWS, 500*time.Millisecond, 0)); l.rc != nil {
+	if l := newLeg(s, c, nil, true, hbLeg(heartbeat.ModeWS, 500*time.Millisecond, 0)); l.parks {
 		t.Fatal("a leg with 500 ms heartbeats can park")
 	}
 }
@@ -405,7 +406,7 @@ func TestPipeNeverParks(t *testing.T) {
 	defer b.Close()
 	s := &Session{env: env, cfg: &env.Config}
 	l := newLeg(s, a, nil, true, hbOff)
-	if l.rc != nil {
+	if l.parks {
 		t.Fatal("a net.Pipe leg can park")
 	}
 	var woke atomic.Bool
@@ -1032,5 +1033,53 @@ func TestPumpClosesItsOwnLeg(t *testing.T) {
 	case <-r.done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the session did not end after its client leg failed a write")
+	}
+}
+
+// A leg on a socket writes raw (rawio.go): each write is one write or
+// writev system call made without telling the scheduler, and a socket
+// that takes only part of a message is waited for and written on from
+// where it stopped. Here a 4 MiB message meets an upstream peer that
+// reads only once a write has found its socket full.
+func TestRawWritesResumeWhereTheSocketStopped(t *testing.T) {
+	var writes atomic.Int64
+	full := make(chan struct{})
+	var once sync.Once
+	r := newParkRigWith(t, hbCfg(hbOff, hbOff), func(env *Env) {
+		env.Config.MaxMessageBytes = 8 << 20
+		env.test.write = func(l *leg, n int, err error) {
+			if l.name() != LegUpstream {
+				return
+			}
+			writes.Add(1)
+			if err == syscall.EAGAIN {
+				once.Do(func() { close(full) })
+			}
+		}
+	})
+	msg := make([]byte, 4<<20)
+	for i := range msg {
+		msg[i] = byte(i * 7)
+	}
+	wrote := make(chan error, 1)
+	go func() { wrote <- wsutil.WriteClientBinary(r.client, msg) }()
+	select {
+	case <-full:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no raw write found the upstream socket full")
+	}
+	_ = r.upstream.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := wsutil.ReadClientBinary(r.upstream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, msg) {
+		t.Fatalf("upstream got %d bytes, not the %d sent", len(got), len(msg))
+	}
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	if writes.Load() < 2 {
+		t.Fatalf("%d raw writes for a message larger than the socket takes", writes.Load())
 	}
 }

@@ -105,6 +105,7 @@ type testHooks struct {
 	early     func(l *leg)                   // told of each kept read deadline that passed early
 	tick      func(l *leg)                   // told of each firing of a leg's timer
 	read      func(l *leg, n int, err error) // told of each raw socket read
+	write     func(l *leg, n int, err error) // told of each raw socket write
 }
 
 func (e *Env) parkMinInterval() time.Duration {
