@@ -98,17 +98,7 @@ func readHeader(br *inbuf) (h frameHeader, err error) {
 	h.rsv = (b[0] >> 4) & 0x7
 	h.op = ws.OpCode(b[0] & 0x0f)
 	h.masked = b[1]&0x80 != 0
-	n := 2
-	l7 := int64(b[1] & 0x7f)
-	switch l7 {
-	case 126:
-		n += 2
-	case 127:
-		n += 8
-	}
-	if h.masked {
-		n += 4
-	}
+	n, l7 := headerSize(b[1])
 	if b, err = br.Peek(n); err != nil {
 		return h, eofToUnexpected(err, 1)
 	}
@@ -131,13 +121,29 @@ func readHeader(br *inbuf) (h frameHeader, err error) {
 			return h, protoErr("non-minimal length encoding")
 		}
 	default:
-		h.length = l7
+		h.length = int64(l7)
 	}
 	if h.masked {
 		copy(h.mask[:], b[off:off+4])
 	}
 	br.Discard(n)
 	return h, nil
+}
+
+// headerSize is the length of a frame header whose second byte is b1,
+// and the header's 7-bit length field.
+func headerSize(b1 byte) (n int, l7 byte) {
+	n, l7 = 2, b1&0x7f
+	switch l7 {
+	case 126:
+		n += 2
+	case 127:
+		n += 8
+	}
+	if b1&0x80 != 0 {
+		n += 4 // the masking key
+	}
+	return n, l7
 }
 
 func eofToUnexpected(err error, got int) error {

@@ -419,17 +419,7 @@ func wholeFrame(q []byte, size int) int {
 	if len(q) < 2 {
 		return framePart
 	}
-	n := 2
-	l7 := int(q[1] & 0x7f)
-	switch l7 {
-	case 126:
-		n += 2
-	case 127:
-		n += 8
-	}
-	if q[1]&0x80 != 0 {
-		n += 4
-	}
+	n, l7 := headerSize(q[1])
 	if len(q) < n {
 		return framePart
 	}
