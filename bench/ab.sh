@@ -25,10 +25,13 @@
 # resumable sessions of one binary alternate:
 #
 #   bench/ab.sh /tmp/tether-a+resume /tmp/tether-a
+#
+# -keep FILE keeps every run's JSON line (one per target and round, in
+# the order run), e.g. to compare targets round by round.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin:/usr/sbin"
-reps=3 dur=5s size=1024 conns=64 inflight=16 resume="" rate=""
+reps=3 dur=5s size=1024 conns=64 inflight=16 resume="" rate="" keep=""
 size_set="" conns_set=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -39,6 +42,7 @@ while [ $# -gt 0 ]; do
     -rate) rate=$2; shift 2 ;;
     -inflight) inflight=$2; shift 2 ;;
     -resume) resume=-resume; shift ;;
+    -keep) keep=$2; shift 2 ;;
     -*) echo "unknown flag $1" >&2; exit 2 ;;
     *) break ;;
   esac
@@ -85,4 +89,5 @@ for _ in $(seq "$reps"); do
   done
 done
 last=$(basename "${!#}")
+[ -z "$keep" ] || cp "$tmp/results.jsonl" "$keep"
 "$tmp/bench" table -in "$tmp/results.jsonl" -ref "$last"
