@@ -307,6 +307,36 @@ func TestTableMedianOfRuns(t *testing.T) {
 	}
 }
 
+// The latency table shows the median CPU of the runs (not the CPU of the
+// median-p99 run) and compares p99 round by round.
+func TestTableLatencyRounds(t *testing.T) {
+	run := func(target string, p99, proxyCPU float64) *Result {
+		return &Result{Label: "latency", Target: target, Mode: "latency", Conns: 1000, Size: 128, Rate: 5000,
+			Seconds: 7, MsgsPerSec: 5000, P50ms: 0.1, P99ms: p99, CPU: map[string]float64{"proxy": proxyCPU}}
+	}
+	results := []*Result{
+		run("caddy", 0.50, 1.0), run("tether", 0.40, 3.0),
+		run("caddy", 0.50, 1.2), run("tether", 0.60, 0.9),
+		run("caddy", 0.50, 1.1), run("tether", 0.45, 0.8),
+	}
+	var b strings.Builder
+	if err := writeTable(&b, results, "tether"); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{
+		// caddy: median CPU 1.1; tether's median-p99 run (0.45) used
+		// 0.8 s, its median CPU is 0.9: 0.9 / 1.1 = 0.82.
+		"| caddy | 3 | 5000 | 0.100 | 0.500 | 0.500–0.500 | 0.0 | 1.10 |",
+		"| 0.82 | 2 of 3 |",
+		"| tether | 3 | 5000 | 0.100 | 0.450 | 0.400–0.600 | 0.0 | 0.90 |",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+}
+
 // TestFloor: the syscall floor measures something for both halves.
 func TestFloor(t *testing.T) {
 	r, err := floor(2000)
