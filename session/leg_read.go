@@ -89,15 +89,7 @@ func init() {
 // call it again).
 func (rb *readBuf) rawRead(fd uintptr) bool {
 	l := rb.l
-	for {
-		rb.n, rb.err = sysRead(fd, rb.p)
-		if rb.err != syscall.EINTR {
-			break
-		}
-	}
-	if t := l.s.env.test; t != nil && t.read != nil {
-		t.read(l, rb.n, rb.err)
-	}
+	rb.n, rb.err = l.readSocket(fd, rb.p)
 	if rb.err != syscall.EAGAIN {
 		return true
 	}
@@ -328,17 +320,7 @@ func (rb *readBuf) pumpOnce(fd uintptr) bool {
 	read := false // bytes came in this call: the deadline is armed anew
 	for {
 		b.compact() // a frame's start to the front; at a boundary, all free
-		var n int
-		var err error
-		for {
-			n, err = sysRead(fd, b.buf[b.w:])
-			if err != syscall.EINTR {
-				break
-			}
-		}
-		if t := l.s.env.test; t != nil && t.read != nil {
-			t.read(l, n, err)
-		}
+		n, err := l.readSocket(fd, b.buf[b.w:])
 		if err == syscall.EAGAIN {
 			if !read && l.flushTo == nil {
 				return false // wait under the deadline pump set

@@ -31,6 +31,21 @@ func sysRead(fd uintptr, p []byte) (int, error) {
 	return int(n), nil
 }
 
+// readSocket is a leg's raw socket read: one read system call (again on
+// EINTR), told to the test hook.
+func (l *leg) readSocket(fd uintptr, p []byte) (int, error) {
+	for {
+		n, err := sysRead(fd, p)
+		if err == syscall.EINTR {
+			continue
+		}
+		if t := l.s.env.test; t != nil && t.read != nil {
+			t.read(l, n, err)
+		}
+		return n, err
+	}
+}
+
 // sysWritev writes b[0] then b[1] with one write (writev when both have
 // bytes) and returns how many it wrote.
 func sysWritev(fd uintptr, b *[2][]byte) (int, error) {
