@@ -276,6 +276,38 @@ func TestAckMQTTPacketBoundary(t *testing.T) {
 		if n := r.retained(); n != 0 {
 			t.Fatalf("%d messages retained after the packet's end was acknowledged, want 0", n)
 		}
+
+		// A pong that covers the first part of a packet only, arriving
+		// after the client sent the rest (the packet is whole by then):
+		// the first part stays too, or a re-send would start with the
+		// second (mqtt.js's PUBACKs, 0x40 then 0x02 and the packet id,
+		// met a RabbitMQ restart that way: the broker read the rest of
+		// the stream as one huge packet, and its deliveries stopped).
+		puback := []byte{0x40, 2, 0, 7}
+		if err := r.client.send(ws.NewBinaryFrame(puback[:1])); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(ackSpacing + ackGrace)
+		synctest.Wait()
+		pings := hbOps(r.up.take(), ws.OpPing)
+		if len(pings) != 1 {
+			t.Fatalf("%d pings, want one acknowledgement ping", len(pings))
+		}
+		if err := r.client.send(ws.NewBinaryFrame(puback[1:])); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if err := r.up.send(ws.NewPongFrame(pings[0].p)); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if n := r.retained(); n != 2 {
+			t.Fatalf("%d messages retained after a pong covering half a packet, want 2", n)
+		}
+		pong()
+		if n := r.retained(); n != 0 {
+			t.Fatalf("%d messages retained after the packet's end was acknowledged, want 0", n)
+		}
 	})
 }
 

@@ -391,7 +391,7 @@ func TestRetainTakesAssembledBuffer(t *testing.T) {
 			t.Fatal(err)
 		}
 		s.mu.Lock()
-		s.retain(uint64(i), op, p, true, r.mk, r)
+		s.retain(uint64(i), op, p, true, false, r.mk, r)
 		kept := s.upLog.msgs[i]
 		s.mu.Unlock()
 		if shared := &kept.p[0] == &p[0]; shared != (i == 0) {

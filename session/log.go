@@ -45,6 +45,7 @@ type logMsg struct {
 	seq  uint64
 	op   ws.OpCode
 	sent bool    // written to some connection at least once
+	cut  bool    // it ends inside a packet of the peer's protocol (see ack)
 	mask maskKey // p is still masked with the client's key (leg_write.go)
 	p    []byte
 	box  *[]byte
@@ -137,15 +138,27 @@ func (l *deliveryLog) add(seq uint64, op ws.OpCode, b []byte, box *[]byte, sent 
 // ack drops the messages written to the current connection with a
 // sequence number below ackSeq (the peer has them) and returns how many
 // it dropped. It also clears asked: the acknowledgement asked for came.
+//
+// It stops after the last of them that ends at a packet boundary: the
+// rest of a packet cut across messages (MQTT) may not have been written
+// before the acknowledgement was asked for, and a re-send on a new
+// connection must start at a packet, never inside one. The messages up
+// to the packet's end go with a later acknowledgement.
 func (l *deliveryLog) ack(ackSeq uint64) int {
 	l.asked = false
 	n := 0
 	for n < l.next && l.msgs[n].seq < ackSeq {
 		n++
 	}
+	for n > 0 && l.msgs[n-1].cut {
+		n--
+	}
 	l.drop(n)
 	return n
 }
+
+// markCut marks the last message as ending inside a packet (see ack).
+func (l *deliveryLog) markCut() { l.msgs[len(l.msgs)-1].cut = true }
 
 // dropWritten drops the first message if it is seq, once written: for a
 // peer that acknowledges nothing, writing is delivering. It reports

@@ -119,9 +119,11 @@ func (s *Session) admit(counted *leg, op ws.OpCode, p []byte, mk *maskKey, src *
 	}
 	a.seq = s.upLog.newSeq()
 	s.replay.record(a.seq, op, p, *mk)
+	cut := false // the message ends inside an MQTT packet
 	if s.sr.st != nil || a.seq == 0 {
 		mk.unmask(p) // read for its content
-		if s.replayFromClientLocked(op, p, a.seq) != nil {
+		var err error
+		if cut, err = s.replayFromClientLocked(op, p, a.seq); err != nil {
 			a.verdict = admitStateFull
 			return a
 		}
@@ -137,7 +139,7 @@ func (s *Session) admit(counted *leg, op ws.OpCode, p []byte, mk *maskKey, src *
 				a.verdict = admitOverflow
 				return a
 			}
-			s.retain(a.seq, op, p, false, *mk, src)
+			s.retain(a.seq, op, p, false, cut, *mk, src)
 			s.env.Metrics.Buffered(1)
 			a.verdict = admitHeld
 			return a
@@ -149,13 +151,13 @@ func (s *Session) admit(counted *leg, op ws.OpCode, p []byte, mk *maskKey, src *
 			if s.holding || s.up.suspect() {
 				// The upstream is suspect (ack.go): wait in the log.
 				s.holding = true
-				s.retain(a.seq, op, p, false, *mk, src)
+				s.retain(a.seq, op, p, false, cut, *mk, src)
 				s.env.Metrics.Buffered(1)
 				a.verdict = admitHeld
 				return a
 			}
 			s.env.Metrics.Buffered(1) // before the copy (see push)
-			s.retain(a.seq, op, p, true, *mk, src)
+			s.retain(a.seq, op, p, true, cut, *mk, src)
 			a.retained = true
 			break
 		}
@@ -187,14 +189,20 @@ func (s *Session) admit(counted *leg, op ws.OpCode, p []byte, mk *maskKey, src *
 
 // retain puts a client message in upLog: its buffer when src gives it
 // (a masked message assembled in the reader's own buffer), else a copy.
-func (s *Session) retain(seq uint64, op ws.OpCode, p []byte, sent bool, mk maskKey, src *frameReader) {
+// cut: the message ends inside an MQTT packet (see deliveryLog.ack).
+func (s *Session) retain(seq uint64, op ws.OpCode, p []byte, sent, cut bool, mk maskKey, src *frameReader) {
 	if mk.set && src != nil {
 		if b, box, ok := src.give(p); ok {
 			s.upLog.pushOwned(seq, op, b, box, sent, mk)
-			return
+		} else {
+			s.upLog.push(seq, op, p, sent, mk)
 		}
+	} else {
+		s.upLog.push(seq, op, p, sent, mk)
 	}
-	s.upLog.push(seq, op, p, sent, mk)
+	if cut {
+		s.upLog.markCut()
+	}
 }
 
 // holdUndelivered puts a client message whose write to failed did not
@@ -261,7 +269,7 @@ func (s *Session) ack(gen, ackSeq uint64) ackNext {
 	if gen != s.gen || s.state == stateClosed {
 		return ackIdle
 	}
-	if n := s.upLog.ack(s.ackLimitLocked(ackSeq)); n > 0 {
+	if n := s.upLog.ack(ackSeq); n > 0 {
 		s.env.Metrics.Buffered(-n)
 		s.cond.Broadcast()
 	}

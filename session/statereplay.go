@@ -33,10 +33,6 @@ type stateReplay struct {
 	// FromUpstream (the current upstream connection's read loop) and
 	// Replay (the reconnect loop). Order: Session.mu, then mu.
 	mu sync.Mutex
-	// boundary (under Session.mu): retained messages with a sequence
-	// number below it may be acknowledged. An MQTT client stream may end
-	// a message inside a packet; a re-send must start at a packet.
-	boundary uint64
 
 	// The wait for the upstream's answer to a replayed opening, under
 	// Session.mu: awaitGen is the connection waited on (0: none), event
@@ -88,8 +84,12 @@ func (s *Session) SetRequestQuery(rawQuery string) {
 // replayFromClientLocked shows client message seq to the State (the
 // caller holds mu, and calls it only when st is set or seq is 0). Under
 // auto, a session left at none whose first message is a SignalR
-// handshake becomes opaque.
-func (s *Session) replayFromClientLocked(op ws.OpCode, p []byte, seq uint64) error {
+// handshake becomes opaque. cut reports that the client's stream is
+// inside a packet after this message (MQTT: mqtt.js cuts a packet into
+// several messages): the delivery log acknowledges such a message only
+// with the one that ends its packet, so that a re-send on a new
+// connection starts at a packet.
+func (s *Session) replayFromClientLocked(op ws.OpCode, p []byte, seq uint64) (cut bool, err error) {
 	rs := &s.sr
 	if rs.st == nil {
 		if rs.proto == replay.None && s.cfg.Replay.Protocol == replay.Auto && replay.SignalRHandshake(p) {
@@ -99,24 +99,13 @@ func (s *Session) replayFromClientLocked(op ws.OpCode, p []byte, seq uint64) err
 			// SignalR's framing has no room for a JSON ping either.
 			rs.strict.Store(true)
 		}
-		return nil
+		return false, nil
 	}
 	rs.mu.Lock()
-	err := rs.st.FromClient(replay.Opcode(op), p, seq)
-	if rs.st.AtBoundary() {
-		rs.boundary = seq + 1
-	}
+	err = rs.st.FromClient(replay.Opcode(op), p, seq)
+	cut = !rs.st.AtBoundary()
 	rs.mu.Unlock()
-	return err
-}
-
-// ackLimitLocked clamps an acknowledgement to the last packet boundary of
-// the client stream (MQTT; the other protocols are always at one).
-func (s *Session) ackLimitLocked(ackSeq uint64) uint64 {
-	if s.sr.st != nil && ackSeq > s.sr.boundary {
-		return s.sr.boundary
-	}
-	return ackSeq
+	return cut, err
 }
 
 // opaqueLocked reports whether an upstream loss must close the client
