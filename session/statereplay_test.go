@@ -2,12 +2,16 @@ package session
 
 import (
 	"bytes"
+	"math/rand/v2"
+	"slices"
+	"strconv"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/gobwas/ws"
 
+	"github.com/tether-proxy/tether/heartbeat"
 	"github.com/tether-proxy/tether/replay"
 )
 
@@ -110,4 +114,123 @@ func dataOf(p *hbPeer) []byte {
 		b = append(b, f.p...)
 	}
 	return b
+}
+
+// An MQTT client stream cut across messages at random points (mqtt.js
+// writes a packet's header, length and body as messages of their own),
+// acknowledgement pings answered late at random (after the client has
+// sent more), and the upstream lost at a random moment: the new
+// connection gets the replayed CONNECT, then whole packets from the first
+// one the lost connection did not provably receive, in order, none
+// missing (README "State replay on upstream reconnect"). A re-send that
+// starts inside a packet makes a broker read the rest of the stream as
+// one packet; with RabbitMQ, its deliveries stopped.
+func TestStateReplayMQTTResendStartsAtPacket(t *testing.T) {
+	t.Parallel()
+	for seed := range uint64(40) {
+		t.Run(strconv.FormatUint(seed, 10), func(t *testing.T) {
+			t.Parallel()
+			synctest.Test(t, func(t *testing.T) { mqttResendAtPacket(t, seed) })
+		})
+	}
+}
+
+func mqttResendAtPacket(t *testing.T, seed uint64) {
+	rnd := rand.New(rand.NewPCG(seed, 7))
+	cfg := hbCfg(hbOff, hbLeg(heartbeat.ModeWS, 10*time.Second, 0))
+	cfg.Replay.Protocol = replay.MQTT
+	r := newHBRig(t, cfg, hbOpts{dialOK: true})
+	if err := r.client.send(ws.NewBinaryFrame(mqttConnect)); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.up.send(ws.NewBinaryFrame(mqttConnack)); err != nil {
+		t.Fatal(err)
+	}
+	// Packets i: PUBACKs for packet id i and QoS 0 PUBLISHes to "a"
+	// with payload i, each cut into pieces.
+	var stream []byte // every packet, in order
+	var ends []int    // stream offsets where a packet ends
+	var pieces [][]byte
+	for i := range 60 {
+		var pkt []byte
+		if i%2 == 0 {
+			pkt = []byte{0x40, 2, 0, byte(i)}
+		} else {
+			pkt = append([]byte{0x30, 0, 0, 1, 'a'}, strconv.Itoa(i)...)
+			pkt[1] = byte(len(pkt) - 2)
+		}
+		for len(pkt) > 0 {
+			n := 1 + rnd.IntN(len(pkt))
+			pieces = append(pieces, pkt[:n])
+			stream = append(stream, pkt[:n]...)
+			pkt = pkt[n:]
+		}
+		ends = append(ends, len(stream))
+	}
+	var old []byte      // what the first upstream got
+	var pings []hbFrame // its pings not answered yet
+	collect := func() {
+		for _, f := range r.up.take() {
+			switch f.op {
+			case ws.OpPing:
+				pings = append(pings, f)
+			case ws.OpBinary:
+				old = append(old, f.p...)
+			}
+		}
+	}
+	lossAt := rnd.IntN(len(pieces))
+	for i, p := range pieces {
+		if i == lossAt {
+			collect()
+			_ = r.up.conn.Close()
+			synctest.Wait()
+		}
+		if err := r.client.send(ws.NewBinaryFrame(p)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Duration(rnd.IntN(30)) * time.Millisecond)
+		synctest.Wait()
+		if i >= lossAt {
+			continue
+		}
+		collect()
+		// Answer the pings so far now, or leave them for later pieces.
+		if len(pings) > 0 && rnd.IntN(3) == 0 {
+			for _, f := range pings {
+				if err := r.up.send(ws.NewPongFrame(f.p)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			pings = nil
+			synctest.Wait()
+		}
+	}
+	time.Sleep(time.Second) // the reconnect (no backoff jitter), its CONNECT replayed
+	synctest.Wait()
+	ups := r.newUps()
+	if len(ups) != 1 {
+		t.Fatalf("%d reconnect dials, want 1", len(ups))
+	}
+	if got := dataOf(ups[0]); !bytes.Equal(got, mqttConnect) {
+		t.Fatalf("new upstream got %x before the CONNACK, want the CONNECT %x", got, mqttConnect)
+	}
+	if err := ups[0].send(ws.NewBinaryFrame(mqttConnack)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	synctest.Wait()
+	got := dataOf(ups[0])[len(mqttConnect):]
+	// got must be stream from a packet's start on, and the lost
+	// connection must have had everything before it.
+	from := len(stream) - len(got)
+	if from < 0 || !bytes.Equal(got, stream[from:]) {
+		t.Fatalf("new upstream got %x after the CONNECT: not the end of the client's stream %x", got, stream)
+	}
+	if from > 0 && !slices.Contains(ends, from) {
+		t.Fatalf("the re-send starts at offset %d, inside a packet (packets end at %v); the lost connection got %x", from, ends, old)
+	}
+	if sent := old[min(len(old), len(mqttConnect)):]; len(sent) < from || !bytes.Equal(sent[:from], stream[:from]) {
+		t.Fatalf("the re-send starts at offset %d, but the lost connection got only %x", from, sent)
+	}
 }
