@@ -322,8 +322,8 @@ func TestMQTTAtBoundary(t *testing.T) {
 			t.Fatalf("not at a boundary after a whole PUBLISH (cut %d)", cut)
 		}
 	}
-	if g := newSess(t, STOMP); !g.st.AtBoundary() {
-		t.Fatal("STOMP not at a boundary")
+	if g := newSess(t, GraphQLTransportWS); !g.st.AtBoundary() {
+		t.Fatal("graphql-transport-ws not at a boundary")
 	}
 }
 

@@ -148,6 +148,7 @@ type State struct {
 	touched   []*item // items kept by the current FromClient call
 	out       []byte  // scratch for rewritten upstream messages
 	mq        mqttState
+	stc       stompCut
 }
 
 // New returns the State for a session of protocol p, or nil for a
@@ -187,15 +188,25 @@ func (s *State) UpstreamCut() bool {
 }
 
 // AtBoundary reports whether, after the client messages seen so far, the
-// client's byte stream is between two packets. Only MQTT streams can end
-// a message inside a packet (mqtt.js cuts a packet into several
-// messages); for the other protocols it is always true. A message held
-// for re-sending on a new connection must start at a boundary, or the
-// new upstream reads the middle of a packet: a session retaining MQTT
-// messages acknowledges them only up to a message after which this was
-// true.
+// client's byte stream is between two packets. MQTT and STOMP streams can
+// end a message inside a packet (mqtt.js cuts a packet into several
+// messages; @stomp/stompjs with splitLargeFrames cuts a long frame into
+// chunks); for the other protocols it is always true, and for a STOMP
+// stream whose frames could not be followed across messages too. A
+// message held for re-sending on a new connection must start at a
+// boundary, or the new upstream reads the middle of a packet: a session
+// retaining such messages acknowledges them only up to a message after
+// which this was true.
 func (s *State) AtBoundary() bool {
-	return s.proto != MQTT || s.broken || s.done || s.mq.cl.st == psHeader
+	switch {
+	case s.broken || s.done:
+		return true
+	case s.proto == MQTT:
+		return s.mq.cl.st == psHeader
+	case s.proto == STOMP:
+		return !s.stc.in
+	}
+	return true
 }
 
 // Bytes returns the kept bytes (counted against Config.MaxBytes).

@@ -5,7 +5,8 @@ import "bytes"
 // STOMP 1.0–1.2 frames: a command line, header lines, a blank line, a
 // body and a NUL; a WebSocket message holds one or more, with heart-beat
 // EOLs between them. A frame cut off at the end of a message is not
-// recognised (and is not state).
+// recognised (and is not state); its end, in a later message, is found
+// (stompCut), so that a re-send never starts inside it.
 
 type stompFrame struct {
 	cmd        []byte
@@ -142,9 +143,106 @@ func stompByte(v []byte, i int) (byte, int) {
 	return v[i], i + 1
 }
 
+// stompCut follows a client frame cut at the end of a message into the
+// messages that continue it: @stomp/stompjs with splitLargeFrames sends a
+// frame longer than maxWebSocketChunkSize as several messages. Only the
+// frame's end matters (a re-send must not start inside a frame, see
+// AtBoundary); the frame itself is not recognised (state frames are far
+// shorter than a chunk).
+type stompCut struct {
+	in   bool   // the client's stream is inside a frame
+	hdr  []byte // the frame's bytes while its headers are incomplete
+	body bool   // its headers are complete
+	need int    // body bytes left, its NUL included; -1: up to a NUL
+	lost bool   // the stream was not understood: boundaries are not followed
+}
+
+// stompCutMax bounds the headers of a frame cut across messages.
+const stompCutMax = 16 << 10
+
+// feed consumes the bytes of the cut frame at the start of p and returns
+// how many; in is false after it when the frame ended there.
+func (c *stompCut) feed(p []byte) int {
+	i := 0
+	if !c.body {
+		// Up to the blank line that ends the headers: "\n\n" or "\r\n\r\n"
+		// (lines may end in either), looked for across the cut.
+		k := len(c.hdr)
+		c.hdr = append(c.hdr, p...)
+		end := -1
+		for j := max(k-3, 0); j < len(c.hdr); j++ {
+			if c.hdr[j] == 0 {
+				c.fail() // a NUL in a header line
+				return len(p)
+			}
+			if c.hdr[j] == '\n' && (j > 0 && c.hdr[j-1] == '\n' || j > 1 && c.hdr[j-1] == '\r' && c.hdr[j-2] == '\n') {
+				end = j + 1
+				break
+			}
+		}
+		if end < 0 {
+			if len(c.hdr) > stompCutMax {
+				c.fail()
+			}
+			return len(p)
+		}
+		c.need = -1
+		if v, ok := stompHeader(c.hdr[:end], "content-length"); ok {
+			n, ok := atoi(v)
+			if !ok {
+				c.fail()
+				return len(p)
+			}
+			c.need = n + 1
+		}
+		i = end - k // the body starts here in p
+		c.hdr, c.body = c.hdr[:0], true
+	}
+	if c.need < 0 {
+		n := bytes.IndexByte(p[i:], 0)
+		if n < 0 {
+			return len(p)
+		}
+		i += n + 1
+	} else {
+		n := min(c.need, len(p)-i)
+		i += n
+		if c.need -= n; c.need > 0 {
+			return len(p)
+		}
+		if p[i-1] != 0 {
+			c.fail() // content-length bytes not followed by a NUL
+			return len(p)
+		}
+	}
+	c.in, c.body = false, false
+	return i
+}
+
+// start begins following the frame cut at the end of the message, p its
+// bytes.
+func (c *stompCut) start(p []byte) {
+	for len(p) > 0 && p[0] == '\n' || len(p) > 1 && p[0] == '\r' && p[1] == '\n' {
+		p = p[1:] // heart-beats before it
+	}
+	c.in, c.body, c.hdr = true, false, c.hdr[:0]
+	if c.feed(p); !c.in {
+		c.fail() // nextFrame found it malformed, not cut
+	}
+}
+
+func (c *stompCut) fail() { *c = stompCut{lost: true} }
+
 func (s *State) stompClient(op Opcode, p []byte, seq uint64) error {
 	frames := 0
 	i := 0
+	if c := &s.stc; c.in {
+		i = c.feed(p)
+		frames++ // the cut frame's end shares the message
+		if c.in || c.lost {
+			return nil
+		}
+	}
 	for {
 		f, st := nextFrame(p, i)
 		if st == frameEnd {
@@ -152,6 +250,9 @@ func (s *State) stompClient(op Opcode, p []byte, seq uint64) error {
 		}
 		if st == frameBad {
 			frames++ // a broken tail shares the message
+			if !s.stc.lost {
+				s.stc.start(p[i:])
+			}
 			break
 		}
 		frames++

@@ -160,3 +160,50 @@ func TestSTOMP(t *testing.T) {
 		}
 	})
 }
+
+// STOMP frames cut across messages (@stomp/stompjs with splitLargeFrames
+// sends a frame longer than maxWebSocketChunkSize in chunks): the stream
+// is at a boundary only between frames, and the cut frame's bytes are not
+// taken for frames (a SEND whose body reads as a SUBSCRIBE is not kept).
+func TestSTOMPAtBoundary(t *testing.T) {
+	bodySub := "SUBSCRIBE\nid:bogus\ndestination:/x\n\n"
+	sends := []string{
+		stSend, stSendNUL, // content-length, with NULs in the body
+		"SEND\ndestination:/a\n\n" + bodySub + "\x00",               // up to the NUL
+		"SEND\r\ndestination:/a\r\ncontent-length:3\r\n\r\nabc\x00", // CRLF lines
+	}
+	for _, send := range sends {
+		for cut := 1; cut < len(send); cut++ {
+			for _, pieces := range [][]string{{send[:cut], send[cut:]}, {send[:cut/2], send[cut/2 : cut], send[cut:]}} {
+				h := newSess(t, STOMP)
+				h.text(stConnect)
+				h.text("\n")
+				for k, p := range pieces {
+					if p == "" {
+						continue
+					}
+					if k == len(pieces)-1 {
+						p += stSub0 // a frame in the same message after the cut one ends
+					}
+					h.text(p)
+					if last := k == len(pieces)-1; h.st.AtBoundary() != last {
+						t.Fatalf("%q cut %v: AtBoundary %v after piece %d", send, pieces, !last, k)
+					}
+				}
+				pl := h.replay()
+				if fmt.Sprint(msgs(pl.Rest)) != fmt.Sprint([]string{stSub0}) || h.st.subs[0].pure {
+					t.Fatalf("%q cut %v: replays %q (pure %v), want the SUBSCRIBE after the SEND, impure", send, pieces, msgs(pl.Rest), h.st.subs[0].pure)
+				}
+			}
+		}
+	}
+	// Malformed, not cut: boundaries are not followed from then on.
+	for _, bad := range []string{"SEND\ncontent-length:x\n\nabc", "SEND\nbad\x00line\n", "SEND\ncontent-length:1\n\nab\x00"} {
+		h := newSess(t, STOMP)
+		h.text(stConnect + bad)
+		h.text("more")
+		if !h.st.AtBoundary() {
+			t.Fatalf("%q: not at a boundary after a malformed frame", bad)
+		}
+	}
+}

@@ -116,49 +116,67 @@ func dataOf(p *hbPeer) []byte {
 	return b
 }
 
-// An MQTT client stream cut across messages at random points (mqtt.js
-// writes a packet's header, length and body as messages of their own),
-// acknowledgement pings answered late at random (after the client has
-// sent more), and the upstream lost at a random moment: the new
-// connection gets the replayed CONNECT, then whole packets from the first
+// A client stream cut across messages at random points (mqtt.js writes
+// an MQTT packet's header, length and body as messages of their own;
+// @stomp/stompjs with splitLargeFrames cuts a long STOMP frame into
+// chunks), acknowledgement pings answered late at random (after the
+// client has sent more), and the upstream lost at a random moment: the new
+// connection gets the replayed opening, then whole packets from the first
 // one the lost connection did not provably receive, in order, none
 // missing (README "State replay on upstream reconnect"). A re-send that
 // starts inside a packet makes a broker read the rest of the stream as
-// one packet; with RabbitMQ, its deliveries stopped.
-func TestStateReplayMQTTResendStartsAtPacket(t *testing.T) {
+// one packet; with RabbitMQ's MQTT, its deliveries stopped.
+func TestStateReplayResendStartsAtPacket(t *testing.T) {
 	t.Parallel()
-	for seed := range uint64(40) {
-		t.Run(strconv.FormatUint(seed, 10), func(t *testing.T) {
-			t.Parallel()
-			synctest.Test(t, func(t *testing.T) { mqttResendAtPacket(t, seed) })
-		})
+	for _, proto := range []replay.Protocol{replay.MQTT, replay.STOMP} {
+		for seed := range uint64(40) {
+			t.Run(proto.String()+"/"+strconv.FormatUint(seed, 10), func(t *testing.T) {
+				t.Parallel()
+				synctest.Test(t, func(t *testing.T) { resendAtPacket(t, proto, seed) })
+			})
+		}
 	}
 }
 
-func mqttResendAtPacket(t *testing.T, seed uint64) {
+// cutStream is a client stream of sixty packets of proto after its
+// opening: MQTT PUBACKs and QoS 0 PUBLISHes, STOMP SENDs with and without
+// content-length.
+func cutStream(proto replay.Protocol, i int) []byte {
+	if proto == replay.STOMP {
+		if i%2 == 0 {
+			return []byte("SEND\ndestination:/queue/a\n\nmessage " + strconv.Itoa(i) + "\x00")
+		}
+		body := "body\x00" + strconv.Itoa(i)
+		return []byte("SEND\ndestination:/queue/a\ncontent-length:" + strconv.Itoa(len(body)) + "\n\n" + body + "\x00")
+	}
+	if i%2 == 0 {
+		return []byte{0x40, 2, 0, byte(i)}
+	}
+	pkt := append([]byte{0x30, 0, 0, 1, 'a'}, strconv.Itoa(i)...)
+	pkt[1] = byte(len(pkt) - 2)
+	return pkt
+}
+
+func resendAtPacket(t *testing.T, proto replay.Protocol, seed uint64) {
 	rnd := rand.New(rand.NewPCG(seed, 7))
 	cfg := hbCfg(hbOff, hbLeg(heartbeat.ModeWS, 10*time.Second, 0))
-	cfg.Replay.Protocol = replay.MQTT
+	cfg.Replay.Protocol = proto
+	open, answer, op := mqttConnect, mqttConnack, ws.OpBinary
+	if proto == replay.STOMP {
+		open, answer, op = []byte("CONNECT\naccept-version:1.2\n\n\x00"), []byte("CONNECTED\nversion:1.2\n\n\x00"), ws.OpText
+	}
 	r := newHBRig(t, cfg, hbOpts{dialOK: true})
-	if err := r.client.send(ws.NewBinaryFrame(mqttConnect)); err != nil {
+	if err := r.client.send(ws.NewFrame(op, true, open)); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.up.send(ws.NewBinaryFrame(mqttConnack)); err != nil {
+	if err := r.up.send(ws.NewFrame(op, true, answer)); err != nil {
 		t.Fatal(err)
 	}
-	// Packets i: PUBACKs for packet id i and QoS 0 PUBLISHes to "a"
-	// with payload i, each cut into pieces.
 	var stream []byte // every packet, in order
 	var ends []int    // stream offsets where a packet ends
 	var pieces [][]byte
 	for i := range 60 {
-		var pkt []byte
-		if i%2 == 0 {
-			pkt = []byte{0x40, 2, 0, byte(i)}
-		} else {
-			pkt = append([]byte{0x30, 0, 0, 1, 'a'}, strconv.Itoa(i)...)
-			pkt[1] = byte(len(pkt) - 2)
-		}
+		pkt := cutStream(proto, i)
 		for len(pkt) > 0 {
 			n := 1 + rnd.IntN(len(pkt))
 			pieces = append(pieces, pkt[:n])
@@ -174,7 +192,7 @@ func mqttResendAtPacket(t *testing.T, seed uint64) {
 			switch f.op {
 			case ws.OpPing:
 				pings = append(pings, f)
-			case ws.OpBinary:
+			case op:
 				old = append(old, f.p...)
 			}
 		}
@@ -186,7 +204,7 @@ func mqttResendAtPacket(t *testing.T, seed uint64) {
 			_ = r.up.conn.Close()
 			synctest.Wait()
 		}
-		if err := r.client.send(ws.NewBinaryFrame(p)); err != nil {
+		if err := r.client.send(ws.NewFrame(op, true, p)); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(time.Duration(rnd.IntN(30)) * time.Millisecond)
@@ -206,31 +224,31 @@ func mqttResendAtPacket(t *testing.T, seed uint64) {
 			synctest.Wait()
 		}
 	}
-	time.Sleep(time.Second) // the reconnect (no backoff jitter), its CONNECT replayed
+	time.Sleep(time.Second) // the reconnect (no backoff jitter), its opening replayed
 	synctest.Wait()
 	ups := r.newUps()
 	if len(ups) != 1 {
 		t.Fatalf("%d reconnect dials, want 1", len(ups))
 	}
-	if got := dataOf(ups[0]); !bytes.Equal(got, mqttConnect) {
-		t.Fatalf("new upstream got %x before the CONNACK, want the CONNECT %x", got, mqttConnect)
+	if got := dataOf(ups[0]); !bytes.Equal(got, open) {
+		t.Fatalf("new upstream got %q before the answer, want the opening %q", got, open)
 	}
-	if err := ups[0].send(ws.NewBinaryFrame(mqttConnack)); err != nil {
+	if err := ups[0].send(ws.NewFrame(op, true, answer)); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(time.Second)
 	synctest.Wait()
-	got := dataOf(ups[0])[len(mqttConnect):]
+	got := dataOf(ups[0])[len(open):]
 	// got must be stream from a packet's start on, and the lost
 	// connection must have had everything before it.
 	from := len(stream) - len(got)
 	if from < 0 || !bytes.Equal(got, stream[from:]) {
-		t.Fatalf("new upstream got %x after the CONNECT: not the end of the client's stream %x", got, stream)
+		t.Fatalf("new upstream got %q after the opening: not the end of the client's stream %q", got, stream)
 	}
 	if from > 0 && !slices.Contains(ends, from) {
-		t.Fatalf("the re-send starts at offset %d, inside a packet (packets end at %v); the lost connection got %x", from, ends, old)
+		t.Fatalf("the re-send starts at offset %d, inside a packet (packets end at %v); the lost connection got %q", from, ends, old)
 	}
-	if sent := old[min(len(old), len(mqttConnect)):]; len(sent) < from || !bytes.Equal(sent[:from], stream[:from]) {
-		t.Fatalf("the re-send starts at offset %d, but the lost connection got only %x", from, sent)
+	if sent := old[min(len(old), len(open)):]; len(sent) < from || !bytes.Equal(sent[:from], stream[:from]) {
+		t.Fatalf("the re-send starts at offset %d, but the lost connection got only %q", from, sent)
 	}
 }
