@@ -9,7 +9,8 @@
 //   node peers.js gql-client URL          graphql-ws client: subscriptions a and b
 //   node peers.js stws-client URL         subscriptions-transport-ws client: a and b
 //   node peers.js sio-client URL          socket.io-client, websocket transport
-//   node peers.js stomp-client URL        @stomp/stompjs: subscribes /topic/stomp.a and /topic/stomp.b (a and b)
+//   node peers.js stomp-client URL        @stomp/stompjs: subscribes /topic/stomp.a and /topic/stomp.b (a and b);
+//                                         splitLargeFrames, 100-character chunks (its own frames are shorter)
 //   node peers.js stomp-pub URL           @stomp/stompjs: publishes to both every 50 ms, reconnecting
 //                                         (RabbitMQ routes MQTT topic a and STOMP /topic/a alike: the
 //                                         STOMP peers use routing keys of their own)
@@ -25,7 +26,9 @@
 // says "published" at the PUBACK; "flow" (mqtt-client) publishes to c
 // with QoS 1 and to d with QoS 2 every 250 ms from then on, and says
 // "acked" (name c or d, data the count) at every 10th acknowledgement of
-// each. Publishers send "topic:CONN:i", CONN
+// each; "flow" (stomp-client) sends a 400-byte message to c, cut into
+// five chunks, with a receipt every 50 ms, and says "acked" (name c) at
+// every 10th receipt. Publishers send "topic:CONN:i", CONN
 // counting their connections, so the test tells messages published after
 // a broker restart.
 "use strict";
@@ -207,6 +210,10 @@ function stompClient() {
     reconnectDelay: 0, // a close is the end: tether must not need it
     heartbeatIncoming: 0,
     heartbeatOutgoing: 0,
+    // Frames longer than 100 characters go as several messages: a
+    // re-send after a broker restart must not start inside one.
+    splitLargeFrames: true,
+    maxWebSocketChunkSize: 250,
   });
   const subs = {};
   client.onConnect = () => {
@@ -222,6 +229,18 @@ function stompClient() {
     if (line === "unsubscribe b") {
       client.watchForReceipt("unsub-b", () => out({ ev: "unsubscribed" }));
       subs.b.unsubscribe({ receipt: "unsub-b" });
+    }
+    if (line === "flow") {
+      let sent = 0;
+      let acked = 0;
+      setInterval(() => {
+        if (!client.connected) return;
+        const receipt = `c-${++sent}`;
+        client.watchForReceipt(receipt, () => {
+          if (++acked % 10 === 0) out({ ev: "acked", name: "c", data: String(acked) });
+        });
+        client.publish({ destination: "/topic/stomp.c", body: `c:${sent}:`.padEnd(4000, "x"), headers: { receipt } });
+      }, 250);
     }
   });
 }
