@@ -180,10 +180,12 @@ func children(pid int) []int {
 // neither client hears of a second connection (CONNECTED, CONNACK), and an
 // MQTT QoS 1 publish completes. All along, MQTT flows both ways at QoS 1
 // and 2 (the publisher's to a and b, the client's to c and d, acknowledged
-// after the restart too), the STOMP client sends 400-byte messages with
-// receipts to c, each cut into five messages (@stomp/stompjs's
-// splitLargeFrames; receipted after the restart too: a re-send that
-// started inside a frame would get an ERROR), and no client reports an
+// after the restart too), the STOMP client sends 4,000-byte messages with
+// receipts to c, each cut into seventeen messages (@stomp/stompjs's
+// splitLargeFrames; receipted after the restart too, so acknowledgements
+// keep coming for a stream of cut frames; a re-send that starts inside a
+// frame, rare on loopback where a frame's chunks arrive in one read, is
+// TestStateReplayResendStartsAtPacket's), and no client reports an
 // error: a JSON ping would
 // be a malformed packet to mqtt.js ("Invalid header flag bits, must be 0x0
 // for pubcomp packet") and would eat the next STOMP frame, a gap in a's

@@ -10,7 +10,7 @@
 //   node peers.js stws-client URL         subscriptions-transport-ws client: a and b
 //   node peers.js sio-client URL          socket.io-client, websocket transport
 //   node peers.js stomp-client URL        @stomp/stompjs: subscribes /topic/stomp.a and /topic/stomp.b (a and b);
-//                                         splitLargeFrames, 100-character chunks (its own frames are shorter)
+//                                         splitLargeFrames, 250-character chunks (its own frames are shorter)
 //   node peers.js stomp-pub URL           @stomp/stompjs: publishes to both every 50 ms, reconnecting
 //                                         (RabbitMQ routes MQTT topic a and STOMP /topic/a alike: the
 //                                         STOMP peers use routing keys of their own)
@@ -26,9 +26,10 @@
 // says "published" at the PUBACK; "flow" (mqtt-client) publishes to c
 // with QoS 1 and to d with QoS 2 every 250 ms from then on, and says
 // "acked" (name c or d, data the count) at every 10th acknowledgement of
-// each; "flow" (stomp-client) sends a 400-byte message to c, cut into
-// five chunks, with a receipt every 50 ms, and says "acked" (name c) at
-// every 10th receipt. Publishers send "topic:CONN:i", CONN
+// each; "flow" (stomp-client) sends a 4,000-byte message to c, cut into
+// seventeen chunks, with a receipt every 250 ms (slow enough that what it
+// sends during a broker restart fits tether's buffer), and says "acked"
+// (name c) at every 10th receipt. Publishers send "topic:CONN:i", CONN
 // counting their connections, so the test tells messages published after
 // a broker restart.
 "use strict";
@@ -210,7 +211,7 @@ function stompClient() {
     reconnectDelay: 0, // a close is the end: tether must not need it
     heartbeatIncoming: 0,
     heartbeatOutgoing: 0,
-    // Frames longer than 100 characters go as several messages: a
+    // Frames longer than 250 characters go as several messages: a
     // re-send after a broker restart must not start inside one.
     splitLargeFrames: true,
     maxWebSocketChunkSize: 250,
