@@ -197,6 +197,9 @@ func (c *stompCut) feed(p []byte) int {
 		}
 		i = end - k // the body starts here in p
 		c.hdr, c.body = c.hdr[:0], true
+		if cap(c.hdr) > 1<<10 {
+			c.hdr = nil // a session holds no chunk's worth of bytes between frames
+		}
 	}
 	if c.need < 0 {
 		n := bytes.IndexByte(p[i:], 0)
