@@ -92,9 +92,18 @@ func newParkRigWith(t *testing.T, cfg Config, setup func(*Env)) *parkRig {
 	ct, cp := parkPair(t)
 	ut, up := parkPair(t)
 	r.client, r.upstream = cp, up
-	dial := func(context.Context) (Upstream, error) {
+	dial := func(ctx context.Context) (Upstream, error) {
 		tt, pp := parkPair(t)
-		r.dials <- pp
+		select {
+		case r.dials <- pp:
+		case <-ctx.Done():
+			// Nobody takes more connections (a test that is over
+			// closes its peers, and the session reconnects until it
+			// is closed): a dialer gives up when the session ends.
+			tt.Close()
+			pp.Close()
+			return Upstream{}, ctx.Err()
+		}
 		return Upstream{Conn: tt}, nil
 	}
 	r.s = New(env, "park", ct, nil, Upstream{Conn: ut}, dial)
@@ -104,7 +113,9 @@ func newParkRigWith(t *testing.T, cfg Config, setup func(*Env)) *parkRig {
 		select {
 		case <-r.done:
 		case <-time.After(10 * time.Second):
-			t.Error("the session did not finish after Close")
+			buf := make([]byte, 1<<20)
+			n := runtime.Stack(buf, true)
+			t.Errorf("the session did not finish after Close; its goroutines:\n%s", buf[:n])
 		}
 	})
 	return r
