@@ -140,7 +140,7 @@ func (l *deliveryLog) add(seq uint64, op ws.OpCode, b []byte, box *[]byte, sent 
 // it dropped. It also clears asked: the acknowledgement asked for came.
 //
 // It stops after the last of them that ends at a packet boundary: the
-// rest of a packet cut across messages (MQTT) may not have been written
+// rest of a packet cut across messages (MQTT, STOMP) may not have been written
 // before the acknowledgement was asked for, and a re-send on a new
 // connection must start at a packet, never inside one. The messages up
 // to the packet's end go with a later acknowledgement.

@@ -1096,15 +1096,15 @@ func TestRawWritesResumeWhereTheSocketStopped(t *testing.T) {
 }
 
 // Messages of 4 to 16 KiB that arrive together go upstream together,
-// copied into one write buffer of up to 64 KiB (coalesceBuf): 8 KiB
-// messages written one write each cost twice Caddy's CPU per message
-// (README "Performance").
+// copied into one write buffer of up to 64 KiB (coalesceBuf), the last of
+// a read's batch included: 8 KiB messages written one write each cost
+// twice Caddy's CPU per message (README "Performance").
 func TestCoalesceMidSizeMessages(t *testing.T) {
-	var writes atomic.Int64
+	var writes atomic.Int64 // of data: acknowledgement pings go alone too
 	r := newParkRigWith(t, hbCfg(hbOff, hbLeg(heartbeat.ModeWS, time.Hour, 0)), func(env *Env) {
 		env.IdleAfter = time.Minute // the leg keeps its grown buffer
 		env.test.write = func(l *leg, n int, err error) {
-			if l.name() == LegUpstream && n > 0 {
+			if l.name() == LegUpstream && n > 1<<10 {
 				writes.Add(1)
 			}
 		}
@@ -1122,5 +1122,19 @@ func TestCoalesceMidSizeMessages(t *testing.T) {
 	t.Logf("%d messages of 8 KiB in %d writes upstream", len(msgs), w)
 	if w > int64(len(msgs))*3/4 {
 		t.Fatalf("%d messages of 8 KiB that arrived together took %d writes upstream, want at most %d", len(msgs), w, len(msgs)*3/4)
+	}
+
+	// Three at a time, each three in one read: the third, the last of
+	// its batch, goes in the same write as the two before it (two
+	// writes, a flush and its own, without that).
+	const bursts = 12
+	w0 = writes.Load()
+	for range bursts {
+		r.sendBurst(msgs[:3]...)
+	}
+	w = writes.Load() - w0
+	t.Logf("%d bursts of three in %d writes upstream", bursts, w)
+	if w >= bursts*3/2 {
+		t.Fatalf("%d bursts of three messages of 8 KiB took %d writes upstream, want about one each", bursts, w)
 	}
 }

@@ -119,7 +119,7 @@ func (s *Session) admit(counted *leg, op ws.OpCode, p []byte, mk *maskKey, src *
 	}
 	a.seq = s.upLog.newSeq()
 	s.replay.record(a.seq, op, p, *mk)
-	cut := false // the message ends inside an MQTT packet
+	cut := false // the message ends inside an MQTT packet or STOMP frame
 	if s.sr.st != nil || a.seq == 0 {
 		mk.unmask(p) // read for its content
 		var err error
@@ -189,7 +189,8 @@ func (s *Session) admit(counted *leg, op ws.OpCode, p []byte, mk *maskKey, src *
 
 // retain puts a client message in upLog: its buffer when src gives it
 // (a masked message assembled in the reader's own buffer), else a copy.
-// cut: the message ends inside an MQTT packet (see deliveryLog.ack).
+// cut: the message ends inside an MQTT packet or a STOMP frame (see
+// deliveryLog.ack).
 func (s *Session) retain(seq uint64, op ws.OpCode, p []byte, sent, cut bool, mk maskKey, src *frameReader) {
 	if mk.set && src != nil {
 		if b, box, ok := src.give(p); ok {

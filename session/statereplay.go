@@ -85,8 +85,9 @@ func (s *Session) SetRequestQuery(rawQuery string) {
 // caller holds mu, and calls it only when st is set or seq is 0). Under
 // auto, a session left at none whose first message is a SignalR
 // handshake becomes opaque. cut reports that the client's stream is
-// inside a packet after this message (MQTT: mqtt.js cuts a packet into
-// several messages): the delivery log acknowledges such a message only
+// inside a packet after this message (mqtt.js cuts an MQTT packet into
+// several messages, @stomp/stompjs with splitLargeFrames a long STOMP
+// frame): the delivery log acknowledges such a message only
 // with the one that ends its packet, so that a re-send on a new
 // connection starts at a packet.
 func (s *Session) replayFromClientLocked(op ws.OpCode, p []byte, seq uint64) (cut bool, err error) {
