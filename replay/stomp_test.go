@@ -2,6 +2,7 @@ package replay
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 )
 
@@ -205,5 +206,29 @@ func TestSTOMPAtBoundary(t *testing.T) {
 		if !h.st.AtBoundary() {
 			t.Fatalf("%q: not at a boundary after a malformed frame", bad)
 		}
+	}
+	// Headers cut across messages: followed up to stompCutMax, and let
+	// go of once read; past it, not followed (never a stall).
+	long := "SEND\nx-pad:" + strings.Repeat("p", 4000) + "\n"
+	h := newSess(t, STOMP)
+	h.text(stConnect + long[:100])
+	h.text(long[100:])
+	if h.st.AtBoundary() {
+		t.Fatal("at a boundary inside a frame's headers")
+	}
+	h.text("\nbody\x00")
+	if !h.st.AtBoundary() || h.st.stc.hdr != nil {
+		t.Fatalf("after the frame's end: AtBoundary %v, %d header bytes kept", h.st.AtBoundary(), cap(h.st.stc.hdr))
+	}
+	h.text("SEND\n")
+	for range stompCutMax / len(long) {
+		h.text(long)
+	}
+	if h.st.AtBoundary() {
+		t.Fatal("at a boundary inside headers not yet over the bound")
+	}
+	h.text(long)
+	if !h.st.AtBoundary() || !h.st.stc.lost || len(h.st.stc.hdr) != 0 {
+		t.Fatalf("headers over %d bytes: AtBoundary %v, lost %v, %d bytes kept", stompCutMax, h.st.AtBoundary(), h.st.stc.lost, len(h.st.stc.hdr))
 	}
 }
