@@ -56,8 +56,12 @@ type rcBackend struct {
 	times       []time.Time // handshake arrivals
 	inflight    int
 	maxInflight int
-	hs          chan int // n of each completed upgrade
-	wg          sync.WaitGroup
+	// gen counts stops and rollovers: an upgrade that began before one
+	// and completes after it dies at once, with the connections of the
+	// backend it was made to (see snapshot).
+	gen int
+	hs  chan int // n of each completed upgrade
+	wg  sync.WaitGroup
 }
 
 func rcNewBackend(t *testing.T, setup func(b *rcBackend)) *rcBackend {
@@ -112,9 +116,15 @@ func (b *rcBackend) stop() {
 	b.kill(conns)
 }
 
+// snapshot returns the connections a stop or rollover kills, and makes
+// each upgrade still in flight die once it completes: without that, an
+// upgrade whose 101 tether read just before the snapshot, registered
+// just after, outlived its backend (a session that never reconnected,
+// seen under load).
 func (b *rcBackend) snapshot() map[*websocket.Conn]string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.gen++
 	return maps.Clone(b.conns)
 }
 
@@ -156,6 +166,7 @@ func (b *rcBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	b.reqs = append(b.reqs, r.Clone(context.Background()))
 	b.times = append(b.times, time.Now())
 	n := len(b.reqs)
+	gen := b.gen
 	b.inflight++
 	b.maxInflight = max(b.maxInflight, b.inflight)
 	b.mu.Unlock()
@@ -191,6 +202,14 @@ func (b *rcBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	b.mu.Lock()
+	if b.gen != gen {
+		// Stopped while this upgrade was in flight: tether may have
+		// had the 101 before the snapshot, so the connection dies now.
+		b.killed[r.URL.RawQuery] = time.Now()
+		b.mu.Unlock()
+		_ = c.NetConn().Close()
+		return
+	}
 	b.conns[c] = r.URL.RawQuery
 	b.mu.Unlock()
 	b.wg.Add(1)
