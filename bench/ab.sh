@@ -26,12 +26,18 @@
 #
 #   bench/ab.sh /tmp/tether-a+resume /tmp/tether-a
 #
+# With -rate the proxy, the backend and the load tool run at real-time
+# priority (chrt -f 10) when chrt allows it: a kernel thread that wakes
+# every 512 ms on this machine (kdamond) otherwise stalls whichever of them
+# it preempts for 1-5 ms, which is most of every target's p99 (BENCHMARKS.md
+# "Issue 14, seventh sitting"). -no-rt runs them at normal priority.
+#
 # -keep FILE keeps every run's JSON line (one per target and round, in
 # the order run), e.g. to compare targets round by round.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin:/usr/sbin"
-reps=3 dur=5s size=1024 conns=64 inflight=16 resume="" rate="" keep=""
+reps=3 dur=5s size=1024 conns=64 inflight=16 resume="" rate="" keep="" rt=1
 size_set="" conns_set=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -43,6 +49,7 @@ while [ $# -gt 0 ]; do
     -inflight) inflight=$2; shift 2 ;;
     -resume) resume=-resume; shift ;;
     -keep) keep=$2; shift 2 ;;
+    -no-rt) rt=""; shift ;;
     -*) echo "unknown flag $1" >&2; exit 2 ;;
     *) break ;;
   esac
@@ -53,16 +60,21 @@ if [ -n "$rate" ]; then
   [ -n "$size_set" ] || size=128
   [ -n "$conns_set" ] || conns=1000
 fi
+. bench/peers.sh
+# prio: the command prefix for the latency workload's processes.
+prio=""
+if [ -n "$rate" ] && [ -n "$rt" ]; then
+  prio=$(rt_prefix) || echo "ab.sh: chrt -f is not allowed here; running at normal priority" >&2
+fi
 tmp=$(mktemp -d /tmp/tether-ab.XXXXXX)
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$tmp"' EXIT
 go build -o "$tmp/bench" ./bench
 backend=127.0.0.1:19801 proxy=127.0.0.1:19802 admin=127.0.0.1:19803
-taskset -c 1 "$tmp/bench" backend -addr $backend 2>/dev/null &
+$prio taskset -c 1 "$tmp/bench" backend -addr $backend 2>/dev/null &
 bk=$!; pids+=("$bk")
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 wait_port "${backend##*:}"
-. bench/peers.sh
 haproxy_cfg "$tmp/haproxy.cfg" "$proxy" "$backend"
 caddyfile "$tmp/Caddyfile" "$proxy" "$backend"
 for _ in $(seq "$reps"); do
@@ -70,15 +82,15 @@ for _ in $(seq "$reps"); do
     tres=$resume
     case "$t" in *+resume) tres=-resume ;; esac
     case "$t" in
-      haproxy) taskset -c 0 haproxy -db -f "$tmp/haproxy.cfg" >/dev/null 2>&1 & p=$! label=haproxy ;;
-      caddy) GOMAXPROCS=1 XDG_DATA_HOME="$tmp" XDG_CONFIG_HOME="$tmp" taskset -c 0 caddy run --config "$tmp/Caddyfile" --adapter caddyfile >/dev/null 2>&1 & p=$! label=caddy ;;
+      haproxy) $prio taskset -c 0 haproxy -db -f "$tmp/haproxy.cfg" >/dev/null 2>&1 & p=$! label=haproxy ;;
+      caddy) GOMAXPROCS=1 XDG_DATA_HOME="$tmp" XDG_CONFIG_HOME="$tmp" $prio taskset -c 0 caddy run --config "$tmp/Caddyfile" --adapter caddyfile >/dev/null 2>&1 & p=$! label=caddy ;;
       *) env GOMAXPROCS=1 TETHER_UPSTREAM_URL="ws://$backend" TETHER_LISTEN_ADDR=$proxy TETHER_ADMIN_ADDR=$admin TETHER_LOG_LEVEL=warn \
-           taskset -c 0 "${t%+resume}" 2>/dev/null & p=$! label=$(basename "$t") ;;
+           $prio taskset -c 0 "${t%+resume}" 2>/dev/null & p=$! label=$(basename "$t") ;;
     esac
     pids+=("$p")
     wait_port "${proxy##*:}"
     if [ -n "$rate" ]; then
-      taskset -c 1 "$tmp/bench" latency -url "ws://$proxy/" -target "$label" -label "latency-$conns" -duration "$dur" \
+      $prio taskset -c 1 "$tmp/bench" latency -url "ws://$proxy/" -target "$label" -label "latency-$conns" -duration "$dur" \
         -size "$size" -conns "$conns" -rate "$rate" $tres -proxy-pid "$p" -backend-pid "$bk" -json 2>/dev/null >> "$tmp/results.jsonl" || true
     else
       taskset -c 1 "$tmp/bench" throughput -url "ws://$proxy/" -target "$label" -label "throughput-$size" -duration "$dur" \

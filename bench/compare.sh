@@ -6,6 +6,7 @@
 #   bench/compare.sh            # default mode, about 15 minutes on 2 shared cores
 #   bench/compare.sh -quick     # smoke test, under a minute
 #   bench/compare.sh -out FILE  # also write the report to FILE
+#   bench/compare.sh -no-rt     # latency at normal priority (see below)
 #
 # Each proxy runs alone on core 0 (taskset -c 0) with one worker/thread
 # (nginx worker_processes 1, HAProxy nbthread 1, Caddy and tether and the
@@ -14,19 +15,28 @@
 # nginx: its worker), the backend and the load tool come from
 # /proc/<pid>/stat over each measured window. nginx, haproxy and caddy are
 # installed with apt-get when missing; a peer that cannot be installed is
-# skipped and the report says so. Needs root for apt-get only, 2+ cores,
-# and 20,000 open files per process (idle holds 9,000 sessions).
+# skipped and the report says so. Needs root for apt-get (and for chrt),
+# 2+ cores, and 20,000 open files per process (idle holds 9,000 sessions).
+#
+# The latency workload runs the proxy, the backend and the load tool at
+# real-time priority (chrt -f 10) when chrt allows it, and its table
+# heading says so: a kernel thread that wakes every 512 ms on this
+# machine (kdamond, 1-5 ms each time) otherwise preempts one of them and
+# makes most of every target's p99 (BENCHMARKS.md, "Issue 14, seventh
+# sitting"). The throughput workloads run at normal priority.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin:/usr/sbin"
 
 quick=0
 out=""
+rt=1
 while [ $# -gt 0 ]; do
   case "$1" in
     -quick|--quick) quick=1 ;;
     -out|--out) out="$2"; shift ;;
-    *) echo "usage: $0 [-quick] [-out FILE]" >&2; exit 2 ;;
+    -no-rt) rt="" ;;
+    *) echo "usage: $0 [-quick] [-out FILE] [-no-rt]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -40,6 +50,12 @@ hb_fast=500ms
 
 log() { echo "compare: $*" >&2; }
 . bench/peers.sh
+
+# prio: the command prefix for the latency workload's processes.
+prio=""
+if [ -n "$rt" ]; then
+  prio=$(rt_prefix) || log "chrt -f is not allowed here: latency at normal priority"
+fi
 
 tmp=$(mktemp -d /tmp/tether-compare.XXXXXX)
 results="$tmp/results.jsonl"
@@ -97,13 +113,15 @@ wait_port "${backend_addr##*:}"
 # url.
 start_target() {
   local name=$1; shift
+  local pre="" # the latency workload's real-time priority
+  [ "$mode" = latency ] && pre=$prio
   url="ws://127.0.0.1:$proxy_port/"
   case "$name" in
     direct)
       url="ws://$backend_addr/"; target_pid=""; measure_pid=0; return ;;
     relay)
       # idle: without splice, which needs 6 open files per session
-      GOMAXPROCS=1 taskset -c 0 "$tmp/bench" relay -listen "127.0.0.1:$proxy_port" -to "$backend_addr" \
+      GOMAXPROCS=1 $pre taskset -c 0 "$tmp/bench" relay -listen "127.0.0.1:$proxy_port" -to "$backend_addr" \
         $([ "$mode" = idle ] && echo -nosplice) 2>"$tmp/relay.log" &
       target_pid=$! ;;
     nginx)
@@ -135,20 +153,20 @@ http {
   }
 }
 CONF
-      taskset -c 0 nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -e "$tmp/nginx/error.log" 2>>"$tmp/nginx/error.log" &
+      $pre taskset -c 0 nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -e "$tmp/nginx/error.log" 2>>"$tmp/nginx/error.log" &
       target_pid=$! ;;
     haproxy)
       haproxy_cfg "$tmp/haproxy.cfg" "127.0.0.1:$proxy_port" "$backend_addr"
-      taskset -c 0 haproxy -db -f "$tmp/haproxy.cfg" >"$tmp/haproxy.log" 2>&1 &
+      $pre taskset -c 0 haproxy -db -f "$tmp/haproxy.cfg" >"$tmp/haproxy.log" 2>&1 &
       target_pid=$! ;;
     caddy)
       caddyfile "$tmp/Caddyfile" "127.0.0.1:$proxy_port" "$backend_addr"
-      GOMAXPROCS=1 XDG_DATA_HOME="$tmp" XDG_CONFIG_HOME="$tmp" taskset -c 0 caddy run --config "$tmp/Caddyfile" --adapter caddyfile >"$tmp/caddy.log" 2>&1 &
+      GOMAXPROCS=1 XDG_DATA_HOME="$tmp" XDG_CONFIG_HOME="$tmp" $pre taskset -c 0 caddy run --config "$tmp/Caddyfile" --adapter caddyfile >"$tmp/caddy.log" 2>&1 &
       target_pid=$! ;;
     tether*)
       env GOMAXPROCS=1 TETHER_UPSTREAM_URL="ws://$backend_addr" TETHER_LISTEN_ADDR="127.0.0.1:$proxy_port" \
         TETHER_ADMIN_ADDR="127.0.0.1:$admin_port" TETHER_LOG_LEVEL=warn "$@" \
-        taskset -c 0 "$tmp/tether" 2>>"$tmp/tether.log" &
+        $pre taskset -c 0 "$tmp/tether" 2>>"$tmp/tether.log" &
       target_pid=$! ;;
   esac
   pids+=("$target_pid")
@@ -191,7 +209,9 @@ measure() {
   local extra=()
   case "$target" in tether*) extra+=(-admin "http://127.0.0.1:$admin_port") ;; esac
   [ "$mode" = idle ] || extra=()
-  if ! taskset -c 1 "$tmp/bench" "$mode" -url "$url" -target "$target" -label "$label" \
+  local pre=""
+  [ "$mode" = latency ] && pre=$prio
+  if ! $pre taskset -c 1 "$tmp/bench" "$mode" -url "$url" -target "$target" -label "$label" \
       -proxy-pid "$measure_pid" -backend-pid "$backend_pid" -json "${flags[@]}" "${extra[@]}" >>"$results"; then
     failed+=("$label/$target")
   fi
@@ -216,11 +236,15 @@ for _ in $(seq "$reps"); do
     measure tput-64k "$t" throughput -conns 16 -size 65536 -inflight 4 -duration "$dur"
   done
 done
+# The backend too runs at the latency workload's priority while it lasts
+# (every thread: chrt -a).
+[ -z "$prio" ] || chrt -a -f -p 10 "$backend_pid" >/dev/null
 for _ in $(seq "$lat_reps"); do
   for t in "${targets[@]}"; do
     measure latency "$t" latency -conns "$lat_conns" -rate "$lat_rate" -size 128 -duration "$dur"
   done
 done
+[ -z "$prio" ] || chrt -a -o -p 0 "$backend_pid" >/dev/null
 for t in "${proxies[@]}"; do
   measure idle "$t" idle -sessions "$sessions" -duration "$hold" -settle "$settle" -connect-rate 3000 \
     -- TETHER_CLIENT_HEARTBEAT_INTERVAL="$hb_default" TETHER_UPSTREAM_HEARTBEAT_INTERVAL="$hb_default"

@@ -17,6 +17,7 @@ import (
 
 	"github.com/tether-proxy/tether/heartbeat"
 	"github.com/tether-proxy/tether/internal/leakcheck"
+	"github.com/tether-proxy/tether/internal/tetherproc"
 	"github.com/tether-proxy/tether/proxy"
 )
 
@@ -334,6 +335,48 @@ func TestTableLatencyRounds(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// TestTablePriority: a latency table's heading says whether its runs were
+// at real-time priority, and flags a mix (rows that are not comparable).
+func TestTablePriority(t *testing.T) {
+	run := func(target string, rt bool) *Result {
+		return &Result{Label: "latency", Target: target, Mode: "latency", Conns: 1000, Size: 128, Rate: 5000,
+			Seconds: 7, MsgsPerSec: 5000, P50ms: 0.1, P99ms: 0.3, RealTime: rt}
+	}
+	for _, c := range []struct {
+		rts  []bool
+		want string
+	}{
+		{[]bool{true, true}, "### latency: latency, 5000 msg/s over 1000 conns × 128 B, 7 s, real-time priority\n"},
+		{[]bool{true, false}, "7 s, real-time priority in only 1 of 2 runs\n"},
+		{[]bool{false, false}, "7 s\n"},
+	} {
+		var b strings.Builder
+		if err := writeTable(&b, []*Result{run("caddy", c.rts[0]), run("tether", c.rts[1])}, "tether"); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(b.String(), c.want) {
+			t.Errorf("%v: heading lacks %q:\n%s", c.rts, c.want, b.String())
+		}
+	}
+}
+
+// TestRealTimeRecorded: a run records whether the load tool and the
+// proxy ran at real-time priority (here: neither, so false; and true
+// only when every measured process does).
+func TestRealTimeRecorded(t *testing.T) {
+	self, err := tetherproc.RealTime(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := (procs{}).realTime(); got != self {
+		t.Errorf("realTime() = %v, this process's policy says %v", got, self)
+	}
+	// pid 1 runs at normal priority on any machine that runs these tests.
+	if (procs{proxy: 1}).realTime() {
+		t.Error("realTime() with a normal-priority proxy = true")
 	}
 }
 

@@ -27,3 +27,13 @@ CONF
 caddyfile() {
   printf '{\n  admin off\n  auto_https off\n}\nhttp://%s {\n  reverse_proxy %s\n}\n' "$2" "$3" > "$1"
 }
+
+# rt_prefix prints the command prefix that runs a process at real-time
+# priority (SCHED_FIFO 10), or fails when this user may not. The latency
+# workloads use it for the proxy, the backend and the load tool alike
+# (BENCHMARKS.md, "Issue 14, seventh sitting": a kernel thread's periodic
+# work otherwise makes most of every target's p99).
+rt_prefix() {
+  chrt -f 10 true 2>/dev/null || return 1
+  echo "chrt -f 10"
+}

@@ -8,6 +8,24 @@ func cpuSeconds(pid int) (float64, error) { return tetherproc.CPUSeconds(pid) }
 // rssBytes returns VmRSS of pid (0 means this process).
 func rssBytes(pid int) (int64, error) { return tetherproc.VmRSS(pid) }
 
+// realTime reports whether this process and the proxy and backend (those
+// whose pids are given) all run at a real-time priority (chrt -f), as
+// bench/compare.sh and bench/ab.sh run the latency workload.
+func (p procs) realTime() bool {
+	if rt, err := tetherproc.RealTime(0); err != nil || !rt {
+		return false
+	}
+	for _, pid := range []int{p.proxy, p.backend} {
+		if pid <= 0 {
+			continue
+		}
+		if rt, err := tetherproc.RealTime(pid); err != nil || !rt {
+			return false
+		}
+	}
+	return true
+}
+
 // cpuSample holds CPU seconds of the named processes at one instant.
 type cpuSample map[string]float64
 

@@ -28,6 +28,26 @@ func readResults(r io.Reader) ([]*Result, error) {
 	return out, sc.Err()
 }
 
+// priority tells in a table's heading whether its runs had the load tool,
+// proxy and backend at a real-time priority: all, some (the rows are then
+// not comparable) or none (nothing said).
+func priority(g []*Result) string {
+	n := 0
+	for _, r := range g {
+		if r.RealTime {
+			n++
+		}
+	}
+	switch n {
+	case 0:
+		return ""
+	case len(g):
+		return ", real-time priority"
+	default:
+		return fmt.Sprintf(", real-time priority in only %d of %d runs", n, len(g))
+	}
+}
+
 // writeTable prints one markdown table per workload label, in the order
 // the labels first appear, with ratios of ref against every other target.
 // A target measured several times for a label (compare.sh repeats each
@@ -53,7 +73,7 @@ func writeTable(w io.Writer, results []*Result, ref string) error {
 		first := g[0]
 		switch first.Mode {
 		case "throughput":
-			fmt.Fprintf(w, "### %s: throughput, %d conns × %d B, %d in flight, %.0f s\n\n", l, first.Conns, first.Size, first.InFlight, first.Seconds)
+			fmt.Fprintf(w, "### %s: throughput, %d conns × %d B, %d in flight, %.0f s%s\n\n", l, first.Conns, first.Size, first.InFlight, first.Seconds, priority(g))
 			unit, key := "msgs", func(r *Result) float64 { return r.MsgsPerSec }
 			if first.Size >= 16<<10 {
 				unit, key = "MB", func(r *Result) float64 { return r.MBPerSec }
@@ -80,7 +100,7 @@ func writeTable(w io.Writer, results []*Result, ref string) error {
 					wire(r), ratio(rr, m, perCPU), ratio(rr, m, key))
 			}
 		case "latency":
-			fmt.Fprintf(w, "### %s: latency, %d msg/s over %d conns × %d B, %.0f s\n\n", l, first.Rate, first.Conns, first.Size, first.Seconds)
+			fmt.Fprintf(w, "### %s: latency, %d msg/s over %d conns × %d B, %.0f s%s\n\n", l, first.Rate, first.Conns, first.Size, first.Seconds, priority(g))
 			rows := medians(g, func(r *Result) float64 { return r.P99ms })
 			rr := refRow(rows, ref)
 			// The row is the median run by p99; the CPU columns are the

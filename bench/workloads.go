@@ -43,6 +43,10 @@ type Result struct {
 
 	// CPU seconds in the window: "proxy", "backend", "load".
 	CPU map[string]float64 `json:"cpu"`
+	// RealTime: the load tool, the proxy and the backend ran at a
+	// real-time priority (chrt -f), so that other tasks of the machine
+	// (a kernel thread waking every 512 ms here) could not preempt them.
+	RealTime bool `json:"realtime,omitempty"`
 	// Saturated says which side was the bottleneck (throughput): "proxy"
 	// when the proxy's core was at least 95 % busy, "harness" when the
 	// load tool and the backend together were (they share one core),
@@ -231,7 +235,8 @@ func throughput(ctx context.Context, o common, conns, size, inflight int) (*Resu
 	wirePerMsg := float64(cnt.read.Load()+cnt.written.Load()-r0-w0) / float64(max(echoed.Load(), 1))
 	close(errc)
 	res := &Result{WirePerMsg: wirePerMsg, Label: o.label, Target: o.target, Mode: "throughput", Conns: conns, Size: size, InFlight: inflight,
-		Seconds: elapsed.Seconds(), Msgs: inWindow.Load(), CPU: after.since(before), WireBytes: (r1 - r0) + (w1 - w0)}
+		Seconds: elapsed.Seconds(), Msgs: inWindow.Load(), CPU: after.since(before), WireBytes: (r1 - r0) + (w1 - w0),
+		RealTime: o.procs.realTime()}
 	res.Deflate = len(cs) > 0 && cs[0].deflate
 	for _, c := range cs {
 		if c.resumable.Load() {
@@ -384,7 +389,7 @@ func latency(ctx context.Context, o common, conns, size, rate int) (*Result, err
 	wg.Wait()
 	close(errc)
 	res := &Result{Label: o.label, Target: o.target, Mode: "latency", Conns: conns, Size: size, Rate: rate,
-		Seconds: elapsed.Seconds(), Msgs: inWindow.Load(), CPU: after.since(before)}
+		Seconds: elapsed.Seconds(), Msgs: inWindow.Load(), CPU: after.since(before), RealTime: o.procs.realTime()}
 	res.MsgsPerSec = float64(res.Msgs) / res.Seconds
 	percentiles(res, all)
 	for err := range errc {

@@ -224,31 +224,57 @@ func procPath(pid int, file string) string {
 // It is 100 on every Linux architecture Go supports.
 const clockTicks = 100
 
-// CPUSeconds returns utime+stime of pid (0: this process) in seconds, from
-// /proc/<pid>/stat; threads are included.
-func CPUSeconds(pid int) (float64, error) {
+// statFields returns the fields of /proc/<pid>/stat from field 3 (state)
+// on: the command name (field 2) may contain spaces, so they count from
+// after its closing parenthesis; field n is at index n-3.
+func statFields(pid int) ([]string, error) {
 	path := procPath(pid, "stat")
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	// The command name (field 2) may contain spaces: fields count from
-	// after its closing parenthesis.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("parse %s: no ')'", path)
+		return nil, fmt.Errorf("parse %s: no ')'", path)
 	}
-	f := strings.Fields(string(b[i+1:]))
-	// f[0] is field 3 (state); utime is field 14, stime field 15.
+	return strings.Fields(string(b[i+1:])), nil
+}
+
+// CPUSeconds returns utime+stime of pid (0: this process) in seconds, from
+// /proc/<pid>/stat; threads are included.
+func CPUSeconds(pid int) (float64, error) {
+	f, err := statFields(pid)
+	if err != nil {
+		return 0, err
+	}
+	// utime is field 14, stime field 15.
 	if len(f) < 13 {
-		return 0, fmt.Errorf("parse %s: %d fields", path, len(f))
+		return 0, fmt.Errorf("parse %s: %d fields", procPath(pid, "stat"), len(f))
 	}
 	u, err1 := strconv.ParseUint(f[11], 10, 64)
 	s, err2 := strconv.ParseUint(f[12], 10, 64)
 	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("parse %s: utime %q stime %q", path, f[11], f[12])
+		return 0, fmt.Errorf("parse %s: utime %q stime %q", procPath(pid, "stat"), f[11], f[12])
 	}
 	return float64(u+s) / clockTicks, nil
+}
+
+// RealTime reports whether pid (0: this process) runs under a real-time
+// scheduling policy (SCHED_FIFO or SCHED_RR, e.g. started with chrt -f):
+// field 41 of /proc/<pid>/stat, the policy of its main thread.
+func RealTime(pid int) (bool, error) {
+	f, err := statFields(pid)
+	if err != nil {
+		return false, err
+	}
+	if len(f) < 39 {
+		return false, fmt.Errorf("parse %s: %d fields", procPath(pid, "stat"), len(f))
+	}
+	policy, err := strconv.Atoi(f[38])
+	if err != nil {
+		return false, fmt.Errorf("parse %s: policy %q", procPath(pid, "stat"), f[38])
+	}
+	return policy == 1 || policy == 2, nil // SCHED_FIFO, SCHED_RR
 }
 
 // CPU returns tether's CPU seconds so far.

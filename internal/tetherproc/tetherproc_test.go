@@ -1,7 +1,10 @@
 package tetherproc
 
 import (
+	"os"
+	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -20,6 +23,9 @@ func TestParseMetrics(t *testing.T) {
 // This process's own /proc entries parse: some RSS, and CPU time that grows
 // with work.
 func TestProcSelf(t *testing.T) {
+	if rt, err := RealTime(0); err != nil || rt != selfRealTime(t) {
+		t.Fatalf("RealTime(self) = %v, %v; sched_getscheduler says %v", rt, err, selfRealTime(t))
+	}
 	rss, err := VmRSS(0)
 	if err != nil || rss < 1<<20 {
 		t.Fatalf("VmRSS(self) = %d, %v", rss, err)
@@ -42,4 +48,49 @@ func TestProcSelf(t *testing.T) {
 		}
 	}
 	_ = x
+}
+
+// selfRealTime asks the kernel directly (sched_getscheduler), to check
+// RealTime's reading of /proc against.
+func selfRealTime(t *testing.T) bool {
+	policy, _, errno := syscall.RawSyscall(syscall.SYS_SCHED_GETSCHEDULER, 0, 0, 0)
+	if errno != 0 {
+		t.Fatalf("sched_getscheduler: %v", errno)
+	}
+	return policy == 1 || policy == 2
+}
+
+// TestRealTimeOfOthers: RealTime tells a process started with chrt -f from
+// one started normally.
+func TestRealTimeOfOthers(t *testing.T) {
+	if err := exec.Command("chrt", "-f", "1", "true").Run(); err != nil {
+		t.Skipf("chrt -f is not allowed here (%v): run as root with util-linux's chrt", err)
+	}
+	for _, c := range []struct {
+		args []string
+		want bool
+	}{{[]string{"chrt", "-f", "1", "sleep", "30"}, true}, {[]string{"sleep", "30"}, false}} {
+		cmd := exec.Command(c.args[0], c.args[1:]...)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// chrt sets the policy, then execs sleep (the same pid): read
+		// once sleep runs.
+		pid := cmd.Process.Pid
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			if comm, _ := os.ReadFile(procPath(pid, "comm")); string(comm) == "sleep\n" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%v did not exec sleep within 10 s", c.args)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		got, err := RealTime(pid)
+		cmd.Process.Kill()
+		cmd.Wait()
+		if err != nil || got != c.want {
+			t.Errorf("%v: RealTime = %v, %v; want %v", c.args, got, err, c.want)
+		}
+	}
 }
