@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -109,6 +112,32 @@ func runJSON(t *testing.T, args ...string) *Result {
 	return &r
 }
 
+// checkRTTs checks a latency run's -rtts file: a line per echo (at least
+// those of the window), in send order, whose largest round trip is the
+// run's max.
+func checkRTTs(t *testing.T, path string, r *Result) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+	var prev, maxRTT int64
+	for i, l := range lines {
+		var sent, rtt int64
+		if _, err := fmt.Sscanf(l, "%d %d", &sent, &rtt); err != nil || rtt <= 0 || sent < prev {
+			t.Fatalf("%s line %d %q: %v (previous send %d)", path, i+1, l, err, prev)
+		}
+		prev, maxRTT = sent, max(maxRTT, rtt)
+	}
+	if int64(len(lines)) < r.Msgs {
+		t.Errorf("%s: %d lines for %d echoes in the window", path, len(lines), r.Msgs)
+	}
+	if got := float64(maxRTT) / 1e6; math.Abs(got-r.MaxMs) > 0.001 {
+		t.Errorf("%s: largest round trip %.4f ms, the run's max %.4f ms", path, got, r.MaxMs)
+	}
+}
+
 // TestQuickAgainstTether runs every mode of the tool in quick form against
 // an in-process tether (its own pid is the proxy's), the TCP relay and
 // the backend directly, then builds the table.
@@ -132,11 +161,13 @@ func TestQuickAgainstTether(t *testing.T) {
 		if big.Msgs == 0 || big.MBPerSec <= 0 {
 			t.Errorf("%s 64 KiB throughput: %+v", tg.name, big)
 		}
+		rttsFile := filepath.Join(t.TempDir(), "rtts")
 		lat := runJSON(t, append([]string{"latency", "-url", url, "-target", tg.name,
-			"-conns", "20", "-rate", "200", "-size", "128"}, common...)...)
+			"-conns", "20", "-rate", "200", "-size", "128", "-rtts", rttsFile}, common...)...)
 		if lat.Msgs < 20 || lat.P99ms <= 0 {
 			t.Errorf("%s latency: %+v", tg.name, lat)
 		}
+		checkRTTs(t, rttsFile, lat)
 		results = append(results, small, big, lat)
 	}
 

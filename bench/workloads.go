@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -325,8 +328,11 @@ func pump(c *client, p pumpOpts, msg []byte) []time.Duration {
 
 // latency: conns connections together send rate messages per second,
 // each on its own fixed schedule with a random phase (open loop), and
-// the round trip of every message is recorded.
-func latency(ctx context.Context, o common, conns, size, rate int) (*Result, error) {
+// the round trip of every message is recorded; with rttsOut, also every
+// message's send time and round trip, written there as "SENT RTT" lines
+// in nanoseconds (SENT since the run began, in send order), to see when
+// the slow ones were sent.
+func latency(ctx context.Context, o common, conns, size, rate int, rttsOut io.Writer) (*Result, error) {
 	var cnt counters
 	cs, err := dialAll(ctx, o.dial, conns, o.connRate, &cnt)
 	if err != nil {
@@ -340,6 +346,7 @@ func latency(ctx context.Context, o common, conns, size, rate int) (*Result, err
 	var inWindow atomic.Int64
 	var mu sync.Mutex
 	var all []time.Duration
+	var traced [][2]time.Duration // with rttsOut: send time, round trip
 	errc := make(chan error, 2*len(cs))
 	var wg sync.WaitGroup
 	before := o.procs.sample()
@@ -373,9 +380,12 @@ func latency(ctx context.Context, o common, conns, size, rate int) (*Result, err
 		}()
 		go func() {
 			defer wg.Done()
-			rtts := readEchoes(c, echoOpts{epoch: epoch, size: size, end: end, inWindow: &inWindow, stopping: &stopping, errc: errc}, 64, nil)
+			rtts, sent := readEchoes(c, echoOpts{epoch: epoch, size: size, end: end, inWindow: &inWindow, stopping: &stopping, errc: errc, sent: rttsOut != nil}, 64, nil)
 			mu.Lock()
 			all = append(all, rtts...)
+			for i, s := range sent {
+				traced = append(traced, [2]time.Duration{s, rtts[i]})
+			}
 			mu.Unlock()
 		}()
 	}
@@ -394,6 +404,16 @@ func latency(ctx context.Context, o common, conns, size, rate int) (*Result, err
 	percentiles(res, all)
 	for err := range errc {
 		return res, err
+	}
+	if rttsOut != nil {
+		slices.SortFunc(traced, func(a, b [2]time.Duration) int { return cmp.Compare(a[0], b[0]) })
+		w := bufio.NewWriter(rttsOut)
+		for _, t := range traced {
+			fmt.Fprintf(w, "%d %d\n", t[0], t[1])
+		}
+		if err := w.Flush(); err != nil {
+			return res, err
+		}
 	}
 	return res, nil
 }
@@ -492,27 +512,32 @@ type echoOpts struct {
 	inWindow *atomic.Int64
 	stopping *atomic.Bool // set before the connections close: a read error is then expected
 	errc     chan<- error
+	sent     bool // also return each echo's send time (latency -rtts)
 }
 
 // readEchoes reads c's echoes until its connection ends and returns their
-// round trips; each, if set, runs once per echo. A wrong echo or an
-// unexpected read error goes to o.errc and ends the reading.
-func readEchoes(c *client, o echoOpts, capHint int, each func()) []time.Duration {
-	rtts := make([]time.Duration, 0, capHint)
+// round trips and, with o.sent, their send times (since o.epoch); each, if
+// set, runs once per echo. A wrong echo or an unexpected read error goes
+// to o.errc and ends the reading.
+func readEchoes(c *client, o echoOpts, capHint int, each func()) (rtts, sent []time.Duration) {
+	rtts = make([]time.Duration, 0, capHint)
 	for {
 		p, err := c.read()
 		if err != nil {
 			if !o.stopping.Load() {
 				o.errc <- err
 			}
-			return rtts
+			return rtts, sent
 		}
 		d, ok := parseStamp(p, o.epoch)
 		if !ok || len(p) != o.size {
 			o.errc <- fmt.Errorf("echo of %d bytes, sent %d", len(p), o.size)
-			return rtts
+			return rtts, sent
 		}
 		rtts = append(rtts, d)
+		if o.sent {
+			sent = append(sent, time.Since(o.epoch)-d)
+		}
 		if time.Now().Before(o.end) {
 			o.inWindow.Add(1)
 		}
