@@ -80,7 +80,9 @@ func echoConn(c net.Conn) {
 			return
 		}
 		if h.Masked {
-			ws.Cipher(p, h.Mask, 0)
+			if h.Mask != zeroMask { // XOR with zero changes nothing
+				ws.Cipher(p, h.Mask, 0)
+			}
 			h.Masked = false
 		}
 		switch h.OpCode {
