@@ -101,6 +101,15 @@ func echoConn(c net.Conn) {
 				h.Length = int64(len(p))
 			}
 		}
+		if h.Length >= 16<<10 && bw.Size() < bigBuf {
+			// Large frames: buffers that hold two, so that an echo is
+			// not split across writes (allocated only for connections
+			// that carry them: idle holds thousands).
+			if bw.Flush() != nil {
+				return
+			}
+			bw = bufio.NewWriterSize(c, bigBuf)
+		}
 		if writeHeader(bw, h) != nil {
 			return
 		}
@@ -116,6 +125,10 @@ func echoConn(c net.Conn) {
 		}
 	}
 }
+
+// bigBuf is the backend's write buffer for a connection that carries
+// frames of 16 KiB or more.
+const bigBuf = 256 << 10
 
 // writeHeader writes an unmasked frame header without allocating.
 func writeHeader(bw *bufio.Writer, h ws.Header) error {

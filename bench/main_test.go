@@ -411,6 +411,74 @@ func TestRealTimeRecorded(t *testing.T) {
 	}
 }
 
+// countingListener counts what crosses the connections it accepts.
+type countingListener struct {
+	net.Listener
+	cnt *counters
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return countingConn{c, l.cnt}, nil
+}
+
+// TestLargeFramesFewWrites: at 64 KiB the load tool and the backend write
+// a burst of messages in about one write per message, not two: their
+// buffers hold two messages (BENCHMARKS.md, seventh sitting). With
+// 64 KiB buffers four messages took five writes each way.
+func TestLargeFramesFewWrites(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var backend counters
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- serveBackend(ctx, countingListener{ln, &backend}) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("backend: %v", err)
+		}
+	}()
+	const size, burst = 65536, 4
+	var cnt counters
+	// As throughput sizes the buffers for its messages.
+	c, err := dial(t.Context(), dialOpts{url: "ws://" + ln.Addr().String() + "/", readBuf: max(64<<10, 2*size+64)}, 0, &cnt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.conn.Close()
+	msg := filler(size, 1)
+	payload(msg, time.Now())
+	before := cnt.writes.Load()
+	for range burst {
+		if err := c.writeFrame(ws.OpBinary, msg, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.flush(); err != nil {
+		t.Fatal(err)
+	}
+	for range burst {
+		if p, err := c.read(); err != nil || len(p) != size {
+			t.Fatalf("echo: %d bytes, %v", len(p), err)
+		}
+	}
+	// ceil(4 × 65,550 / 131,136) = 2 writes, and one more for the rest.
+	if n := cnt.writes.Load() - before; n > burst-1 {
+		t.Errorf("the load tool wrote %d messages of 64 KiB in %d writes, want at most %d", burst, n, burst-1)
+	}
+	// The backend echoes what one read brought in one write, or in one
+	// per message; never two per message.
+	if n := backend.writes.Load(); n > burst+1 { // the 101 response, then the echoes
+		t.Errorf("the backend echoed %d messages of 64 KiB in %d writes (after its 101), want at most %d", burst, n-1, burst)
+	}
+}
+
 // TestFloor: the syscall floor measures something for both halves.
 func TestFloor(t *testing.T) {
 	r, err := floor(2000)
