@@ -1,7 +1,11 @@
 package session
 
 import (
+	"bytes"
+	"slices"
 	"strconv"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -309,6 +313,72 @@ func TestAckMQTTPacketBoundary(t *testing.T) {
 			t.Fatalf("%d messages retained after the packet's end was acknowledged, want 0", n)
 		}
 	})
+}
+
+// TestAckCutStreamWarns: a client whose MQTT messages never end at a
+// packet boundary (each carries the start of the next PUBLISH) can have
+// none of them acknowledged, however the upstream answers: once they fill
+// the retention window its reads pause, and the warning says why instead
+// of blaming the upstream's heartbeats (README "State replay on upstream
+// reconnect").
+func TestAckCutStreamWarns(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		cfg := hbCfg(hbOff, hbLeg(heartbeat.ModeWS, 10*time.Second, 0))
+		cfg.Replay.Protocol = replay.MQTT
+		cfg.Buffer.MaxMessages = 4
+		var log syncBuffer
+		r := newHBRig(t, cfg, hbOpts{upAutoPong: true, log: &log})
+		connect := []byte{0x10, 12, 0, 4, 'M', 'Q', 'T', 'T', 4, 2, 0, 60, 0, 0}
+		if err := r.client.send(ws.NewBinaryFrame(connect)); err != nil {
+			t.Fatal(err)
+		}
+		// PUBLISH QoS 0, topic "t", payload "xy"; every message ends three
+		// bytes into the next one.
+		pub := []byte{0x30, 5, 0, 1, 't', 'x', 'y'}
+		// Four fill the window; the fifth is read and waits for room (a
+		// sixth would wait in the pipe: the session reads no more).
+		msg := slices.Concat(pub[:3])
+		for range cfg.Buffer.MaxMessages + 1 {
+			if err := r.client.send(ws.NewBinaryFrame(msg)); err != nil {
+				t.Fatal(err)
+			}
+			msg = slices.Concat(pub[3:], pub[:3])
+			time.Sleep(ackSpacing + ackGrace) // each gets its ping answered
+			synctest.Wait()
+		}
+		if n := r.retained(); n != cfg.Buffer.MaxMessages {
+			t.Fatalf("%d messages retained, want the window's %d: none ends at a packet boundary", n, cfg.Buffer.MaxMessages)
+		}
+		time.Sleep(2 * r.env.Config.UpstreamHeartbeat.Timeout) // 3 × 10 s (hbLeg)
+		synctest.Wait()
+		out := log.String()
+		if !strings.Contains(out, "client messages cannot be acknowledged: none ends at a packet boundary") {
+			t.Errorf("no warning about the client's stream; log:\n%s", out)
+		}
+		if strings.Contains(out, "not answering heartbeats") {
+			t.Errorf("the warning blames the upstream, which answers every ping; log:\n%s", out)
+		}
+	})
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger's writes and the test's
+// reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
 
 // ackStallCfg: RFC pings upstream every 500 ms, a leg that reads nothing for

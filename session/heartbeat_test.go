@@ -10,6 +10,8 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"slices"
 	"sync"
@@ -287,6 +289,8 @@ type hbOpts struct {
 	dialDelay time.Duration
 	// hooks: the Env's test hooks.
 	hooks *testHooks
+	// log, if set, receives the session's log (text).
+	log io.Writer
 }
 
 // newHBRig starts a session. Its DialFunc records each attempt and, unless
@@ -296,7 +300,11 @@ type hbOpts struct {
 func newHBRig(t *testing.T, cfg Config, o hbOpts) *hbRig {
 	t.Helper()
 	r := &hbRig{t: t, m: newHBMetrics(), done: make(chan struct{})}
-	env, err := NewEnv(cfg, nil, r.m)
+	var logger *slog.Logger
+	if o.log != nil {
+		logger = slog.New(slog.NewTextHandler(o.log, nil))
+	}
+	env, err := NewEnv(cfg, logger, r.m)
 	if err != nil {
 		t.Fatal(err)
 	}

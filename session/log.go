@@ -29,9 +29,13 @@ type deliveryLog struct {
 
 	// Backpressure: asked is set once the owner has asked the peer for
 	// an acknowledgement and cleared by the next one; stallWarned once
-	// the owner has warned that acknowledgements do not come.
+	// the owner has warned that acknowledgements do not come. cutHeld:
+	// the last acknowledgement dropped nothing because every message it
+	// covered ends inside a packet (see ack), so the peer answers but
+	// nothing can be let go.
 	asked       bool
 	stallWarned bool
+	cutHeld     bool
 
 	maxMsgs  int
 	maxBytes int64
@@ -150,9 +154,11 @@ func (l *deliveryLog) ack(ackSeq uint64) int {
 	for n < l.next && l.msgs[n].seq < ackSeq {
 		n++
 	}
+	covered := n
 	for n > 0 && l.msgs[n-1].cut {
 		n--
 	}
+	l.cutHeld = n == 0 && covered > 0
 	l.drop(n)
 	return n
 }

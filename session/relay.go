@@ -164,11 +164,20 @@ func (s *Session) admit(counted *leg, op ws.OpCode, p []byte, mk *maskKey, src *
 		if waitStart.IsZero() {
 			waitStart = time.Now()
 		} else if !s.upLog.stallWarned && time.Since(waitStart) > s.cfg.UpstreamHeartbeat.Timeout {
-			// Alive (its data keeps the leg open) but not answering
-			// pings: nothing can be acknowledged. Usually a JSON-mode
-			// upstream that does not speak the JSON pong.
 			s.upLog.stallWarned = true
-			s.log.Warn("upstream is not answering heartbeats; client reads paused", "session", s.id, "leg", LegUpstream, "held", s.upLog.len())
+			if s.upLog.cutHeld {
+				// The upstream answers, but every message the client
+				// sent ends inside an MQTT packet or STOMP frame:
+				// none can be let go (README "State replay on
+				// upstream reconnect").
+				s.log.Warn("client messages cannot be acknowledged: none ends at a packet boundary; client reads paused", "session", s.id, "leg", LegClient, "held", s.upLog.len())
+			} else {
+				// Alive (its data keeps the leg open) but not
+				// answering pings: nothing can be acknowledged.
+				// Usually a JSON-mode upstream that does not speak
+				// the JSON pong.
+				s.log.Warn("upstream is not answering heartbeats; client reads paused", "session", s.id, "leg", LegUpstream, "held", s.upLog.len())
+			}
 		}
 		if s.state == stateConnected && s.up != nil && s.upLog.askAck() {
 			// Ask for an acknowledgement now, once per
