@@ -1,11 +1,9 @@
 package session
 
 import (
-	"bytes"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -14,6 +12,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/tether-proxy/tether/heartbeat"
+	"github.com/tether-proxy/tether/internal/testkit"
 	"github.com/tether-proxy/tether/replay"
 )
 
@@ -327,7 +326,7 @@ func TestAckCutStreamWarns(t *testing.T) {
 		cfg := hbCfg(hbOff, hbLeg(heartbeat.ModeWS, 10*time.Second, 0))
 		cfg.Replay.Protocol = replay.MQTT
 		cfg.Buffer.MaxMessages = 4
-		var log syncBuffer
+		var log testkit.LockedBuffer
 		r := newHBRig(t, cfg, hbOpts{upAutoPong: true, log: &log})
 		connect := []byte{0x10, 12, 0, 4, 'M', 'Q', 'T', 'T', 4, 2, 0, 60, 0, 0}
 		if err := r.client.send(ws.NewBinaryFrame(connect)); err != nil {
@@ -360,25 +359,6 @@ func TestAckCutStreamWarns(t *testing.T) {
 			t.Errorf("the warning blames the upstream, which answers every ping; log:\n%s", out)
 		}
 	})
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger's writes and the test's
-// reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // ackStallCfg: RFC pings upstream every 500 ms, a leg that reads nothing for
