@@ -20,6 +20,7 @@ import (
 
 	"github.com/tether-proxy/tether/heartbeat"
 	"github.com/tether-proxy/tether/internal/leakcheck"
+	"github.com/tether-proxy/tether/internal/testkit"
 	"github.com/tether-proxy/tether/internal/tetherproc"
 	"github.com/tether-proxy/tether/proxy"
 )
@@ -394,20 +395,22 @@ func TestTablePriority(t *testing.T) {
 	}
 }
 
-// TestRealTimeRecorded: a run records whether the load tool and the
-// proxy ran at real-time priority (here: neither, so false; and true
-// only when every measured process does).
+// TestRealTimeRecorded: a run is recorded as real-time only when the load
+// tool, the proxy and the backend all run at real-time priority.
 func TestRealTimeRecorded(t *testing.T) {
+	rt1, rt2, normal := testkit.Sleeper(t, true), testkit.Sleeper(t, true), testkit.Sleeper(t, false)
+	if !allRealTime(rt1, rt2, 0) {
+		t.Error("two real-time processes (and no third) not all real-time")
+	}
+	if allRealTime(rt1, normal) {
+		t.Error("a normal-priority backend counted as real-time")
+	}
 	self, err := tetherproc.RealTime(0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := (procs{}).realTime(); got != self {
-		t.Errorf("realTime() = %v, this process's policy says %v", got, self)
-	}
-	// pid 1 runs at normal priority on any machine that runs these tests.
-	if (procs{proxy: 1}).realTime() {
-		t.Error("realTime() with a normal-priority proxy = true")
+	if got := (procs{proxy: rt1, backend: rt2}).realTime(); got != self {
+		t.Errorf("realTime() with a real-time proxy and backend = %v, but this process's own policy is real-time=%v", got, self)
 	}
 }
 

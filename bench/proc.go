@@ -12,10 +12,14 @@ func rssBytes(pid int) (int64, error) { return tetherproc.VmRSS(pid) }
 // whose pids are given) all run at a real-time priority (chrt -f), as
 // bench/compare.sh and bench/ab.sh run the latency workload.
 func (p procs) realTime() bool {
-	if rt, err := tetherproc.RealTime(0); err != nil || !rt {
-		return false
-	}
-	for _, pid := range []int{p.proxy, p.backend} {
+	self, err := tetherproc.RealTime(0)
+	return err == nil && self && allRealTime(p.proxy, p.backend)
+}
+
+// allRealTime reports whether every pid above 0 runs at a real-time
+// priority.
+func allRealTime(pids ...int) bool {
+	for _, pid := range pids {
 		if pid <= 0 {
 			continue
 		}

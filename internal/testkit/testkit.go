@@ -1,7 +1,8 @@
 // Package testkit holds helpers that tests of several packages share: a
 // metric reader over a Prometheus registry, a self-signed certificate for
 // 127.0.0.1, the skip-or-fail rule for outside peers, headless Chromium,
-// and a log sink tests can read while tether writes. Only tests import it.
+// a log sink tests can read while tether writes, and sleeping processes
+// at normal or real-time priority. Only tests import it.
 package testkit
 
 import (
@@ -19,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -236,4 +238,39 @@ func (l *LockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// Sleeper starts `sleep 60`, under `chrt -f 1` (real-time priority) when
+// realTime, and returns its pid once it runs sleep (chrt sets the policy,
+// then execs sleep under the same pid); it is killed when the test ends.
+// A test that needs a real-time process is skipped where chrt -f is not
+// allowed (it needs root).
+func Sleeper(t *testing.T, realTime bool) int {
+	t.Helper()
+	args := []string{"sleep", "60"}
+	if realTime {
+		if err := exec.Command("chrt", "-f", "1", "true").Run(); err != nil {
+			t.Skipf("chrt -f is not allowed here (%v): run as root with util-linux's chrt", err)
+		}
+		args = append([]string{"chrt", "-f", "1"}, args...)
+	}
+	cmd := exec.Command(args[0], args[1:]...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	pid := cmd.Process.Pid
+	comm := filepath.Join("/proc", strconv.Itoa(pid), "comm")
+	// No event tells when another process has exec'd: poll its name.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		if b, _ := os.ReadFile(comm); string(b) == "sleep\n" {
+			return pid
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%v did not exec sleep within 10 s", args)
+		}
+	}
 }

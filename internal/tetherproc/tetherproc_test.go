@@ -1,12 +1,12 @@
 package tetherproc
 
 import (
-	"os"
-	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tether-proxy/tether/internal/testkit"
 )
 
 func TestParseMetrics(t *testing.T) {
@@ -63,34 +63,10 @@ func selfRealTime(t *testing.T) bool {
 // TestRealTimeOfOthers: RealTime tells a process started with chrt -f from
 // one started normally.
 func TestRealTimeOfOthers(t *testing.T) {
-	if err := exec.Command("chrt", "-f", "1", "true").Run(); err != nil {
-		t.Skipf("chrt -f is not allowed here (%v): run as root with util-linux's chrt", err)
-	}
-	for _, c := range []struct {
-		args []string
-		want bool
-	}{{[]string{"chrt", "-f", "1", "sleep", "30"}, true}, {[]string{"sleep", "30"}, false}} {
-		cmd := exec.Command(c.args[0], c.args[1:]...)
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		// chrt sets the policy, then execs sleep (the same pid): read
-		// once sleep runs.
-		pid := cmd.Process.Pid
-		for deadline := time.Now().Add(10 * time.Second); ; {
-			if comm, _ := os.ReadFile(procPath(pid, "comm")); string(comm) == "sleep\n" {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%v did not exec sleep within 10 s", c.args)
-			}
-			time.Sleep(time.Millisecond)
-		}
-		got, err := RealTime(pid)
-		cmd.Process.Kill()
-		cmd.Wait()
-		if err != nil || got != c.want {
-			t.Errorf("%v: RealTime = %v, %v; want %v", c.args, got, err, c.want)
+	for _, want := range []bool{true, false} {
+		pid := testkit.Sleeper(t, want)
+		if got, err := RealTime(pid); err != nil || got != want {
+			t.Errorf("RealTime of a sleep started real-time=%v: %v, %v", want, got, err)
 		}
 	}
 }
