@@ -166,26 +166,37 @@ func (c *stompCut) feed(p []byte) int {
 	i := 0
 	if !c.body {
 		// Up to the blank line that ends the headers: "\n\n" or "\r\n\r\n"
-		// (lines may end in either), looked for across the cut.
+		// (lines may end in either), looked for across the cut. Only
+		// header bytes are kept: the body that follows them in p is not
+		// copied.
 		k := len(c.hdr)
-		c.hdr = append(c.hdr, p...)
+		at := func(j int) byte { // byte j of the headers so far and p
+			if j < k {
+				return c.hdr[j]
+			}
+			return p[j-k]
+		}
 		end := -1
-		for j := max(k-3, 0); j < len(c.hdr); j++ {
-			if c.hdr[j] == 0 {
+		for j := max(k-3, 0); j < k+len(p); j++ {
+			b := at(j)
+			if b == 0 {
 				c.fail() // a NUL in a header line
 				return len(p)
 			}
-			if c.hdr[j] == '\n' && (j > 0 && c.hdr[j-1] == '\n' || j > 1 && c.hdr[j-1] == '\r' && c.hdr[j-2] == '\n') {
+			if b == '\n' && (j > 0 && at(j-1) == '\n' || j > 1 && at(j-1) == '\r' && at(j-2) == '\n') {
 				end = j + 1
 				break
 			}
 		}
 		if end < 0 {
-			if len(c.hdr) > stompCutMax {
+			if k+len(p) > stompCutMax {
 				c.fail()
+				return len(p)
 			}
+			c.hdr = append(c.hdr, p...)
 			return len(p)
 		}
+		c.hdr = append(c.hdr, p[:end-k]...)
 		c.need = -1
 		if v, ok := stompHeader(c.hdr[:end], "content-length"); ok {
 			n, ok := atoi(v)

@@ -232,3 +232,33 @@ func TestSTOMPAtBoundary(t *testing.T) {
 		t.Fatalf("headers over %d bytes: AtBoundary %v, lost %v, %d bytes kept", stompCutMax, h.st.AtBoundary(), h.st.stc.lost, len(h.st.stc.hdr))
 	}
 }
+
+// TestSTOMPCutAllocs: following frames cut across messages (stompjs with
+// splitLargeFrames: every frame longer than a chunk) allocates nothing
+// per frame once a session has followed one: the body is not copied, and
+// short headers keep their buffer.
+func TestSTOMPCutAllocs(t *testing.T) {
+	frame := "SEND\ndestination:/a\ncontent-length:6000\n\n" + strings.Repeat("b", 6000) + "\x00"
+	h := newSess(t, STOMP)
+	h.text(stConnect)
+	var chunks [][]byte
+	for i := 0; i < len(frame); i += 2000 {
+		chunks = append(chunks, []byte(frame[i:min(i+2000, len(frame))]))
+	}
+	seq := uint64(100)
+	send := func() {
+		for _, c := range chunks {
+			if err := h.st.FromClient(Text, c, seq); err != nil {
+				t.Fatal(err)
+			}
+			seq++
+		}
+	}
+	send() // the header buffer
+	if n := testing.AllocsPerRun(20, send); n != 0 {
+		t.Errorf("%v allocations per frame of three chunks", n)
+	}
+	if !h.st.AtBoundary() || h.st.stc.lost {
+		t.Fatalf("after whole frames: AtBoundary %v, lost %v", h.st.AtBoundary(), h.st.stc.lost)
+	}
+}
