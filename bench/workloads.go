@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"golang.org/x/sys/unix"
 )
 
 // Result is what one workload against one target measured. It is printed
@@ -354,30 +356,19 @@ func latency(ctx context.Context, o common, conns, size, rate int, rttsOut io.Wr
 	end := start.Add(o.duration)
 	wctx, cancel := context.WithDeadline(ctx, end)
 	defer cancel()
-	for i, c := range cs {
-		wg.Add(2)
-		go func() { // writer
-			defer wg.Done()
-			msg := filler(size, uint64(i))
-			phase := time.Duration(rand.Int64N(int64(period)))
-			t := time.NewTimer(phase)
-			defer t.Stop()
-			next := start.Add(phase)
-			for {
-				select {
-				case <-t.C:
-				case <-wctx.Done():
-					return
-				}
-				payload(msg, epoch)
-				if err := c.writeFrame(op, msg, true); err != nil {
-					errc <- err
-					return
-				}
-				next = next.Add(period)
-				t.Reset(time.Until(next))
-			}
-		}()
+	phases := make([]time.Duration, len(cs))
+	for i := range phases {
+		phases[i] = time.Duration(rand.Int64N(int64(period)))
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := pace(wctx, cs, phases, period, start, epoch, op, size); err != nil {
+			errc <- err
+		}
+	}()
+	for _, c := range cs {
+		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			rtts, sent := readEchoes(c, echoOpts{epoch: epoch, size: size, end: end, inWindow: &inWindow, stopping: &stopping, errc: errc, sent: rttsOut != nil}, 64, nil)
@@ -416,6 +407,59 @@ func latency(ctx context.Context, o common, conns, size, rate int, rttsOut io.Wr
 		}
 	}
 	return res, nil
+}
+
+// pace sends each connection's messages on its own schedule (its phase
+// after start, then every period) until ctx ends, from one goroutine that
+// a timerfd wakes at each send time. Go's timers cannot do that here: an
+// idle process waits in epoll_wait, whose timeout is in milliseconds, so
+// timers a few hundred microseconds apart fire together, and one writer
+// per connection sent the messages of each millisecond in one burst (6 at
+// 5,000 msg/s), a queue at every hop that no set of independent clients
+// makes (BENCHMARKS.md "Issue 14, eighth sitting"). A timerfd is a file
+// descriptor in the same epoll set and wakes it to the microsecond. A
+// pacer that falls behind sends what is due at once.
+func pace(ctx context.Context, cs []*client, phases []time.Duration, period time.Duration, start, epoch time.Time, op ws.OpCode, size int) error {
+	order := make([]int, len(cs))
+	msgs := make([][]byte, len(cs))
+	for i := range cs {
+		order[i] = i
+		msgs[i] = filler(size, uint64(i))
+	}
+	slices.SortFunc(order, func(a, b int) int { return cmp.Compare(phases[a], phases[b]) })
+	tfd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_NONBLOCK|unix.TFD_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("timerfd: %w", err)
+	}
+	f := os.NewFile(uintptr(tfd), "timerfd") // non-blocking: in Go's poller
+	defer f.Close()
+	stop := context.AfterFunc(ctx, func() { _ = f.SetReadDeadline(time.Now()) })
+	defer stop()
+	var expirations [8]byte
+	for round := time.Duration(0); ; round++ {
+		base := start.Add(round * period)
+		for _, i := range order {
+			if d := time.Until(base.Add(phases[i])); d > 0 {
+				spec := unix.ItimerSpec{Value: unix.NsecToTimespec(int64(d))}
+				if err := unix.TimerfdSettime(tfd, 0, &spec, nil); err != nil {
+					return fmt.Errorf("timerfd: %w", err)
+				}
+				if _, err := f.Read(expirations[:]); err != nil {
+					if ctx.Err() != nil {
+						return nil
+					}
+					return fmt.Errorf("timerfd: %w", err)
+				}
+			}
+			if ctx.Err() != nil {
+				return nil
+			}
+			payload(msgs[i], epoch)
+			if err := cs[i].writeFrame(op, msgs[i], true); err != nil {
+				return err
+			}
+		}
+	}
 }
 
 // idle opens n sessions, holds them for the duration while answering
