@@ -314,49 +314,65 @@ func TestAckMQTTPacketBoundary(t *testing.T) {
 	})
 }
 
-// TestAckCutStreamWarns: a client whose MQTT messages never end at a
-// packet boundary (each carries the start of the next PUBLISH) can have
-// none of them acknowledged, however the upstream answers: once they fill
-// the retention window its reads pause, and the warning says why instead
-// of blaming the upstream's heartbeats (README "State replay on upstream
-// reconnect").
-func TestAckCutStreamWarns(t *testing.T) {
+// A client whose every message ends inside an MQTT packet (each carries
+// the start of the next) cannot have its messages acknowledged at a
+// packet boundary; once the window is more than half full an
+// acknowledgement lets them go anyway, so its reads never pause, the log
+// says so once, and an upstream loss then closes it with 1012 instead of
+// re-sending from inside a packet.
+func TestAckCutStreamLetGo(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		cfg := hbCfg(hbOff, hbLeg(heartbeat.ModeWS, 10*time.Second, 0))
 		cfg.Replay.Protocol = replay.MQTT
 		cfg.Buffer.MaxMessages = 4
 		var log testkit.LockedBuffer
-		r := newHBRig(t, cfg, hbOpts{upAutoPong: true, log: &log})
+		r := newHBRig(t, cfg, hbOpts{upAutoPong: true, log: &log, dialOK: true})
 		connect := []byte{0x10, 12, 0, 4, 'M', 'Q', 'T', 'T', 4, 2, 0, 60, 0, 0}
 		if err := r.client.send(ws.NewBinaryFrame(connect)); err != nil {
 			t.Fatal(err)
 		}
 		// PUBLISH QoS 0, topic "t", payload "xy"; every message ends three
-		// bytes into the next one.
+		// bytes into the next one. Three times the window: with the
+		// messages held, the fifth would wait for room and the rest in
+		// the pipe.
 		pub := []byte{0x30, 5, 0, 1, 't', 'x', 'y'}
-		// Four fill the window; the fifth is read and waits for room (a
-		// sixth would wait in the pipe: the session reads no more).
+		const n = 12
 		msg := slices.Concat(pub[:3])
-		for range cfg.Buffer.MaxMessages + 1 {
-			if err := r.client.send(ws.NewBinaryFrame(msg)); err != nil {
-				t.Fatal(err)
-			}
+		for i := range n {
+			sent := make(chan error, 1)
+			go func(m []byte) { sent <- r.client.send(ws.NewBinaryFrame(m)) }(msg)
 			msg = slices.Concat(pub[3:], pub[:3])
 			time.Sleep(ackSpacing + ackGrace) // each gets its ping answered
 			synctest.Wait()
+			select {
+			case err := <-sent:
+				if err != nil {
+					t.Fatal(err)
+				}
+			default:
+				t.Fatalf("message %d of %d not read: the client's reads paused", i+1, n)
+			}
 		}
-		if n := r.retained(); n != cfg.Buffer.MaxMessages {
-			t.Fatalf("%d messages retained, want the window's %d: none ends at a packet boundary", n, cfg.Buffer.MaxMessages)
+		if got := len(hbOps(r.up.got(), ws.OpBinary)); got != 1+n {
+			t.Fatalf("upstream got %d binary messages, want all %d: the client's reads paused", got, 1+n)
 		}
-		time.Sleep(2 * r.env.Config.UpstreamHeartbeat.Timeout) // 3 × 10 s (hbLeg)
-		synctest.Wait()
+		if held := r.retained(); held > cfg.Buffer.MaxMessages/2+1 {
+			t.Errorf("%d messages retained: acknowledged messages were not let go", held)
+		}
 		out := log.String()
-		if !strings.Contains(out, "client messages cannot be acknowledged: none ends at a packet boundary") {
-			t.Errorf("no warning about the client's stream; log:\n%s", out)
+		if c := strings.Count(out, "client messages acknowledged inside a packet"); c != 1 {
+			t.Errorf("the log says %d times that messages were acknowledged inside a packet, want once:\n%s", c, out)
 		}
 		if strings.Contains(out, "not answering heartbeats") {
-			t.Errorf("the warning blames the upstream, which answers every ping; log:\n%s", out)
+			t.Errorf("the log blames the upstream, which answers every ping:\n%s", out)
+		}
+		// The held messages begin inside a packet: no re-send can start
+		// there, so the loss closes the client with 1012, without a dial.
+		_ = r.up.conn.Close()
+		r.at(time.Minute)
+		if code, dials := hbCloseCode(r.client.got()), len(r.dialTimes()); code != int(CloseServiceRestart) || !r.ended() || dials != 0 {
+			t.Fatalf("client Close %d, ended %v, %d dials; want Close 1012, the session ended, no dial", code, r.ended(), dials)
 		}
 	})
 }

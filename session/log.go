@@ -29,13 +29,13 @@ type deliveryLog struct {
 
 	// Backpressure: asked is set once the owner has asked the peer for
 	// an acknowledgement and cleared by the next one; stallWarned once
-	// the owner has warned that acknowledgements do not come. cutHeld:
-	// the last acknowledgement dropped nothing because every message it
-	// covered ends inside a packet (see ack), so the peer answers but
-	// nothing can be let go.
+	// the owner has warned that acknowledgements do not come.
 	asked       bool
 	stallWarned bool
-	cutHeld     bool
+	// midPacket: the held messages begin inside a packet of the peer's
+	// protocol, since an acknowledgement let go of the packet's opening
+	// messages (see ack); a re-send cannot start there.
+	midPacket bool
 
 	maxMsgs  int
 	maxBytes int64
@@ -98,7 +98,7 @@ const ackBatch = 64
 // busy session holds (its memory, and what the CPU caches must hold of it)
 // to about ackBatch messages, whatever the rate.
 func (l *deliveryLog) ackDue() bool {
-	return l.next >= ackBatch || 2*len(l.msgs) > l.maxMsgs || 2*l.bytes > l.maxBytes
+	return l.next >= ackBatch || l.halfFull()
 }
 
 // askAck reports whether the owner should ask for an acknowledgement now:
@@ -148,9 +148,15 @@ func (l *deliveryLog) add(seq uint64, op ws.OpCode, b []byte, box *[]byte, sent 
 // before the acknowledgement was asked for, and a re-send on a new
 // connection must start at a packet, never inside one. The messages up
 // to the packet's end go with a later acknowledgement.
-func (l *deliveryLog) ack(ackSeq uint64) int {
+//
+// Unless none of them ends at a boundary and the log is more than half
+// full: a client whose every message carries the start of the next
+// packet would otherwise fill the log and have its reads paused for
+// good. Then all the covered messages go (the peer has them) and the log
+// begins inside a packet (midPacket, until an acknowledgement lets go up
+// to a packet's end again); cutLoose reports it.
+func (l *deliveryLog) ack(ackSeq uint64) (n int, cutLoose bool) {
 	l.asked = false
-	n := 0
 	for n < l.next && l.msgs[n].seq < ackSeq {
 		n++
 	}
@@ -158,9 +164,21 @@ func (l *deliveryLog) ack(ackSeq uint64) int {
 	for n > 0 && l.msgs[n-1].cut {
 		n--
 	}
-	l.cutHeld = n == 0 && covered > 0
+	switch {
+	case n == 0 && covered > 0 && l.halfFull():
+		n, cutLoose = covered, true
+		l.midPacket = true
+	case n > 0:
+		l.midPacket = false
+	}
 	l.drop(n)
-	return n
+	return n, cutLoose
+}
+
+// halfFull reports whether the log holds more than half the messages or
+// bytes it may.
+func (l *deliveryLog) halfFull() bool {
+	return 2*len(l.msgs) > l.maxMsgs || 2*l.bytes > l.maxBytes
 }
 
 // markCut marks the last message as ending inside a packet (see ack).

@@ -76,7 +76,7 @@ func TestDeliveryLogBudget(t *testing.T) {
 	if !b.overBudget(651) || b.overBudget(650) {
 		t.Fatal("the budget does not count the other log's bytes")
 	}
-	if n := a.ack(1); n != 1 || a.bytes != 200 || total.Load() != 250 {
+	if n, _ := a.ack(1); n != 1 || a.bytes != 200 || total.Load() != 250 {
 		t.Fatalf("ack: dropped %d, bytes %d, total %d, want 1 200 250", n, a.bytes, total.Load())
 	}
 	if !b.dropWritten(0) || b.bytes != 0 || total.Load() != 200 {
@@ -112,7 +112,7 @@ func TestDeliveryLogAck(t *testing.T) {
 			for range c.sent {
 				l.take()
 			}
-			if n := l.ack(c.ackSeq); n != c.dropped {
+			if n, _ := l.ack(c.ackSeq); n != c.dropped {
 				t.Fatalf("dropped %d, want %d", n, c.dropped)
 			}
 			if got := logSeqs(&l); !slices.Equal(got, c.left) {
@@ -125,6 +125,38 @@ func TestDeliveryLogAck(t *testing.T) {
 				t.Fatalf("total %d, want %d", total.Load(), len(c.left))
 			}
 		})
+	}
+}
+
+// An acknowledgement covering only messages that end inside a packet
+// drops none of them while the log is at most half full, and all of them
+// once it is more (the log then begins inside a packet, midPacket, until
+// an acknowledgement drops up to a packet's end again).
+func TestDeliveryLogAckCut(t *testing.T) {
+	var total atomic.Int64
+	l := newDeliveryLog(6, 1000, &total, 1000)
+	pushCut := func(cut ...bool) {
+		for _, c := range cut {
+			pushN(&l, true, 1)
+			if c {
+				l.markCut()
+			}
+		}
+	}
+	pushCut(true, true, true)
+	if n, loose := l.ack(l.seq); n != 0 || loose || l.midPacket {
+		t.Fatalf("half full: dropped %d (loose %v, midPacket %v), want none held back", n, loose, l.midPacket)
+	}
+	pushCut(true)
+	if n, loose := l.ack(l.seq); n != 4 || !loose || !l.midPacket {
+		t.Fatalf("over half full: dropped %d (loose %v, midPacket %v), want all 4 let go", n, loose, l.midPacket)
+	}
+	pushCut(false, true)
+	if n, loose := l.ack(l.seq); n != 1 || loose || l.midPacket {
+		t.Fatalf("a packet's end covered: dropped %d (loose %v, midPacket %v), want 1 and the log at a packet again", n, loose, l.midPacket)
+	}
+	if got := logSeqs(&l); !slices.Equal(got, []uint64{5}) {
+		t.Fatalf("left %v, want [5]", got)
 	}
 }
 

@@ -165,19 +165,10 @@ func (s *Session) admit(counted *leg, op ws.OpCode, p []byte, mk *maskKey, src *
 			waitStart = time.Now()
 		} else if !s.upLog.stallWarned && time.Since(waitStart) > s.cfg.UpstreamHeartbeat.Timeout {
 			s.upLog.stallWarned = true
-			if s.upLog.cutHeld {
-				// The upstream answers, but every message the client
-				// sent ends inside an MQTT packet or STOMP frame:
-				// none can be let go (README "State replay on
-				// upstream reconnect").
-				s.log.Warn("client messages cannot be acknowledged: none ends at a packet boundary; client reads paused", "session", s.id, "leg", LegClient, "held", s.upLog.len())
-			} else {
-				// Alive (its data keeps the leg open) but not
-				// answering pings: nothing can be acknowledged.
-				// Usually a JSON-mode upstream that does not speak
-				// the JSON pong.
-				s.log.Warn("upstream is not answering heartbeats; client reads paused", "session", s.id, "leg", LegUpstream, "held", s.upLog.len())
-			}
+			// Alive (its data keeps the leg open) but not answering
+			// pings: nothing can be acknowledged. Usually a JSON-mode
+			// upstream that does not speak the JSON pong.
+			s.log.Warn("upstream is not answering heartbeats; client reads paused", "session", s.id, "leg", LegUpstream, "held", s.upLog.len())
 		}
 		if s.state == stateConnected && s.up != nil && s.upLog.askAck() {
 			// Ask for an acknowledgement now, once per
@@ -279,9 +270,16 @@ func (s *Session) ack(gen, ackSeq uint64) ackNext {
 	if gen != s.gen || s.state == stateClosed {
 		return ackIdle
 	}
-	if n := s.upLog.ack(ackSeq); n > 0 {
+	n, cutLoose := s.upLog.ack(ackSeq)
+	if n > 0 {
 		s.env.Metrics.Buffered(-n)
 		s.cond.Broadcast()
+	}
+	if cutLoose && !s.cutWarned {
+		// README "State replay on upstream reconnect".
+		s.cutWarned = true
+		s.log.Warn("client messages acknowledged inside a packet: none ends at a packet boundary; an upstream loss now closes the client with 1012 until one does",
+			"session", s.id, "leg", LegClient, "protocol", s.sr.proto.String())
 	}
 	if s.holding && !s.flushing && s.state == stateConnected {
 		// The acknowledgement came: write what waited (ack.go).

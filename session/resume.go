@@ -221,7 +221,7 @@ func (s *Session) clientAck(l *leg, n uint64) {
 	rs := s.rs
 	s.mu.Lock()
 	if rs.cur.Load() == l && s.state != stateClosed && n <= rs.written {
-		if rs.log.ack(n) > 0 {
+		if dropped, _ := rs.log.ack(n); dropped > 0 {
 			s.cond.Broadcast()
 		}
 	}

@@ -113,9 +113,10 @@ func (s *Session) replayFromClientLocked(op ws.OpCode, p []byte, seq uint64) (cu
 // with 1012 instead of reconnecting: the protocol is opaque, or the MQTT
 // recognition stopped (the state cannot be rebuilt), or the MQTT upstream
 // stream stopped inside a packet the client has the start of (no new
-// connection continues it).
+// connection continues it), or the client messages held for re-sending
+// begin inside a packet (deliveryLog.ack let go of its opening).
 func (s *Session) opaqueLocked() bool {
-	if s.sr.proto == replay.Opaque {
+	if s.sr.proto == replay.Opaque || s.upLog.midPacket {
 		return true
 	}
 	if s.sr.st == nil {
