@@ -146,7 +146,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	size := fs.Int("size", 1024, "message size in bytes, at least 16 (throughput, latency)")
 	inflight := fs.Int("inflight", 16, "messages in flight per connection (throughput)")
 	rate := fs.Int("rate", 5000, "total messages per second over all connections (latency)")
-	rttsPath := fs.String("rtts", "", "write every message's send time and round trip to this file, as \"SENT RTT\" lines in nanoseconds (latency)")
+	rttsPath := fs.String("rtts", "", "write every message's send time and round trip to this file, as \"SENT RTT\" lines in nanoseconds, SENT in Unix time (latency)")
 	sessions := fs.Int("sessions", 1000, "sessions to hold (idle; mind 20,000 open files per process: a proxy needs two per session)")
 	settle := fs.Duration("settle", time.Second, "wait after opening before the hold starts (idle)")
 	admin := fs.String("admin", "", "tether admin base URL, e.g. http://127.0.0.1:9090 (idle: goroutines and heap per session)")

@@ -115,8 +115,9 @@ func runJSON(t *testing.T, args ...string) *Result {
 }
 
 // checkRTTs checks a latency run's -rtts file: a line per echo (at least
-// those of the window), in send order, whose largest round trip is the
-// run's max.
+// those of the window), in send order, sent in the last minute of wall
+// clock time (Unix nanoseconds), whose largest round trip is the run's
+// max.
 func checkRTTs(t *testing.T, path string, r *Result) {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -129,6 +130,11 @@ func checkRTTs(t *testing.T, path string, r *Result) {
 		var sent, rtt int64
 		if _, err := fmt.Sscanf(l, "%d %d", &sent, &rtt); err != nil || rtt <= 0 || sent < prev {
 			t.Fatalf("%s line %d %q: %v (previous send %d)", path, i+1, l, err, prev)
+		}
+		if i == 0 {
+			if age := time.Since(time.Unix(0, sent)); age < 0 || age > time.Minute {
+				t.Fatalf("%s: first message sent %v ago, want a Unix time in the last minute", path, age)
+			}
 		}
 		prev, maxRTT = sent, max(maxRTT, rtt)
 	}

@@ -332,8 +332,8 @@ func pump(c *client, p pumpOpts, msg []byte) []time.Duration {
 // each on its own fixed schedule with a random phase (open loop), and
 // the round trip of every message is recorded; with rttsOut, also every
 // message's send time and round trip, written there as "SENT RTT" lines
-// in nanoseconds (SENT since the run began, in send order), to see when
-// the slow ones were sent.
+// in nanoseconds (SENT wall-clock Unix time, in send order), to see when
+// the slow ones were sent and set them against traces of the proxy.
 func latency(ctx context.Context, o common, conns, size, rate int, rttsOut io.Writer) (*Result, error) {
 	var cnt counters
 	cs, err := dialAll(ctx, o.dial, conns, o.connRate, &cnt)
@@ -400,7 +400,7 @@ func latency(ctx context.Context, o common, conns, size, rate int, rttsOut io.Wr
 		slices.SortFunc(traced, func(a, b [2]time.Duration) int { return cmp.Compare(a[0], b[0]) })
 		w := bufio.NewWriter(rttsOut)
 		for _, t := range traced {
-			fmt.Fprintf(w, "%d %d\n", t[0], t[1])
+			fmt.Fprintf(w, "%d %d\n", epoch.UnixNano()+int64(t[0]), t[1])
 		}
 		if err := w.Flush(); err != nil {
 			return res, err
