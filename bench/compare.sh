@@ -258,12 +258,20 @@ measure deflate tether-compression throughput -conns 64 -size 1024 -inflight 16 
   -- TETHER_CLIENT_COMPRESSION=true
 elapsed=$(( $(date +%s) - t0 ))
 
+# idle_policy names a VM guest's halt polling, which moves every latency
+# figure (BENCHMARKS.md "Issue 14, eighth sitting"): a core that halts at
+# once pays the hypervisor for every wake-up.
+idle_policy() {
+  local f=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+  if [ -r "$f" ]; then echo ", guest halt polling $(cat "$f") ns"; fi
+}
+
 report() {
   echo "## Run of $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
   echo "Command: \`bench/compare.sh$([ "$quick" = 1 ] && echo ' -quick')\` (took ${elapsed} s of measuring)."
   echo
-  echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), Linux $(uname -r), open files $(ulimit -n)."
+  echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), Linux $(uname -r), open files $(ulimit -n)$(idle_policy)."
   echo "Versions: tether $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty'), $(go version | cut -d' ' -f3),"
   for p in "${peers[@]}"; do
     case "$p" in
