@@ -29,9 +29,11 @@ type deliveryLog struct {
 
 	// Backpressure: asked is set once the owner has asked the peer for
 	// an acknowledgement and cleared by the next one; stallWarned once
-	// the owner has warned that acknowledgements do not come.
+	// the owner has warned that acknowledgements do not come, cutWarned
+	// once it has warned that messages were let go inside a packet.
 	asked       bool
 	stallWarned bool
+	cutWarned   bool
 	// midPacket: the held messages begin inside a packet of the peer's
 	// protocol, since an acknowledgement let go of the packet's opening
 	// messages (see ack); a re-send cannot start there.

@@ -275,9 +275,9 @@ func (s *Session) ack(gen, ackSeq uint64) ackNext {
 		s.env.Metrics.Buffered(-n)
 		s.cond.Broadcast()
 	}
-	if cutLoose && !s.cutWarned {
+	if cutLoose && !s.upLog.cutWarned {
 		// README "State replay on upstream reconnect".
-		s.cutWarned = true
+		s.upLog.cutWarned = true
 		s.log.Warn("client messages acknowledged inside a packet: none ends at a packet boundary; an upstream loss now closes the client with 1012 until one does",
 			"session", s.id, "leg", LegClient, "protocol", s.sr.proto.String())
 	}

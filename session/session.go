@@ -217,7 +217,6 @@ type Session struct {
 	// flushing: flushHeld is writing them.
 	holding, flushing bool
 	lostInFlush       bool // the connection being re-sent on was lost
-	cutWarned         bool // warned once: client messages acknowledged inside a packet
 	// acted has a bit per leg (actedClient, actedUpstream), set by end
 	// once it has written (or given up on) that leg's Close: a read loop
 	// that sees the peer's Close while ours is being written must not
