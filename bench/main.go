@@ -146,6 +146,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	size := fs.Int("size", 1024, "message size in bytes, at least 16 (throughput, latency)")
 	inflight := fs.Int("inflight", 16, "messages in flight per connection (throughput)")
 	rate := fs.Int("rate", 5000, "total messages per second over all connections (latency)")
+	seed := fs.Uint64("seed", 1, "draw the connections' send phases from this seed: the same arrivals in every run (0: a new draw each run) (latency)")
 	rttsPath := fs.String("rtts", "", "write every message's send time and round trip to this file, as \"SENT RTT\" lines in nanoseconds, SENT in Unix time (latency)")
 	sessions := fs.Int("sessions", 1000, "sessions to hold (idle; mind 20,000 open files per process: a proxy needs two per session)")
 	settle := fs.Duration("settle", time.Second, "wait after opening before the hold starts (idle)")
@@ -173,7 +174,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				return err
 			}
 		}
-		res, err = latency(ctx, o, *conns, *size, *rate, out)
+		res, err = latency(ctx, o, *conns, *size, *rate, *seed, out)
 		if out != nil {
 			if cerr := out.Close(); err == nil {
 				err = cerr

@@ -554,3 +554,25 @@ func TestResumeThroughput(t *testing.T) {
 		t.Fatalf("%d messages: a resumable run stalled at tether's window (acknowledgements missing?)", r.Msgs)
 	}
 }
+
+// The latency workload's send phases come from -seed: the same seed gives
+// every run the same arrivals, another seed others, and seed 0 a new draw
+// each time.
+func TestSchedulePhasesSeeded(t *testing.T) {
+	const n, period = 1000, 200 * time.Millisecond
+	a, b := schedulePhases(n, period, 1), schedulePhases(n, period, 1)
+	if !slices.Equal(a, b) {
+		t.Fatal("seed 1 drew two different phase sets")
+	}
+	if slices.Equal(a, schedulePhases(n, period, 2)) {
+		t.Fatal("seeds 1 and 2 drew the same phases")
+	}
+	if slices.Equal(schedulePhases(n, period, 0), schedulePhases(n, period, 0)) {
+		t.Fatal("seed 0 drew the same phases twice")
+	}
+	for _, p := range a {
+		if p < 0 || p >= period {
+			t.Fatalf("phase %v outside [0, %v)", p, period)
+		}
+	}
+}

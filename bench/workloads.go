@@ -328,13 +328,34 @@ func pump(c *client, p pumpOpts, msg []byte) []time.Duration {
 	return rtts
 }
 
+// schedulePhases gives n connections the phases of their schedules
+// (when in each period each sends), drawn at random from seed: the same
+// seed gives the same phases, so that every run of a comparison offers
+// its target the same arrivals. Where two or three connections' phases
+// fall within a few microseconds of each other their messages queue, and
+// those few places hold a third to a half of a run's slowest hundredth
+// (BENCHMARKS.md, ninth sitting): with a new draw per run, a run's p99
+// depended on its draw as much as on its target. Seed 0 draws anew.
+func schedulePhases(n int, period time.Duration, seed uint64) []time.Duration {
+	r := rand.New(rand.NewPCG(seed, 2))
+	if seed == 0 {
+		r = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	}
+	phases := make([]time.Duration, n)
+	for i := range phases {
+		phases[i] = time.Duration(r.Int64N(int64(period)))
+	}
+	return phases
+}
+
 // latency: conns connections together send rate messages per second,
-// each on its own fixed schedule with a random phase (open loop), and
+// each on its own fixed schedule with a random phase (open loop; the
+// phases drawn from seed, see schedulePhases), and
 // the round trip of every message is recorded; with rttsOut, also every
 // message's send time and round trip, written there as "SENT RTT" lines
 // in nanoseconds (SENT wall-clock Unix time, in send order), to see when
 // the slow ones were sent and set them against traces of the proxy.
-func latency(ctx context.Context, o common, conns, size, rate int, rttsOut io.Writer) (*Result, error) {
+func latency(ctx context.Context, o common, conns, size, rate int, seed uint64, rttsOut io.Writer) (*Result, error) {
 	var cnt counters
 	cs, err := dialAll(ctx, o.dial, conns, o.connRate, &cnt)
 	if err != nil {
@@ -356,10 +377,7 @@ func latency(ctx context.Context, o common, conns, size, rate int, rttsOut io.Wr
 	end := start.Add(o.duration)
 	wctx, cancel := context.WithDeadline(ctx, end)
 	defer cancel()
-	phases := make([]time.Duration, len(cs))
-	for i := range phases {
-		phases[i] = time.Duration(rand.Int64N(int64(period)))
-	}
+	phases := schedulePhases(len(cs), period, seed)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
