@@ -62,6 +62,9 @@ type leg struct {
 	mask    bool            // frames we send are masked (we are the client side)
 	deflate bool            // permessage-deflate on sends (client leg), set before Run
 	parks   bool            // read raw (pump), and parks when idle: a socket and a poller
+	// sweepAt is the leg's place in Env's sweeper while its read loop
+	// runs (index + 1; 0: none), under the sweeper's lock (sweep.go).
+	sweepAt int32
 
 	// ctl guards the ctl-marked fields of legWriteState (the pongs to
 	// write) and legParkState (the heartbeat tracker and timer).

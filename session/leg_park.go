@@ -34,6 +34,10 @@ func (l *leg) park() bool {
 		return false
 	}
 	l.flushDeferred() // already done by the read that returned errIdle
+	l.s.env.sweep.remove(l)
+	// The deadline on conn may be a sweep's, long passed: the next run
+	// sets its own before it reads.
+	l.rdl = -1
 	l.releaseReader()
 	l.tier, l.grow = tierWake, false // the next run starts small again
 	// The next run reads at least once before it may park again.
@@ -53,6 +57,7 @@ func (l *leg) park() bool {
 	}
 	l.s.env.parked.Add(-1)
 	l.quiet = false
+	l.s.env.sweep.add(l)
 	l.acquireReader()
 	return false
 }

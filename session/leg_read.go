@@ -95,7 +95,7 @@ func (rb *readBuf) rawRead(fd uintptr) bool {
 	}
 	if l.flushTo != nil {
 		l.flushDeferred()
-		if _, rb.quick = l.armRead(); rb.quick {
+		if rb.quick = l.armRead(); rb.quick {
 			return true
 		}
 	}
@@ -189,15 +189,11 @@ func (r *legReader) Read(p []byte) (int, error) {
 		// pending on the other leg go out before this read can block
 		// (and before its deadline starts).
 		l.flushDeferred()
-		idle, _ := l.armRead()
-		n, err := l.conn.Read(p)
-		if idle && n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
-			return 0, errIdle
-		}
-		return n, err
+		l.armRead()
+		return l.conn.Read(p)
 	}
 	for {
-		_, quick := l.armRead()
+		quick := l.armRead()
 		if quick {
 			l.flushDeferred()
 			return 0, errIdle
@@ -272,8 +268,7 @@ func (s *Session) pump(l *leg) (stop bool, err error) {
 	rb := l.rb
 	l.fr.atBoundary = true
 	for {
-		_, quick := l.armRead()
-		if quick {
+		if l.armRead() {
 			l.flushDeferred()
 			return false, errIdle
 		}
@@ -382,7 +377,7 @@ func (rb *readBuf) wait() bool {
 	l := rb.l
 	l.flushDeferred()
 	l.fr.atBoundary = rb.in.Buffered() == 0
-	_, rb.quick = l.armRead()
+	rb.quick = l.armRead()
 	return rb.quick
 }
 
@@ -423,29 +418,25 @@ func wholeFrame(q []byte, size int) int {
 }
 
 // armRead sets the read deadline of the read about to start: the
-// heartbeat timeout, or, for a leg that can park and is at a message
-// boundary, IdleAfter when that comes first (idle). quick asks the caller
-// to park at once without reading (see below).
+// heartbeat timeout (README "Heartbeats"). quick asks the caller to park
+// at once without reading (see below).
 //
-// A leg read raw (one that can park) keeps the deadline an earlier read
-// set while it comes no later than the one due now and is not about to
-// pass (half of IdleAfter away or more; with less, a leg whose messages
-// come a little less often than IdleAfter would see every kept deadline
-// pass early, a wake per message): setting a deadline is a
-// clock reading and a runtime timer update, and a busy leg's reads would
-// otherwise move it at every read, between IdleAfter at message
-// boundaries and the heartbeat timeout inside frames. A kept deadline can
-// pass early; readExpired then tells, from the time of the last bytes
-// received, whether the leg is idle, dead or neither. Legs read through
-// net.Conn (TLS, pipes) set the deadline at every read.
-func (l *leg) armRead() (idle, quick bool) {
+// Whether a leg that can park is idle is the sweeper's question (see
+// sweeper), not a deadline's: a running leg reads under its heartbeat
+// timeout only, and a leg read raw (one that can park) keeps the deadline
+// an earlier read set while it is no later than the one due now and at
+// least half the timeout away: setting a deadline is a clock reading and
+// a runtime timer update, which a busy leg would otherwise make at every
+// read. A kept deadline passes early; readExpired then tells, from the
+// time of the last bytes received, whether the leg is idle, dead or
+// neither. Legs read through net.Conn (TLS, pipes) set the deadline at
+// every read.
+func (l *leg) armRead() (quick bool) {
 	if l.closing.Load() {
-		return false, false
+		return false
 	}
-	var dl time.Time
-	hb := l.hb.Mode.On() && l.hb.Timeout > 0
 	// At a message boundary with nothing buffered, a leg that can park
-	// waits only IdleAfter with its goroutine.
+	// may park.
 	park := l.parks && l.fr.atBoundary && l.fr.br.Buffered() == 0
 	if park && l.quiet && l.short {
 		// Woken for a ping, a pong or a heartbeat message only, and the
@@ -457,29 +448,32 @@ func (l *leg) armRead() (idle, quick bool) {
 		if t := l.s.env.test; t != nil && t.quickPark != nil {
 			t.quickPark(l)
 		}
-		return false, true
+		return true
 	}
-	if hb || park {
-		now := time.Now()
-		if hb {
-			dl = now.Add(l.hb.Timeout)
-		}
-		if park {
-			if idl := now.Add(l.s.env.idleAfter()); dl.IsZero() || idl.Before(dl) {
-				dl, idle = idl, true
-			}
-		}
-		if l.parks && l.rdl != 0 {
+	var now, dl time.Time
+	if l.hb.Mode.On() && l.hb.Timeout > 0 {
+		now = time.Now()
+		dl = now.Add(l.hb.Timeout)
+		if l.parks && l.rdl > 0 {
 			want, at := dl.UnixNano(), now.UnixNano()
-			if keep := min(want-at, int64(l.s.env.idleAfter())) / 2; l.rdl <= want && l.rdl-at >= keep {
-				return idle, false
+			if l.rdl <= want && l.rdl-at >= (want-at)/2 {
+				return false
 			}
 		}
 	}
-	if !dl.IsZero() || l.rdl != 0 {
-		l.setReadDeadline(dl)
+	if dl.IsZero() && l.rdl == 0 {
+		return false
 	}
-	return idle, false
+	l.setReadDeadline(dl)
+	if park && l.s.env.sweep.asked(l) {
+		// A sweep that found the leg quiet for IdleAfter may have set its
+		// deadline just before this one replaced it: park as it asked.
+		if now.IsZero() {
+			now = time.Now()
+		}
+		return now.UnixNano()-l.lastRead.Load() >= int64(l.s.env.idleAfter())
+	}
+	return false
 }
 
 // setReadDeadline sets the read loop's deadline, unless the leg is
@@ -501,38 +495,32 @@ func (l *leg) setReadDeadline(dl time.Time) {
 // readExpired tells what a raw read that ended on its deadline with no
 // bytes means: idle (quiet for IdleAfter at a message boundary: park),
 // dead (quiet for the heartbeat timeout, or closing), or, when the
-// deadline passed early (armRead kept it), neither: again, with the
-// deadline moved to when one of those is due. Quiet is measured from the
-// last bytes received; bytes that came since would be in the socket.
+// deadline was a sweep's that found the leg inside a frame or a kept one
+// that passed early (see armRead), neither: again, and armRead sets the
+// deadline anew. Quiet is measured from the last bytes received; bytes
+// that came since would be in the socket.
 func (l *leg) readExpired() (idle, again bool) {
+	l.rdl = -1 // a sweep's deadline, perhaps: none that armRead may keep
+	at := time.Now().UnixNano()
 	if l.closing.Load() {
+		if dl := l.closeDL.Load(); at < dl {
+			// A sweep's deadline, set before the leg began closing:
+			// the Close wait goes on under its own.
+			_ = l.conn.SetReadDeadline(time.Unix(0, dl))
+			return false, true
+		}
 		return false, false
 	}
-	now := time.Now()
-	at, last := now.UnixNano(), l.lastRead.Load()
-	var want int64
-	if l.hb.Mode.On() && l.hb.Timeout > 0 {
-		if want = last + int64(l.hb.Timeout); at >= want {
-			return false, false
-		}
+	last := l.lastRead.Load()
+	if l.hb.Mode.On() && l.hb.Timeout > 0 && at >= last+int64(l.hb.Timeout) {
+		return false, false
 	}
-	if l.fr.atBoundary && l.fr.br.Buffered() == 0 {
-		idl := last + int64(l.s.env.idleAfter())
-		if at >= idl {
-			return true, false
-		}
-		if want == 0 || idl < want {
-			want = idl
-		}
+	if l.fr.atBoundary && l.fr.br.Buffered() == 0 && at-last >= int64(l.s.env.idleAfter()) {
+		return true, false
 	}
 	if t := l.s.env.test; t != nil && t.early != nil {
 		t.early(l)
 	}
-	var dl time.Time
-	if want != 0 {
-		dl = now.Add(time.Duration(want - at))
-	}
-	l.setReadDeadline(dl)
 	return false, true
 }
 

@@ -776,7 +776,9 @@ func TestParkedLegReparksAfterControlOnlyWake(t *testing.T) {
 }
 
 // A busy leg keeps its read deadline across reads (armRead) instead of
-// setting one per read: 200 messages, each read on its own, set a handful.
+// setting one per read: 200 messages, each read on its own, set the
+// heartbeat timeout's deadline once (the sweeper, not a deadline, finds
+// the leg idle).
 func TestReadDeadlineKeptWhileBusy(t *testing.T) {
 	var sets atomic.Int32
 	r := newParkRigWith(t, hbCfg(hbLeg(heartbeat.ModeWS, 10*time.Second, 30*time.Second), hbOff), func(env *Env) {
@@ -796,19 +798,25 @@ func TestReadDeadlineKeptWhileBusy(t *testing.T) {
 			t.Fatalf("upstream got %q", got)
 		}
 	}
-	if got := sets.Load(); got > n/10 {
-		t.Fatalf("%d read deadlines set for %d messages read one by one, want a few", got, n)
+	if got := sets.Load(); got > 2 {
+		t.Fatalf("%d read deadlines set for %d messages read one by one, want one or two", got, n)
 	}
 }
 
-// A deadline kept from a message boundary (IdleAfter away) that passes in
-// the middle of a frame neither parks the leg nor ends it: the frame's
-// rest arriving later is relayed, and the heartbeat timeout still counts
-// from the last bytes received.
+// A sweep that finds a leg quiet for IdleAfter in the middle of a frame
+// neither parks the leg nor ends it, and does not interrupt it again
+// until more bytes come: the frame's rest arriving later is relayed, and
+// the heartbeat timeout still counts from the last bytes received.
 func TestKeptReadDeadlinePassesMidFrame(t *testing.T) {
 	const timeout = 600 * time.Millisecond
+	var sweeps atomic.Int32
 	r := newParkRigWith(t, hbCfg(hbLeg(heartbeat.ModeWS, timeout/2, timeout), hbOff), func(env *Env) {
 		env.IdleAfter = 50 * time.Millisecond
+		env.test.sweep = func(l *leg) {
+			if l.name() == LegClient {
+				sweeps.Add(1)
+			}
+		}
 	})
 	var frame bytesWriter
 	if err := wsutil.WriteClientText(&frame, []byte("split across an idle deadline")); err != nil {
@@ -819,6 +827,10 @@ func TestKeptReadDeadlinePassesMidFrame(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(4 * 50 * time.Millisecond) // past IdleAfter, short of the timeout
+	// A dozen sweeps came: one interrupted the leg.
+	if n := sweeps.Load(); n != 1 {
+		t.Fatalf("the client leg was interrupted %d times inside one frame, want once", n)
+	}
 	// Marked before tether can read the last bytes.
 	last := time.Now()
 	if _, err := r.client.Write(frame[half:]); err != nil {
@@ -842,19 +854,23 @@ func TestKeptReadDeadlinePassesMidFrame(t *testing.T) {
 	}
 }
 
-// A leg whose messages come a little less often than IdleAfter sets a
-// deadline per message rather than keep one that would pass before the
-// next message (a wake per message for nothing).
-func TestKeptReadDeadlineNotEarlyForSteadyTraffic(t *testing.T) {
+// A leg whose messages come a little less often than IdleAfter is never
+// woken between them: no sweep interrupts it, no deadline passes early,
+// and it keeps the one read deadline it set (before the sweeper, such a
+// leg moved its IdleAfter deadline at every message).
+func TestSteadyTrafficNotWoken(t *testing.T) {
 	const idle = 200 * time.Millisecond
-	var early atomic.Int32
-	r := newParkRigWith(t, hbCfg(hbLeg(heartbeat.ModeWS, 10*time.Second, 30*time.Second), hbOff), func(env *Env) {
-		env.IdleAfter = idle
-		env.test.early = func(l *leg) {
+	var early, sets, sweeps atomic.Int32
+	count := func(n *atomic.Int32) func(*leg) {
+		return func(l *leg) {
 			if l.name() == LegClient {
-				early.Add(1)
+				n.Add(1)
 			}
 		}
+	}
+	r := newParkRigWith(t, hbCfg(hbLeg(heartbeat.ModeWS, 10*time.Second, 30*time.Second), hbOff), func(env *Env) {
+		env.IdleAfter = idle
+		env.test.early, env.test.deadline, env.test.sweep = count(&early), count(&sets), count(&sweeps)
 	})
 	for i := range 8 {
 		if err := wsutil.WriteClientText(r.client, []byte("m"+strconv.Itoa(i))); err != nil {
@@ -865,9 +881,39 @@ func TestKeptReadDeadlineNotEarlyForSteadyTraffic(t *testing.T) {
 		}
 		time.Sleep(idle * 7 / 10)
 	}
-	if n := early.Load(); n > 1 {
-		t.Fatalf("%d kept deadlines passed early under one message per %v, want none", n, idle*7/10)
+	if e, d, w := early.Load(), sets.Load(), sweeps.Load(); e != 0 || d > 1 || w != 0 {
+		t.Fatalf("8 messages %v apart: %d deadlines passed early, %d set, %d sweeps interrupted the leg; want 0, 1, 0", idle*7/10, e, d, w)
 	}
+}
+
+// The sweeper runs only while a leg that can park is running: once every
+// leg has parked, its timer is no longer set, and a message that wakes a
+// leg sets it again, which parks the leg after IdleAfter.
+func TestSweeperStopsWhenAllParked(t *testing.T) {
+	r := newParkRig(t, hbCfg(hbOff, hbOff))
+	c, u := r.s.client, r.up()
+	armed := func() bool {
+		r.env.sweep.mu.Lock()
+		defer r.env.sweep.mu.Unlock()
+		return r.env.sweep.armed
+	}
+	for round := range 2 {
+		r.waitParked(c, u)
+		deadline := time.Now().Add(10 * time.Second)
+		for armed() {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: the sweeper's timer is still set with every leg parked", round)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		if err := wsutil.WriteClientText(r.client, []byte("wake")); err != nil {
+			t.Fatal(err)
+		}
+		if got := readClientMsg(t, r.upstream); got != "wake" {
+			t.Fatalf("upstream got %q", got)
+		}
+	}
+	r.waitParked(c, u)
 }
 
 // readMaskedFrame reads one data frame a peer got from tether's upstream

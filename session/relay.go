@@ -340,9 +340,15 @@ func (s *Session) flushHeld() {
 // until the leg parks or ends. When it ends, run classifies why, lets end
 // finish the leg's Close, closes the connection and finishes its part.
 func (s *Session) run(l *leg) {
+	if l.parks {
+		s.env.sweep.add(l)
+	}
 	err := s.guard(func() error { return s.readLoop(l) })
 	if err == errParked {
 		return // the leg is another goroutine's now: touch nothing
+	}
+	if l.parks {
+		s.env.sweep.remove(l)
 	}
 	l.flushDeferred()
 	l.readDone()

@@ -91,6 +91,7 @@ type Env struct {
 	total  atomic.Int64 // buffered + retained bytes of all sessions
 	poller *netpoll.Poller
 	parked atomic.Int64
+	sweep  sweeper // parks the running legs quiet for IdleAfter
 	// test is the seam for tests; nil in production.
 	test *testHooks
 }
@@ -102,7 +103,8 @@ type testHooks struct {
 	readBuf   func(l *leg, size int)         // told the size of each read buffer a read loop takes
 	quickPark func(l *leg)                   // told of each leg that parks right after a control-only wake
 	deadline  func(l *leg)                   // told of each read deadline a read loop sets
-	early     func(l *leg)                   // told of each kept read deadline that passed early
+	early     func(l *leg)                   // told of each read deadline that passed with the leg neither idle nor dead
+	sweep     func(l *leg)                   // told of each leg the sweeper interrupts (quiet for IdleAfter)
 	tick      func(l *leg)                   // told of each firing of a leg's timer
 	read      func(l *leg, n int, err error) // told of each raw socket read
 	write     func(l *leg, n int, err error) // told of each raw socket write

@@ -1,0 +1,138 @@
+package session
+
+import (
+	"sync"
+	"time"
+)
+
+// sweeper parks the running legs that have been quiet for IdleAfter (see
+// README "Architecture"): one per Env, for every leg that can park. A
+// busy leg then reads under its heartbeat timeout's deadline alone, which
+// it keeps across reads (armRead), instead of moving a runtime timer to
+// now + IdleAfter at nearly every message. Each such move marks a timer
+// of the Go runtime modified, and the first one after the runtime has
+// tidied its timers makes it walk all of the process's timers again when
+// that moved timer would have fired: measured at 1,000 sessions sending
+// 5,000 msg/s, a walk of 90-290 µs every 250 ms, in which nothing else
+// runs on the process's processor. With the sweeper the walks come half
+// as often (the probe timers' moves remain), tether's CPU fell 3-10 % and
+// its p99 was lower in 9 of 12 rounds (BENCHMARKS.md, ninth sitting).
+//
+// Every IdleAfter/sweepsPerIdle, sweep looks at the time of each running
+// leg's last received bytes; a leg quiet for IdleAfter has its read
+// deadline set in the past (interrupt), and its read loop decides from
+// its own state (readExpired) whether to park: a leg inside a frame, or
+// whose read loop is busy elsewhere, goes on. A leg parks IdleAfter to
+// IdleAfter + IdleAfter/sweepsPerIdle after its last bytes. The sweeper's
+// timer runs only while some leg that can park is running (a fired timer
+// set again is added anew, not moved): a process of parked sessions has
+// none.
+type sweeper struct {
+	mu sync.Mutex
+	// legs are the running legs that can park (leg.sweepAt is the index
+	// of each, plus one); done holds for each the time of the last bytes
+	// it had received when a sweep interrupted it (0: none since it began
+	// to run), so that a leg that did not park (inside a frame) is not
+	// interrupted again until it receives more. A slice, not a map: a
+	// sweep over 2,000 legs took 18 µs against the map's 89 (cold caches).
+	legs  []*leg
+	done  []int64
+	timer *time.Timer // nil until the first leg runs
+	armed bool        // timer is set: some leg ran since the last sweep
+	every time.Duration
+	idle  int64 // IdleAfter in nanoseconds
+	test  *testHooks
+}
+
+// sweepsPerIdle is how many sweeps look at a leg within IdleAfter.
+const sweepsPerIdle = 4
+
+// add registers l, whose read loop starts running. The first one sets
+// the sweeper up from its Env (whose fields tests may set after NewEnv).
+func (w *sweeper) add(l *leg) {
+	w.mu.Lock()
+	if w.every == 0 {
+		e := l.s.env
+		w.every = max(e.idleAfter()/sweepsPerIdle, time.Millisecond)
+		w.idle = int64(e.idleAfter())
+		w.test = e.test
+	}
+	if l.sweepAt == 0 {
+		w.legs = append(w.legs, l)
+		w.done = append(w.done, 0)
+		l.sweepAt = int32(len(w.legs))
+	}
+	if !w.armed {
+		w.armed = true
+		if w.timer == nil {
+			w.timer = time.AfterFunc(w.every, w.sweep)
+		} else {
+			w.timer.Reset(w.every)
+		}
+	}
+	w.mu.Unlock()
+}
+
+// remove unregisters l, whose read loop parks or ends.
+func (w *sweeper) remove(l *leg) {
+	w.mu.Lock()
+	if i := int(l.sweepAt) - 1; i >= 0 {
+		last := len(w.legs) - 1
+		m := w.legs[last]
+		w.legs[i], w.done[i] = m, w.done[last]
+		m.sweepAt = int32(i + 1)
+		w.legs[last] = nil
+		w.legs, w.done = w.legs[:last], w.done[:last]
+		l.sweepAt = 0
+	}
+	w.mu.Unlock()
+}
+
+// asked reports whether a sweep has interrupted l since its read loop
+// began to run (armRead, when it replaces the deadline a sweep may have
+// just set). A lock and a load, once per deadline a read loop sets.
+func (w *sweeper) asked(l *leg) bool {
+	w.mu.Lock()
+	i := int(l.sweepAt) - 1
+	asked := i >= 0 && w.done[i] != 0
+	w.mu.Unlock()
+	return asked
+}
+
+// sweep interrupts the reads of the legs quiet for IdleAfter; it runs on
+// the timer's goroutine and sets the timer again while legs run.
+func (w *sweeper) sweep() {
+	now := time.Now().UnixNano()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.legs) == 0 {
+		w.armed = false
+		return
+	}
+	for i, l := range w.legs {
+		last := l.lastRead.Load()
+		if now-last < w.idle || last == w.done[i] {
+			continue
+		}
+		w.done[i] = last
+		if w.test != nil && w.test.sweep != nil {
+			w.test.sweep(l)
+		}
+		l.interrupt()
+	}
+	w.timer.Reset(w.every)
+}
+
+// aLongTimeAgo is a read deadline that has passed: it ends a read at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// interrupt ends the read l's loop is waiting in (or its next one) with
+// a deadline error, unless the leg is closing: its Close wait keeps its
+// own deadline (beginClose stores closing before setting it, so either
+// this sees closing or beginClose's deadline comes after this one).
+func (l *leg) interrupt() {
+	_ = l.conn.SetReadDeadline(aLongTimeAgo)
+	if l.closing.Load() {
+		_ = l.conn.SetReadDeadline(time.Unix(0, l.closeDL.Load()))
+	}
+}
