@@ -38,9 +38,9 @@
 // (internal/netpoll, one goroutine for all parked sockets) waits for the
 // socket; readiness, a Close to send, a failed write or the heartbeat
 // timeout starts the loop again on a new goroutine. Whether a running leg
-// has been quiet for IdleAfter is the sweeper's question (sweep.go: one
-// timer per Env, set only while some leg that can park runs), not a read
-// deadline's. A leg woken by control
+// has been quiet for IdleAfter or its heartbeat timeout is the sweeper's
+// question (sweep.go: one timer per Env, set only while some leg that can
+// park runs), not a read deadline's. A leg woken by control
 // frames only (pongs, pings, JSON heartbeats) parks again as soon as its
 // socket has nothing more. A woken leg reads with a 512-byte buffer and
 // takes 4, 16, then 32 KiB, while its reads fill the buffer. Legs without

@@ -92,7 +92,7 @@ type legReadState struct {
 	// read, so pending frames never wait for input.
 	flushTo *leg
 	// rdl is the read deadline the read loop left set on conn (unix
-	// nano; 0 none), see armRead.
+	// nano; 0 none; -1 perhaps a sweep's, to clear), see armRead.
 	rdl int64
 }
 

@@ -417,27 +417,29 @@ func wholeFrame(q []byte, size int) int {
 	return frameWhole
 }
 
-// armRead sets the read deadline of the read about to start: the
-// heartbeat timeout (README "Heartbeats"). quick asks the caller to park
-// at once without reading (see below).
+// armRead sets the read deadline of the read about to start. quick asks
+// the caller to park at once without reading (see below).
 //
-// Whether a leg that can park is idle is the sweeper's question (see
-// sweeper), not a deadline's: a running leg reads under its heartbeat
-// timeout only, and a leg read raw (one that can park) keeps the deadline
-// an earlier read set while it is no later than the one due now and at
-// least half the timeout away: setting a deadline is a clock reading and
-// a runtime timer update, which a busy leg would otherwise make at every
-// read. A kept deadline passes early; readExpired then tells, from the
-// time of the last bytes received, whether the leg is idle, dead or
-// neither. Legs read through net.Conn (TLS, pipes) set the deadline at
-// every read.
+// A leg read through net.Conn (TLS, pipes) reads under a deadline of now
+// + its heartbeat timeout, set at every read. A leg read raw (one that
+// can park) reads with no deadline: Env's sweeper finds it quiet for
+// IdleAfter or for its heartbeat timeout and interrupts its read
+// (readExpired then tells what that means); armRead only clears a
+// deadline a sweep left (rdl), which a busy leg never has, so that its
+// reads touch no runtime timer at all (README "Architecture").
 func (l *leg) armRead() (quick bool) {
 	if l.closing.Load() {
 		return false
 	}
+	if !l.parks {
+		if l.hb.Mode.On() && l.hb.Timeout > 0 {
+			l.setReadDeadline(time.Now().Add(l.hb.Timeout))
+		}
+		return false
+	}
 	// At a message boundary with nothing buffered, a leg that can park
 	// may park.
-	park := l.parks && l.fr.atBoundary && l.fr.br.Buffered() == 0
+	park := l.fr.atBoundary && l.fr.br.Buffered() == 0
 	if park && l.quiet && l.short {
 		// Woken for a ping, a pong or a heartbeat message only, and the
 		// socket had nothing more: park again now instead of reading
@@ -450,28 +452,14 @@ func (l *leg) armRead() (quick bool) {
 		}
 		return true
 	}
-	var now, dl time.Time
-	if l.hb.Mode.On() && l.hb.Timeout > 0 {
-		now = time.Now()
-		dl = now.Add(l.hb.Timeout)
-		if l.parks && l.rdl > 0 {
-			want, at := dl.UnixNano(), now.UnixNano()
-			if l.rdl <= want && l.rdl-at >= (want-at)/2 {
-				return false
-			}
-		}
-	}
-	if dl.IsZero() && l.rdl == 0 {
+	if l.rdl == 0 {
 		return false
 	}
-	l.setReadDeadline(dl)
+	l.setReadDeadline(time.Time{})
 	if park && l.s.env.sweep.asked(l) {
 		// A sweep that found the leg quiet for IdleAfter may have set its
-		// deadline just before this one replaced it: park as it asked.
-		if now.IsZero() {
-			now = time.Now()
-		}
-		return now.UnixNano()-l.lastRead.Load() >= int64(l.s.env.idleAfter())
+		// deadline just before this clearing: park as it asked.
+		return time.Now().UnixNano()-l.lastRead.Load() >= int64(l.s.env.idleAfter())
 	}
 	return false
 }
@@ -492,15 +480,14 @@ func (l *leg) setReadDeadline(dl time.Time) {
 	}
 }
 
-// readExpired tells what a raw read that ended on its deadline with no
+// readExpired tells what a raw read that ended on a deadline with no
 // bytes means: idle (quiet for IdleAfter at a message boundary: park),
-// dead (quiet for the heartbeat timeout, or closing), or, when the
-// deadline was a sweep's that found the leg inside a frame or a kept one
-// that passed early (see armRead), neither: again, and armRead sets the
-// deadline anew. Quiet is measured from the last bytes received; bytes
-// that came since would be in the socket.
+// dead (quiet for the heartbeat timeout, or closing), or, when a sweep
+// found the leg inside a frame or bytes came since it looked, neither:
+// again, and armRead clears the sweep's deadline. Quiet is measured from
+// the last bytes received; bytes that came since would be in the socket.
 func (l *leg) readExpired() (idle, again bool) {
-	l.rdl = -1 // a sweep's deadline, perhaps: none that armRead may keep
+	l.rdl = -1 // a sweep's deadline: armRead clears it
 	at := time.Now().UnixNano()
 	if l.closing.Load() {
 		if dl := l.closeDL.Load(); at < dl {

@@ -775,10 +775,9 @@ func TestParkedLegReparksAfterControlOnlyWake(t *testing.T) {
 	}
 }
 
-// A busy leg keeps its read deadline across reads (armRead) instead of
-// setting one per read: 200 messages, each read on its own, set the
-// heartbeat timeout's deadline once (the sweeper, not a deadline, finds
-// the leg idle).
+// A busy leg that can park reads with no deadline (armRead): 200
+// messages, each read on its own, set none (the sweeper, not a deadline,
+// finds the leg idle or dead).
 func TestReadDeadlineKeptWhileBusy(t *testing.T) {
 	var sets atomic.Int32
 	r := newParkRigWith(t, hbCfg(hbLeg(heartbeat.ModeWS, 10*time.Second, 30*time.Second), hbOff), func(env *Env) {
@@ -798,8 +797,8 @@ func TestReadDeadlineKeptWhileBusy(t *testing.T) {
 			t.Fatalf("upstream got %q", got)
 		}
 	}
-	if got := sets.Load(); got > 2 {
-		t.Fatalf("%d read deadlines set for %d messages read one by one, want one or two", got, n)
+	if got := sets.Load(); got != 0 {
+		t.Fatalf("%d read deadlines set for %d messages read one by one, want none", got, n)
 	}
 }
 
@@ -881,8 +880,47 @@ func TestSteadyTrafficNotWoken(t *testing.T) {
 		}
 		time.Sleep(idle * 7 / 10)
 	}
-	if e, d, w := early.Load(), sets.Load(), sweeps.Load(); e != 0 || d > 1 || w != 0 {
-		t.Fatalf("8 messages %v apart: %d deadlines passed early, %d set, %d sweeps interrupted the leg; want 0, 1, 0", idle*7/10, e, d, w)
+	if e, d, w := early.Load(), sets.Load(), sweeps.Load(); e != 0 || d != 0 || w != 0 {
+		t.Fatalf("8 messages %v apart: %d reads ended early, %d deadlines set, %d sweeps interrupted the leg; want none", idle*7/10, e, d, w)
+	}
+}
+
+// A running leg whose peer stops in the middle of a frame cannot park and
+// has no read deadline: the sweeper finds its heartbeat timeout (after
+// the one interrupt for IdleAfter, which it survives) and the leg ends
+// as timed out, not before the timeout is due from its last bytes.
+func TestSweepFindsTimeoutInsideFrame(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	var sweeps atomic.Int32
+	r := newParkRigWith(t, hbCfg(hbLeg(heartbeat.ModeWS, timeout, timeout), hbOff), func(env *Env) {
+		env.IdleAfter = 50 * time.Millisecond
+		env.test.sweep = func(l *leg) {
+			if l.name() == LegClient {
+				sweeps.Add(1)
+			}
+		}
+	})
+	var frame bytesWriter
+	if err := wsutil.WriteClientText(&frame, []byte("never finished")); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if _, err := r.client.Write(frame[:len(frame)/2]); err != nil {
+		t.Fatal(err)
+	}
+	if code := readCloseCode(t, r.upstream, false); code != int(CloseGoingAway) {
+		t.Fatalf("upstream got Close %d, want 1001 (heartbeat timeout)", code)
+	}
+	if d := time.Since(start); d < timeout {
+		t.Fatalf("heartbeat timeout after %v of silence, want at least %v", d, timeout)
+	}
+	_ = ws.WriteFrame(r.upstream, ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusGoingAway, "")))
+	r.waitDone()
+	if n := r.metrics.timeoutsOf(LegClient); n != 1 {
+		t.Fatalf("client heartbeat timeouts = %d, want 1", n)
+	}
+	if n := sweeps.Load(); n != 2 {
+		t.Fatalf("the sweeper interrupted the leg %d times, want 2 (idle, then dead)", n)
 	}
 }
 

@@ -1,28 +1,33 @@
 package session
 
 import (
+	"math"
 	"sync"
 	"time"
 )
 
-// sweeper parks the running legs that have been quiet for IdleAfter (see
-// README "Architecture"): one per Env, for every leg that can park. A
-// busy leg then reads under its heartbeat timeout's deadline alone, which
-// it keeps across reads (armRead), instead of moving a runtime timer to
-// now + IdleAfter at nearly every message. Each such move marks a timer
+// sweeper finds the running legs that have been quiet for IdleAfter, to
+// park, or for their heartbeat timeout, to end (see README
+// "Architecture"): one per Env, for every leg that can park. Such a leg
+// then reads with no deadline at all while it runs, instead of moving a
+// runtime timer to now + IdleAfter (or the heartbeat timeout, inside a
+// frame) at nearly every message. Each such move marks a timer
 // of the Go runtime modified, and the first one after the runtime has
 // tidied its timers makes it walk all of the process's timers again when
 // that moved timer would have fired: measured at 1,000 sessions sending
 // 5,000 msg/s, a walk of 90-290 µs every 250 ms, in which nothing else
 // runs on the process's processor. With the sweeper the walks come half
-// as often (the probe timers' moves remain), tether's CPU fell 3-10 % and
-// its p99 was lower in 9 of 12 rounds (BENCHMARKS.md, ninth sitting).
+// as often (the probe timers' moves remain) and take half as long (no
+// read deadline timers to walk), tether's CPU fell 3-10 % and its p99 was
+// lower in 14 of 18 rounds (BENCHMARKS.md, ninth sitting).
 //
 // Every IdleAfter/sweepsPerIdle, sweep looks at the time of each running
-// leg's last received bytes; a leg quiet for IdleAfter has its read
-// deadline set in the past (interrupt), and its read loop decides from
-// its own state (readExpired) whether to park: a leg inside a frame, or
-// whose read loop is busy elsewhere, goes on. A leg parks IdleAfter to
+// leg's last received bytes; a leg quiet for IdleAfter, and again one
+// quiet for its heartbeat timeout, has its read deadline set in the past
+// (interrupt), and its read loop decides from its own state
+// (readExpired) whether to park, end or go on (a leg inside a frame, or
+// whose read loop is busy elsewhere, goes on). A dead peer is thus found
+// up to IdleAfter/sweepsPerIdle after its timeout. A leg parks IdleAfter to
 // IdleAfter + IdleAfter/sweepsPerIdle after its last bytes. The sweeper's
 // timer runs only while some leg that can park is running (a fired timer
 // set again is added anew, not moved): a process of parked sessions has
@@ -31,9 +36,10 @@ type sweeper struct {
 	mu sync.Mutex
 	// legs are the running legs that can park (leg.sweepAt is the index
 	// of each, plus one); done holds for each the time of the last bytes
-	// it had received when a sweep interrupted it (0: none since it began
-	// to run), so that a leg that did not park (inside a frame) is not
-	// interrupted again until it receives more. A slice, not a map: a
+	// it had received when a sweep interrupted it as idle (negated when
+	// as dead; 0: none since it began to run), so that a leg that did not
+	// park (inside a frame) is not interrupted again until it receives
+	// more or its heartbeat timeout passes. A slice, not a map: a
 	// sweep over 2,000 legs took 18 µs against the map's 89 (cold caches).
 	legs  []*leg
 	done  []int64
@@ -111,16 +117,30 @@ func (w *sweeper) sweep() {
 	}
 	for i, l := range w.legs {
 		last := l.lastRead.Load()
-		if now-last < w.idle || last == w.done[i] {
+		quiet, done := now-last, w.done[i]
+		switch {
+		case quiet >= w.idle && done != last && done != -last:
+			w.done[i] = last // interrupted as idle
+		case quiet >= l.timeout() && done != -last:
+			w.done[i] = -last // interrupted as dead
+		default:
 			continue
 		}
-		w.done[i] = last
 		if w.test != nil && w.test.sweep != nil {
 			w.test.sweep(l)
 		}
 		l.interrupt()
 	}
 	w.timer.Reset(w.every)
+}
+
+// timeout is the leg's heartbeat timeout in nanoseconds, or the largest
+// int64 when it has none.
+func (l *leg) timeout() int64 {
+	if !l.hb.Mode.On() || l.hb.Timeout <= 0 {
+		return math.MaxInt64
+	}
+	return int64(l.hb.Timeout)
 }
 
 // aLongTimeAgo is a read deadline that has passed: it ends a read at once.
