@@ -802,14 +802,13 @@ func TestReadDeadlineKeptWhileBusy(t *testing.T) {
 	}
 }
 
-// A sweep that finds a leg quiet for IdleAfter in the middle of a frame
-// neither parks the leg nor ends it, and does not interrupt it again
-// until more bytes come: the frame's rest arriving later is relayed, and
-// the heartbeat timeout still counts from the last bytes received.
-func TestKeptReadDeadlinePassesMidFrame(t *testing.T) {
-	const timeout = 600 * time.Millisecond
+// newSweptRig is a park rig whose client leg pings every interval and
+// times out after timeout, with IdleAfter 50 ms, and the count of the
+// sweeper's interrupts of its client leg.
+func newSweptRig(t *testing.T, interval, timeout time.Duration) (*parkRig, *atomic.Int32) {
+	t.Helper()
 	var sweeps atomic.Int32
-	r := newParkRigWith(t, hbCfg(hbLeg(heartbeat.ModeWS, timeout/2, timeout), hbOff), func(env *Env) {
+	r := newParkRigWith(t, hbCfg(hbLeg(heartbeat.ModeWS, interval, timeout), hbOff), func(env *Env) {
 		env.IdleAfter = 50 * time.Millisecond
 		env.test.sweep = func(l *leg) {
 			if l.name() == LegClient {
@@ -817,6 +816,35 @@ func TestKeptReadDeadlinePassesMidFrame(t *testing.T) {
 			}
 		}
 	})
+	return r, &sweeps
+}
+
+// waitClientTimedOut waits for the session to end by the client leg's
+// heartbeat timeout (Close 1001 to the upstream, one timeout counted),
+// no sooner than timeout after the client's last bytes.
+func (r *parkRig) waitClientTimedOut(last time.Time, timeout time.Duration) {
+	t := r.t
+	t.Helper()
+	if code := readCloseCode(t, r.upstream, false); code != int(CloseGoingAway) {
+		t.Fatalf("upstream got Close %d, want 1001 (heartbeat timeout)", code)
+	}
+	if d := time.Since(last); d < timeout {
+		t.Fatalf("heartbeat timeout after %v of silence, want at least %v", d, timeout)
+	}
+	_ = ws.WriteFrame(r.upstream, ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusGoingAway, "")))
+	r.waitDone()
+	if n := r.metrics.timeoutsOf(LegClient); n != 1 {
+		t.Fatalf("client heartbeat timeouts = %d, want 1", n)
+	}
+}
+
+// A sweep that finds a leg quiet for IdleAfter in the middle of a frame
+// neither parks the leg nor ends it, and does not interrupt it again
+// until more bytes come: the frame's rest arriving later is relayed, and
+// the heartbeat timeout still counts from the last bytes received.
+func TestSweepInsideFrameInterruptsOnce(t *testing.T) {
+	const timeout = 600 * time.Millisecond
+	r, sweeps := newSweptRig(t, timeout/2, timeout)
 	var frame bytesWriter
 	if err := wsutil.WriteClientText(&frame, []byte("split across an idle deadline")); err != nil {
 		t.Fatal(err)
@@ -840,17 +868,7 @@ func TestKeptReadDeadlinePassesMidFrame(t *testing.T) {
 	}
 	// Silent from now on: the timeout ends the session, not before it is
 	// due from the last bytes.
-	if code := readCloseCode(t, r.upstream, false); code != int(CloseGoingAway) {
-		t.Fatalf("upstream got Close %d, want 1001 (heartbeat timeout)", code)
-	}
-	if d := time.Since(last); d < timeout {
-		t.Fatalf("heartbeat timeout after %v of silence, want at least %v", d, timeout)
-	}
-	_ = ws.WriteFrame(r.upstream, ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusGoingAway, "")))
-	r.waitDone()
-	if n := r.metrics.timeoutsOf(LegClient); n != 1 {
-		t.Fatalf("client heartbeat timeouts = %d, want 1", n)
-	}
+	r.waitClientTimedOut(last, timeout)
 }
 
 // A leg whose messages come a little less often than IdleAfter is never
@@ -891,15 +909,7 @@ func TestSteadyTrafficNotWoken(t *testing.T) {
 // as timed out, not before the timeout is due from its last bytes.
 func TestSweepFindsTimeoutInsideFrame(t *testing.T) {
 	const timeout = 300 * time.Millisecond
-	var sweeps atomic.Int32
-	r := newParkRigWith(t, hbCfg(hbLeg(heartbeat.ModeWS, timeout, timeout), hbOff), func(env *Env) {
-		env.IdleAfter = 50 * time.Millisecond
-		env.test.sweep = func(l *leg) {
-			if l.name() == LegClient {
-				sweeps.Add(1)
-			}
-		}
-	})
+	r, sweeps := newSweptRig(t, timeout, timeout)
 	var frame bytesWriter
 	if err := wsutil.WriteClientText(&frame, []byte("never finished")); err != nil {
 		t.Fatal(err)
@@ -908,17 +918,7 @@ func TestSweepFindsTimeoutInsideFrame(t *testing.T) {
 	if _, err := r.client.Write(frame[:len(frame)/2]); err != nil {
 		t.Fatal(err)
 	}
-	if code := readCloseCode(t, r.upstream, false); code != int(CloseGoingAway) {
-		t.Fatalf("upstream got Close %d, want 1001 (heartbeat timeout)", code)
-	}
-	if d := time.Since(start); d < timeout {
-		t.Fatalf("heartbeat timeout after %v of silence, want at least %v", d, timeout)
-	}
-	_ = ws.WriteFrame(r.upstream, ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusGoingAway, "")))
-	r.waitDone()
-	if n := r.metrics.timeoutsOf(LegClient); n != 1 {
-		t.Fatalf("client heartbeat timeouts = %d, want 1", n)
-	}
+	r.waitClientTimedOut(start, timeout)
 	if n := sweeps.Load(); n != 2 {
 		t.Fatalf("the sweeper interrupted the leg %d times, want 2 (idle, then dead)", n)
 	}
