@@ -91,7 +91,7 @@ type Env struct {
 	total  atomic.Int64 // buffered + retained bytes of all sessions
 	poller *netpoll.Poller
 	parked atomic.Int64
-	sweep  sweeper // parks the running legs quiet for IdleAfter
+	sweep  sweeper // finds the running legs quiet for IdleAfter (to park) or their heartbeat timeout
 	// test is the seam for tests; nil in production.
 	test *testHooks
 }
@@ -104,7 +104,7 @@ type testHooks struct {
 	quickPark func(l *leg)                   // told of each leg that parks right after a control-only wake
 	deadline  func(l *leg)                   // told of each read deadline a read loop sets
 	early     func(l *leg)                   // told of each read deadline that passed with the leg neither idle nor dead
-	sweep     func(l *leg)                   // told of each leg the sweeper interrupts (quiet for IdleAfter)
+	sweep     func(l *leg)                   // told of each leg the sweeper interrupts (quiet for IdleAfter or its timeout)
 	tick      func(l *leg)                   // told of each firing of a leg's timer
 	read      func(l *leg, n int, err error) // told of each raw socket read
 	write     func(l *leg, n int, err error) // told of each raw socket write
