@@ -555,6 +555,51 @@ func TestResumeThroughput(t *testing.T) {
 	}
 }
 
+// bench latency -seed sends each connection's first message at the phase
+// schedulePhases draws from that seed: the offsets of the first round's
+// sends from the first one match the seed's phases (within the pacer's
+// jitter), and not another seed's.
+func TestLatencySeedSetsArrivals(t *testing.T) {
+	backend := startBackend(t)
+	const conns, rate = 20, 200 // a 100 ms period
+	rttsFile := filepath.Join(t.TempDir(), "rtts")
+	runJSON(t, "latency", "-url", "ws://"+backend+"/", "-conns", strconv.Itoa(conns), "-rate", strconv.Itoa(rate),
+		"-size", "64", "-duration", "300ms", "-seed", "5", "-rtts", rttsFile, "-proxy-pid", "0")
+	b, err := os.ReadFile(rttsFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sent []int64
+	for l := range strings.Lines(string(b)) {
+		var s, rtt int64
+		if _, err := fmt.Sscanf(l, "%d %d", &s, &rtt); err != nil {
+			t.Fatal(err)
+		}
+		sent = append(sent, s)
+	}
+	if len(sent) < conns {
+		t.Fatalf("%d sends, want at least a round of %d", len(sent), conns)
+	}
+	// How far, at the median, the first round's offsets lie from those
+	// of seed's phases.
+	off := func(seed uint64) time.Duration {
+		ph := schedulePhases(conns, time.Second*conns/rate, seed)
+		slices.Sort(ph)
+		d := make([]time.Duration, conns)
+		for i := range conns {
+			d[i] = (time.Duration(sent[i]-sent[0]) - (ph[i] - ph[0])).Abs()
+		}
+		slices.Sort(d)
+		return d[conns/2]
+	}
+	if d := off(5); d > 2*time.Millisecond {
+		t.Errorf("first round %v (median) from seed 5's phases, want within 2ms", d)
+	}
+	if d := off(6); d <= 2*time.Millisecond {
+		t.Errorf("first round within %v (median) of seed 6's phases too: the seed set nothing", d)
+	}
+}
+
 // The latency workload's send phases come from -seed: the same seed gives
 // every run the same arrivals, another seed others, and seed 0 a new draw
 // each time.
