@@ -216,18 +216,7 @@ func TestLatencyPacing(t *testing.T) {
 	lat := runJSON(t, "latency", "-url", "ws://"+backend+"/", "-conns", "50", "-rate", "2000",
 		"-size", "128", "-duration", "1s", "-rtts", rttsFile, "-proxy-pid", "0")
 	checkRTTs(t, rttsFile, lat)
-	b, err := os.ReadFile(rttsFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sent []int64
-	for l := range strings.Lines(string(b)) {
-		var s, rtt int64
-		if _, err := fmt.Sscanf(l, "%d %d", &s, &rtt); err != nil {
-			t.Fatal(err)
-		}
-		sent = append(sent, s)
-	}
+	sent := sendTimes(t, rttsFile)
 	gaps := make([]int64, 0, len(sent))
 	for i := 1; i < len(sent); i++ {
 		gaps = append(gaps, sent[i]-sent[i-1])
@@ -555,17 +544,11 @@ func TestResumeThroughput(t *testing.T) {
 	}
 }
 
-// bench latency -seed sends each connection's first message at the phase
-// schedulePhases draws from that seed: the offsets of the first round's
-// sends from the first one match the seed's phases (within the pacer's
-// jitter), and not another seed's.
-func TestLatencySeedSetsArrivals(t *testing.T) {
-	backend := startBackend(t)
-	const conns, rate = 20, 200 // a 100 ms period
-	rttsFile := filepath.Join(t.TempDir(), "rtts")
-	runJSON(t, "latency", "-url", "ws://"+backend+"/", "-conns", strconv.Itoa(conns), "-rate", strconv.Itoa(rate),
-		"-size", "64", "-duration", "300ms", "-seed", "5", "-rtts", rttsFile, "-proxy-pid", "0")
-	b, err := os.ReadFile(rttsFile)
+// sendTimes reads the send times (Unix nanoseconds, in send order) of a
+// bench latency -rtts file.
+func sendTimes(t *testing.T, path string) []int64 {
+	t.Helper()
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -577,6 +560,20 @@ func TestLatencySeedSetsArrivals(t *testing.T) {
 		}
 		sent = append(sent, s)
 	}
+	return sent
+}
+
+// bench latency -seed sends each connection's first message at the phase
+// schedulePhases draws from that seed: the offsets of the first round's
+// sends from the first one match the seed's phases (within the pacer's
+// jitter), and not another seed's.
+func TestLatencySeedSetsArrivals(t *testing.T) {
+	backend := startBackend(t)
+	const conns, rate = 20, 200 // a 100 ms period
+	rttsFile := filepath.Join(t.TempDir(), "rtts")
+	runJSON(t, "latency", "-url", "ws://"+backend+"/", "-conns", strconv.Itoa(conns), "-rate", strconv.Itoa(rate),
+		"-size", "64", "-duration", "300ms", "-seed", "5", "-rtts", rttsFile, "-proxy-pid", "0")
+	sent := sendTimes(t, rttsFile)
 	if len(sent) < conns {
 		t.Fatalf("%d sends, want at least a round of %d", len(sent), conns)
 	}
