@@ -74,7 +74,7 @@ func (l *leg) armAck() {
 			l.ackDue.Store(-(l.pingDue + l.holdAfterLocked()))
 		} else {
 			l.ackDue.Store(due)
-			l.timer.Reset(time.Duration(due - now))
+			l.resetTimerLocked(due - now)
 		}
 	}
 	l.ctl.Unlock()
@@ -82,19 +82,46 @@ func (l *leg) armAck() {
 
 // armProbe arms a ping probeEvery from now on the upstream leg l, for an
 // active session whose messages are all acknowledged; an acknowledgement
-// ping armed meanwhile goes instead.
+// ping armed meanwhile goes instead. While l runs and can park, the
+// sweeper sends it (sweep.go); otherwise its timer does.
 func (l *leg) armProbe() {
 	if !l.hb.Mode.SendsWS() {
 		return
 	}
 	l.ctl.Lock()
-	if l.timer != nil && !l.timerStop.Load() && l.probeDue == 0 {
+	if l.timer != nil && !l.timerStop.Load() && l.probeDue.Load() == 0 {
 		now := time.Now().UnixNano()
-		if l.probeDue = probeGrid(now + int64(probeEvery)); l.probeDue < l.pingDue {
-			l.timer.Reset(time.Duration(l.nextTickLocked(now)))
+		p := probeGrid(now + int64(probeEvery))
+		l.probeDue.Store(p)
+		if p < l.pingDue && !l.sweptProbes() {
+			l.resetTimerLocked(l.nextTickLocked(now))
 		}
 	}
 	l.ctl.Unlock()
+}
+
+// sweptProbes reports whether the sweeper sends l's probes: while a leg
+// that can park runs, it is on the sweeper's list, which looks at it every
+// IdleAfter/sweepsPerIdle anyway. Moving the leg's timer to the next probe
+// instead, at every message whose ping made the armed probe needless,
+// made the Go runtime walk all of its timers every probeEvery
+// (BENCHMARKS.md, tenth sitting). A parked leg's probe, and that of a leg
+// that never parks, is its timer's.
+func (l *leg) sweptProbes() bool {
+	return l.parks && l.state.Load() != legParked
+}
+
+// probe sends the probe of the running leg l if it is due: the sweeper's
+// part of ackTickLocked, on a goroutine of its own (the ping's write may
+// wait for a full socket).
+func (l *leg) probe() {
+	now := time.Now().UnixNano()
+	l.ctl.Lock()
+	ack := !l.timerStop.Load() && l.ackTickLocked(now, false)
+	l.ctl.Unlock()
+	if ack {
+		l.signal(pendPingWS)
+	}
 }
 
 // probeGrid rounds a probe's time up to a multiple of 1<<24 ns (16.8
@@ -134,14 +161,14 @@ func (l *leg) suspect() bool {
 // acknowledgement too, and any ping makes a probe needless.
 func (l *leg) ackTickLocked(now int64, ping bool) (ack bool) {
 	d := l.ackDue.Load()
-	if p := l.probeDue; p > 0 && (now >= p || d != 0 || ping) {
-		l.probeDue = 0
+	if p := l.probeDue.Load(); p > 0 && (now >= p || d != 0 || ping) {
+		l.probeDue.Store(0)
 		if d == 0 && !ping {
 			if next := l.ackLast + int64(probeEvery); next > now {
 				// A ping went out with a message since the probe was
 				// armed (writeDataAcked, or an acknowledgement's): it
 				// probed. Probe probeEvery after it instead.
-				l.probeDue = probeGrid(next)
+				l.probeDue.Store(probeGrid(next))
 			} else {
 				// The probe: an acknowledgement ping with nothing to
 				// acknowledge.
@@ -201,17 +228,22 @@ func (l *leg) writeDataAcked(op ws.OpCode, p []byte, seq uint64, mk maskKey) (do
 	l.ackDue.Store(-(ns + l.holdAfterLocked()))
 	l.ackLast = ns
 	moved := armed > 0 // the timer was set for the armed ping
-	if l.probeDue > 0 {
+	if l.probeDue.Load() > 0 {
 		// This ping probes too: the probe is due probeEvery after it.
-		l.probeDue = probeGrid(ns + int64(probeEvery))
+		l.probeDue.Store(probeGrid(ns + int64(probeEvery)))
 		moved = true
 	}
-	if moved {
+	if moved && !l.parks {
 		// Set the timer for what is next now, so that it does not fire
 		// for nothing: a session whose messages carry their pings has
 		// no timer firing between them (a firing costs a goroutine and
 		// came in bursts on the probe grid; a Reset is a heap update).
-		l.timer.Reset(time.Duration(l.nextTickLocked(ns)))
+		// A leg that can park moves no timer here: the sweeper sends
+		// its probes while it runs (sweptProbes), and a timer set for
+		// an armed ping or a parked leg's probe fires once for nothing,
+		// which is cheaper than the walk of all timers that moving
+		// one sets off.
+		l.resetTimerLocked(l.nextTickLocked(ns))
 	}
 	l.ctl.Unlock()
 	l.appendFrameKey(op, false, p, mk)

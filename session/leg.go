@@ -141,13 +141,15 @@ type legParkState struct {
 	// overdue from -ackDue.
 	// Written under ctl; read without it on the per-message path.
 	ackDue atomic.Int64
+	// probeDue is the unix nano of the next probe (ack.go); 0 none.
+	// Written under ctl; the sweeper reads it without.
+	probeDue atomic.Int64
 
 	// Under ctl.
-	timer    *time.Timer
-	pingDue  int64 // unix nano of the next heartbeat ping
-	ackLast  int64 // unix nano of the last acknowledgement ping
-	probeDue int64 // unix nano of the next probe (ack.go); 0 none
-	tracker  heartbeat.Tracker
+	timer   *time.Timer
+	pingDue int64 // unix nano of the next heartbeat ping
+	ackLast int64 // unix nano of the last acknowledgement ping
+	tracker heartbeat.Tracker
 }
 
 func newLeg(s *Session, conn net.Conn, buffered []byte, fromClient bool, hb heartbeat.Config) *leg {

@@ -48,7 +48,7 @@ func (l *leg) park() bool {
 	err := l.s.env.poller.Arm(&l.ph, l.raw.Control, l.wakeFn)
 	if err == nil && l.state.CompareAndSwap(legParking, legParked) {
 		// Parked: from here on a wake hands the leg to a new goroutine.
-		l.scheduleTimeoutCheck()
+		l.scheduleParkedTick()
 		return true
 	}
 	// Arm failed, or a wake came while arming: this loop goes on.
@@ -141,7 +141,7 @@ func (l *leg) tick() {
 	}
 	l.ctl.Lock()
 	if !l.timerStop.Load() {
-		l.timer.Reset(time.Duration(l.nextTickLocked(now)))
+		l.resetTimerLocked(l.nextTickLocked(now))
 	}
 	l.ctl.Unlock()
 }
@@ -154,7 +154,7 @@ func (l *leg) nextTickLocked(now int64) int64 {
 	if d := l.ackDue.Load(); d > 0 && d < next {
 		next = d
 	}
-	if d := l.probeDue; d > 0 && d < next {
+	if d := l.probeDue.Load(); d > 0 && d < next && !l.sweptProbes() {
 		next = d
 	}
 	if l.state.Load() == legParked && l.hb.Timeout > 0 {
@@ -168,20 +168,36 @@ func (l *leg) nextTickLocked(now int64) int64 {
 	return next - now
 }
 
-// scheduleTimeoutCheck makes the timer of a leg that just parked fire by
-// its heartbeat timeout.
-func (l *leg) scheduleTimeoutCheck() {
-	if !l.hb.Mode.On() || l.hb.Timeout <= 0 {
+// scheduleParkedTick makes the timer of a leg that just parked fire by
+// what only the timer can now do for it: end it at its heartbeat timeout,
+// and send the probe that was the sweeper's while the leg ran.
+func (l *leg) scheduleParkedTick() {
+	if !l.hb.Mode.On() {
 		return
 	}
 	l.ctl.Lock()
 	if l.timer != nil && !l.timerStop.Load() {
 		now := time.Now().UnixNano()
-		if l.lastRead.Load()+int64(l.hb.Timeout) < l.pingDue {
-			l.timer.Reset(time.Duration(l.nextTickLocked(now)))
+		set := l.pingDue // what the running leg's timer was set for
+		if d := l.ackDue.Load(); d > 0 && d < set {
+			set = d
+		}
+		if next := l.nextTickLocked(now); now+next < set {
+			l.resetTimerLocked(next)
 		}
 	}
 	l.ctl.Unlock()
+}
+
+// resetTimerLocked sets l's timer to fire after d nanoseconds. Moving a
+// timer that has not fired marks it modified in the Go runtime, which
+// then walks all of the process's timers when it would have fired: the
+// per-message paths move none (sweptProbes).
+func (l *leg) resetTimerLocked(d int64) {
+	if t := l.s.env.test; t != nil && t.timerSet != nil {
+		t.timerSet(l)
+	}
+	l.timer.Reset(time.Duration(d))
 }
 
 // pingFlags is the pings l's heartbeat sends: its mode's, with an RFC

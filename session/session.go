@@ -106,6 +106,7 @@ type testHooks struct {
 	early     func(l *leg)                   // told of each read deadline that passed with the leg neither idle nor dead
 	sweep     func(l *leg)                   // told of each leg the sweeper interrupts (quiet for IdleAfter or its timeout)
 	tick      func(l *leg)                   // told of each firing of a leg's timer
+	timerSet  func(l *leg)                   // told of each Reset of a leg's timer
 	read      func(l *leg, n int, err error) // told of each raw socket read
 	write     func(l *leg, n int, err error) // told of each raw socket write
 }

@@ -7,8 +7,9 @@ import (
 )
 
 // sweeper finds the running legs that have been quiet for IdleAfter, to
-// park, or for their heartbeat timeout, to end (see README
-// "Architecture"): one per Env, for every leg that can park. Such a leg
+// park, or for their heartbeat timeout, to end, and sends their due
+// probes (see README "Architecture"): one per Env, for every leg that
+// can park. Such a leg
 // then reads with no deadline at all while it runs, instead of moving a
 // runtime timer to now + IdleAfter (or the heartbeat timeout, inside a
 // frame) at nearly every message. Each such move marks a timer
@@ -16,10 +17,13 @@ import (
 // tidied its timers makes it walk all of the process's timers again when
 // that moved timer would have fired: measured at 1,000 sessions sending
 // 5,000 msg/s, a walk of 127-240 µs every 250 ms, in which nothing else
-// runs on the process's processor. With the sweeper the walks come half
-// as often (the probe timers' moves remain) and take half as long (no
-// read deadline timers to walk), tether's CPU fell 3-10 % and its p99 was
-// lower in 14 of 18 rounds (BENCHMARKS.md, ninth sitting).
+// runs on the process's processor. With the sweeper the walks came half
+// as often and took half as long (no read deadline timers to walk),
+// tether's CPU fell 3-10 % and its p99 was lower in 14 of 18 rounds
+// (BENCHMARKS.md, ninth sitting). The walks left came from the
+// acknowledgement probes' timer moves, one per message; the sweeper now
+// sends the probes of the legs it lists too (sweptProbes), and the
+// runtime no longer walks its timers at that load (tenth sitting).
 //
 // Every IdleAfter/sweepsPerIdle, sweep looks at the time of each running
 // leg's last received bytes; a leg quiet for IdleAfter, and again one
@@ -50,7 +54,9 @@ type sweeper struct {
 	test  *testHooks
 }
 
-// sweepsPerIdle is how many sweeps look at a leg within IdleAfter.
+// sweepsPerIdle is how many sweeps look at a leg within IdleAfter (and
+// at least 8 within probeEvery, for the probes: 62.5 ms either way with
+// the default IdleAfter).
 const sweepsPerIdle = 4
 
 // add registers l, whose read loop starts running. The first one sets
@@ -59,7 +65,7 @@ func (w *sweeper) add(l *leg) {
 	w.mu.Lock()
 	if w.every == 0 {
 		e := l.s.env
-		w.every = max(e.idleAfter()/sweepsPerIdle, time.Millisecond)
+		w.every = max(min(e.idleAfter()/sweepsPerIdle, probeEvery/8), time.Millisecond)
 		w.idle = int64(e.idleAfter())
 		w.test = e.test
 	}
@@ -105,8 +111,9 @@ func (w *sweeper) asked(l *leg) bool {
 	return asked
 }
 
-// sweep interrupts the reads of the legs quiet for IdleAfter; it runs on
-// the timer's goroutine and sets the timer again while legs run.
+// sweep interrupts the reads of the legs quiet for IdleAfter and starts
+// the probes that are due (sweptProbes); it runs on the timer's goroutine
+// and sets the timer again while legs run.
 func (w *sweeper) sweep() {
 	now := time.Now().UnixNano()
 	w.mu.Lock()
@@ -116,6 +123,9 @@ func (w *sweeper) sweep() {
 		return
 	}
 	for i, l := range w.legs {
+		if p := l.probeDue.Load(); p > 0 && now >= p {
+			go l.probe() // sweptProbes
+		}
 		last := l.lastRead.Load()
 		quiet, done := now-last, w.done[i]
 		switch {

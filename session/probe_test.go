@@ -1,0 +1,174 @@
+package session
+
+import (
+	"net"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+
+	"github.com/tether-proxy/tether/heartbeat"
+)
+
+// Probes of legs that can park (README "Upstream loss, reconnect and the
+// delivery guarantee"): over loopback sockets, the sweeper sends them
+// while the upstream leg runs and its timer once it has parked, and no
+// message moves the timer.
+
+// peerFrame is a frame the upstream peer got, unmasked, and when.
+type peerFrame struct {
+	op ws.OpCode
+	p  []byte
+	at time.Time
+}
+
+// answerPings reads every frame tether writes to the upstream peer c,
+// answers each ping with a pong, and reports each frame on the channel
+// (closed when the connection ends).
+func answerPings(c net.Conn) <-chan peerFrame {
+	ch := make(chan peerFrame, 1024)
+	go func() {
+		defer close(ch)
+		for {
+			f, err := ws.ReadFrame(c)
+			if err != nil {
+				return
+			}
+			if f.Header.Masked {
+				ws.Cipher(f.Payload, f.Header.Mask, 0)
+			}
+			if f.Header.OpCode == ws.OpPing {
+				if err := ws.WriteFrame(c, ws.NewPongFrame(f.Payload)); err != nil {
+					return
+				}
+			}
+			ch <- peerFrame{op: f.Header.OpCode, p: f.Payload, at: time.Now()}
+		}
+	}()
+	return ch
+}
+
+// nextFrame returns the next frame of op the upstream peer got, counting
+// the pings it skips in *pings (if not nil), or fails after 5 s (the
+// legs' heartbeat interval is 10 s).
+func nextFrame(t *testing.T, ch <-chan peerFrame, op ws.OpCode, pings *int) peerFrame {
+	t.Helper()
+	limit := time.After(5 * time.Second)
+	for {
+		select {
+		case f, ok := <-ch:
+			if !ok {
+				t.Fatal("the upstream connection ended")
+			}
+			if f.op == op {
+				return f
+			}
+			if f.op == ws.OpPing && pings != nil {
+				*pings++
+			}
+		case <-limit:
+			name := "text"
+			if op == ws.OpPing {
+				name = "ping"
+			}
+			t.Fatalf("no %s frame within 5 s", name)
+		}
+	}
+}
+
+// probeRig is a park rig whose upstream leg sends RFC pings every 10 s
+// and whose client leg has no heartbeat, with the upstream leg's timer
+// firings and Resets counted.
+func newProbeRig(t *testing.T, idle time.Duration) (r *parkRig, ticks, sets *atomic.Int32) {
+	t.Helper()
+	ticks, sets = new(atomic.Int32), new(atomic.Int32)
+	count := func(n *atomic.Int32) func(*leg) {
+		return func(l *leg) {
+			if l.upstream() {
+				n.Add(1)
+			}
+		}
+	}
+	r = newParkRigWith(t, hbCfg(hbOff, hbLeg(heartbeat.ModeWS, 10*time.Second, 30*time.Second)), func(env *Env) {
+		env.IdleAfter = idle
+		env.test.tick, env.test.timerSet = count(ticks), count(sets)
+	})
+	return r, ticks, sets
+}
+
+// A session whose messages each carry their acknowledgement ping, more
+// often than probeEvery, gets no probe between them, and its upstream
+// leg's timer is neither moved nor fired: each message moves only the
+// probe's due time, which the sweeper reads (the timer moved at every
+// message before, making the runtime walk all of its timers).
+func TestProbeTimerUntouchedBySteadyTraffic(t *testing.T) {
+	r, ticks, sets := newProbeRig(t, 5*time.Second) // the legs run throughout
+	frames := answerPings(r.upstream)
+	const n, every = 12, 150 * time.Millisecond // 1.8 s: over three probeEvery
+	pings := 0
+	for i := range n {
+		msg := "m" + strconv.Itoa(i)
+		if err := wsutil.WriteClientText(r.client, []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		if f := nextFrame(t, frames, ws.OpText, &pings); string(f.p) != msg {
+			t.Fatalf("upstream got %q, want %q", f.p, msg)
+		}
+		time.Sleep(every)
+	}
+	// The last message's ping (in the same write as the message).
+	if err := wsutil.WriteClientText(r.client, []byte("end")); err != nil {
+		t.Fatal(err)
+	}
+	nextFrame(t, frames, ws.OpText, &pings)
+	if pings != n {
+		t.Fatalf("%d pings before the last of %d messages %v apart, want one per message and no probe", pings, n, every)
+	}
+	if k, s := ticks.Load(), sets.Load(); k != 0 || s != 0 {
+		t.Fatalf("the upstream leg's timer fired %d times and was moved %d times; want neither", k, s)
+	}
+}
+
+// An active session whose client goes quiet has its running upstream leg
+// probed by the sweeper, probeEvery after the last ping, with no firing of
+// the leg's timer.
+func TestProbeBySweeperWhileRunning(t *testing.T) {
+	r, ticks, _ := newProbeRig(t, 5*time.Second)
+	frames := answerPings(r.upstream)
+	if err := wsutil.WriteClientText(r.client, []byte("m")); err != nil {
+		t.Fatal(err)
+	}
+	ping := nextFrame(t, frames, ws.OpPing, nil) // the message's
+	probe := nextFrame(t, frames, ws.OpPing, nil)
+	if gap := probe.at.Sub(ping.at); gap < probeEvery {
+		t.Fatalf("probe %v after the message's ping, want at least %v", gap, probeEvery)
+	}
+	if u := r.up(); u.state.Load() == legParked {
+		t.Fatal("the upstream leg parked; this test wants it running")
+	}
+	if k := ticks.Load(); k != 0 {
+		t.Fatalf("the upstream leg's timer fired %d times; the sweeper should have sent the probe", k)
+	}
+}
+
+// An active session whose upstream leg parks after its pong still gets
+// its probe: parking sets the leg's timer for it.
+func TestProbeByTimerWhileParked(t *testing.T) {
+	r, ticks, _ := newProbeRig(t, 10*time.Millisecond)
+	frames := answerPings(r.upstream)
+	if err := wsutil.WriteClientText(r.client, []byte("m")); err != nil {
+		t.Fatal(err)
+	}
+	ping := nextFrame(t, frames, ws.OpPing, nil)
+	r.waitParked(r.up())
+	probe := nextFrame(t, frames, ws.OpPing, nil)
+	if gap := probe.at.Sub(ping.at); gap < probeEvery {
+		t.Fatalf("probe %v after the message's ping, want at least %v", gap, probeEvery)
+	}
+	if k := ticks.Load(); k == 0 {
+		t.Fatal("the probe came without the parked leg's timer firing")
+	}
+}
