@@ -15,7 +15,7 @@ import (
 // valid during the call; a binary message may still be masked with the
 // client's key (mk, leg_write.go): it is relayed and retained that way.
 func (s *Session) toUpstream(c *leg, op ws.OpCode, p []byte, mk maskKey, more bool) {
-	a := s.admit(nil, op, p, &mk, &c.fr) // may unmask p: mk is read after
+	a := s.admit(c, false, op, p, &mk) // may unmask p: mk is read after
 	s.forward(c, a, op, p, mk, more)
 }
 
@@ -97,9 +97,10 @@ type admission struct {
 // admit numbers a client message and decides, under mu, where it goes.
 // While connected with retention on and upLog full, it waits for
 // acknowledgements to make room (backpressure: the client leg is not read
-// meanwhile), asking for one at once. counted is the client leg of a
-// resumable session when the message counts (resume.go): it is dropped
-// unless that leg is attached, and counted under the same lock.
+// meanwhile), asking for one at once. c is the client leg whose read loop
+// calls. counted: c is a resumable session's and the message counts
+// (resume.go): it is dropped unless c is attached, and counted under the
+// same lock.
 //
 // A message still masked with the client's key (mk) is unmasked here, in
 // place, when its content is read: the first message (protocol
@@ -107,13 +108,14 @@ type admission struct {
 // mk then tells forward it is plaintext. The replay opening keeps its
 // copies masked, like the delivery log.
 //
-// src is the frame reader p came from: upLog takes a large message's
-// buffer from it instead of copying it (frameReader.give) when the message
-// stays masked (then nothing writes to those bytes).
-func (s *Session) admit(counted *leg, op ws.OpCode, p []byte, mk *maskKey, src *frameReader) (a admission) {
+// upLog takes a large message's buffer from c's frame reader instead of
+// copying it (frameReader.give) when the message stays masked (then
+// nothing writes to those bytes).
+func (s *Session) admit(c *leg, counted bool, op ws.OpCode, p []byte, mk *maskKey) (a admission) {
+	src := &c.fr
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if counted != nil && !s.countLocked(counted, &a) {
+	if counted && !s.countLocked(c, &a) {
 		a.verdict = admitDropped
 		return a
 	}
@@ -179,6 +181,18 @@ func (s *Session) admit(counted *leg, op ws.OpCode, p []byte, mk *maskKey, src *
 			up.earlyPing()
 			s.mu.Lock()
 			continue // the state may have changed meanwhile
+		}
+		if c.flushTo != nil {
+			// Frames this read loop deferred (forward: more input was
+			// buffered) may hold the very ping the window waits for
+			// (deferPing): write them before waiting. Waiting with them
+			// unwritten stalled a session sending small messages as
+			// fast as it could until the acknowledgement timer's ping,
+			// 75 ms, every 1,024 messages.
+			s.mu.Unlock()
+			c.flushDeferred()
+			s.mu.Lock()
+			continue
 		}
 		s.waitForWindow(len(p))
 	}

@@ -164,7 +164,7 @@ func (s *Session) fromClient(l *leg, op ws.OpCode, p []byte, mk maskKey, more bo
 		}
 	}
 	rs.fwd.Lock()
-	a := s.admit(l, op, p, &mk, &l.fr)
+	a := s.admit(l, true, op, p, &mk)
 	s.forward(l, a, op, p, mk, more)
 	rs.fwd.Unlock()
 	if a.tellNow {
