@@ -455,13 +455,23 @@ func (l *leg) armRead() (quick bool) {
 	if l.rdl == 0 {
 		return false
 	}
-	l.setReadDeadline(time.Time{})
-	if park && l.s.env.sweep.asked(l) {
-		// A sweep that found the leg quiet for IdleAfter may have set its
-		// deadline just before this clearing: park as it asked.
-		return time.Now().UnixNano()-l.lastRead.Load() >= int64(l.s.env.idleAfter())
+	if t := l.s.env.test; t != nil && t.clearing != nil {
+		t.clearing(l)
 	}
-	return false
+	l.setReadDeadline(time.Time{})
+	if !l.s.env.sweep.asked(l) {
+		return false
+	}
+	// A sweep may have set its deadline just before this clearing. One
+	// that found the leg dead does not come again (it interrupts once
+	// per quiet spell): interrupt the read as it did. One that found it
+	// quiet for IdleAfter: park as it asked.
+	quiet := time.Now().UnixNano() - l.lastRead.Load()
+	if quiet >= l.timeout() {
+		l.interrupt()
+		return false
+	}
+	return park && quiet >= int64(l.s.env.idleAfter())
 }
 
 // setReadDeadline sets the read loop's deadline, unless the leg is

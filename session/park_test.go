@@ -924,6 +924,40 @@ func TestSweepFindsTimeoutInsideFrame(t *testing.T) {
 	}
 }
 
+// A sweep that finds a leg dead just before its read loop clears the
+// deadline an earlier sweep left (inside a frame, the idle one) is not
+// lost, though the sweeper interrupts only once per quiet spell: the
+// loop sees it was asked and interrupts itself, and the leg ends as
+// timed out. The hook widens the window: it holds the loop just before
+// the clearing until the timeout has passed and a sweep has found it.
+func TestSweepDeadJustBeforeClearing(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	var once sync.Once
+	var start atomic.Int64
+	r := newParkRigWith(t, hbCfg(hbLeg(heartbeat.ModeWS, timeout, timeout), hbOff), func(env *Env) {
+		env.IdleAfter = 50 * time.Millisecond
+		env.test.clearing = func(l *leg) {
+			// The clearing after a sweep's interrupt (not after a park).
+			if l.name() != LegClient || !env.sweep.asked(l) {
+				return
+			}
+			once.Do(func() {
+				time.Sleep(time.Until(time.Unix(0, start.Load()).Add(timeout + 10*time.Millisecond)))
+				env.sweep.sweep() // found dead (or already, by the timer's)
+			})
+		}
+	})
+	var frame bytesWriter
+	if err := wsutil.WriteClientText(&frame, []byte("never finished")); err != nil {
+		t.Fatal(err)
+	}
+	start.Store(time.Now().UnixNano())
+	if _, err := r.client.Write(frame[:len(frame)/2]); err != nil {
+		t.Fatal(err)
+	}
+	r.waitClientTimedOut(time.Unix(0, start.Load()), timeout)
+}
+
 // The sweeper runs only while a leg that can park is running: once every
 // leg has parked, its timer is no longer set, and a message that wakes a
 // leg sets it again, which parks the leg after IdleAfter.
