@@ -118,6 +118,9 @@ func TestProbeTimerUntouchedBySteadyTraffic(t *testing.T) {
 		if f := nextFrame(t, frames, ws.OpText, &pings); string(f.p) != msg {
 			t.Fatalf("upstream got %q, want %q", f.p, msg)
 		}
+		// Its pong handled, so the next message may carry a ping too
+		// however slow this machine is.
+		waitAcked(t, r.up())
 		time.Sleep(every)
 	}
 	// The last message's ping (in the same write as the message).
@@ -130,6 +133,19 @@ func TestProbeTimerUntouchedBySteadyTraffic(t *testing.T) {
 	}
 	if k, s := ticks.Load(), sets.Load(); k != 0 || s != 0 {
 		t.Fatalf("the upstream leg's timer fired %d times and was moved %d times; want neither", k, s)
+	}
+}
+
+// waitAcked waits until no acknowledgement ping of upstream leg l is in
+// flight.
+func waitAcked(t *testing.T, l *leg) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for l.ackDue.Load() < 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the acknowledgement ping was not answered within 5 s")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 
