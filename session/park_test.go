@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"runtime"
 	"slices"
 	"strconv"
@@ -956,6 +957,50 @@ func TestSweepDeadJustBeforeClearing(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.waitClientTimedOut(time.Unix(0, start.Load()), timeout)
+}
+
+// A sweep that interrupts a leg waiting for its peer's Close reply (woken
+// from parking by the Close tether sent, so the sweeper finds it quiet)
+// does not cut that wait short: the leg keeps reading until the reply or
+// its close deadline, and ends once the reply comes.
+func TestSweepKeepsCloseWait(t *testing.T) {
+	var closingSweeps atomic.Int32
+	r := newParkRigWith(t, hbCfg(hbOff, hbOff), func(env *Env) {
+		env.IdleAfter = 50 * time.Millisecond
+		env.CloseWait = 5 * time.Second
+		env.test.sweep = func(l *leg) {
+			if l.name() == LegClient && l.closing.Load() {
+				closingSweeps.Add(1)
+			}
+		}
+	})
+	r.waitParked(r.s.client)
+	if err := ws.WriteFrame(r.upstream, ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusNormalClosure, "bye"))); err != nil {
+		t.Fatal(err)
+	}
+	if code := readCloseCode(t, r.client, true); code != int(ws.StatusNormalClosure) {
+		t.Fatalf("client got Close %d, want 1000", code)
+	}
+	// Sweeps come every 12.5 ms: wait until one has interrupted the
+	// closing leg, then a little longer, and answer.
+	deadline := time.Now().Add(3 * time.Second)
+	for closingSweeps.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no sweep interrupted the closing client leg")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	_ = r.client.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if n, err := r.client.Read(make([]byte, 1)); n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("client read %d bytes, %v while tether waits for its Close reply; want a timeout (connection open)", n, err)
+	}
+	if err := ws.WriteFrame(r.client, ws.MaskFrame(ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusNormalClosure, "")))); err != nil {
+		t.Fatal(err)
+	}
+	_ = r.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.Copy(io.Discard, r.client); err != nil {
+		t.Fatalf("client read after its Close reply: %v, want EOF", err)
+	}
 }
 
 // The sweeper runs only while a leg that can park is running: once every
