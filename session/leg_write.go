@@ -396,19 +396,36 @@ func (l *leg) deferPing() {
 }
 
 // flushControlLocked writes the pending control frames. Pongs go first:
-// they answer the peer; pings after.
+// they answer the peer; pings after. Two or more go in one write (a
+// `both` leg's RFC and JSON pings every interval, a pong and a ping):
+// appended to the frames pending, if any, and written once.
 func (l *leg) flushControlLocked() {
 	f := l.pending.Swap(0)
 	if l.werr != nil || l.closed {
 		return
 	}
 	s := l.s
+	one := f&(f-1) == 0
+	// put writes one control frame, or appends it when several go;
+	// scratch: p is a pooled buffer the write may mask in place.
+	put := func(op ws.OpCode, p []byte, scratch bool) error {
+		switch {
+		case !one:
+			l.appendFrameLocked(op, false, p)
+			return nil
+		case scratch:
+			return l.writeScratchLocked(op, p)
+		default:
+			return l.writeFrameLocked(op, p, l.wt)
+		}
+	}
+	pinged := 0
 	if f&pendPong != 0 {
 		l.ctl.Lock()
 		buf := ctlBufs.Get().(*[125]byte)
 		n := copy(buf[:], l.pong)
 		l.ctl.Unlock()
-		err := l.writeScratchLocked(ws.OpPong, buf[:n])
+		err := put(ws.OpPong, buf[:n], true)
 		ctlBufs.Put(buf)
 		if err != nil {
 			return
@@ -420,7 +437,7 @@ func (l *leg) flushControlLocked() {
 		l.jsonPong, l.jsonBox = nil, nil
 		l.ctl.Unlock()
 		if p != nil {
-			err := l.writeScratchLocked(ws.OpText, p)
+			err := put(ws.OpText, p, true)
 			putBuf(box, p)
 			if err != nil {
 				return
@@ -433,21 +450,28 @@ func (l *leg) flushControlLocked() {
 		l.ctl.Unlock()
 		buf := ctlBufs.Get().(*[125]byte)
 		n := copy(buf[:], id[:])
-		err := l.writeScratchLocked(ws.OpPing, buf[:n])
+		err := put(ws.OpPing, buf[:n], true)
 		ctlBufs.Put(buf)
 		if err != nil {
 			return
 		}
-		s.pingSent(l)
+		pinged++
 	}
 	if f&pendPingJSON != 0 {
 		l.ctl.Lock()
 		l.tracker.SentJSON(time.Now(), l.ackMark)
 		l.ctl.Unlock()
-		// The process's shared bytes: writeFrameLocked leaves them be.
-		if err := l.writeFrameLocked(ws.OpText, s.env.Messages.Ping(), l.wt); err != nil {
+		// The process's shared bytes: neither a write nor an append
+		// changes them.
+		if err := put(ws.OpText, s.env.Messages.Ping(), false); err != nil {
 			return
 		}
+		pinged++
+	}
+	if !one && l.flushLocked(l.wt) != nil {
+		return
+	}
+	for range pinged {
 		s.pingSent(l)
 	}
 }

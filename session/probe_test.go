@@ -224,3 +224,40 @@ func TestFloodNeedsNoTimer(t *testing.T) {
 		}
 	}
 }
+
+// A client leg in `both` mode writes its interval's RFC and JSON pings in
+// one write, not two: the first write on the client leg carries both.
+func TestBothPingsOneWrite(t *testing.T) {
+	var first atomic.Int64 // bytes of the client leg's first write
+	r := newParkRigWith(t, hbCfg(hbLeg(heartbeat.ModeBoth, 200*time.Millisecond, 30*time.Second), hbOff), func(env *Env) {
+		env.test.write = func(l *leg, n int, err error) {
+			if l.name() == LegClient && n > 0 {
+				first.CompareAndSwap(0, int64(n))
+			}
+		}
+	})
+	_ = r.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var ops []ws.OpCode
+	total := 0
+	for len(ops) < 2 {
+		f, err := ws.ReadFrame(r.client)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ops = append(ops, f.Header.OpCode)
+		total += 2 + len(f.Payload) // server frames: unmasked, short
+	}
+	if ops[0] != ws.OpPing || ops[1] != ws.OpText {
+		t.Fatalf("client got %v, want an RFC ping then a JSON ping", ops)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for first.Load() == 0 { // the hook runs after the write returns
+		if time.Now().After(deadline) {
+			t.Fatal("no write seen on the client leg")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if n := first.Load(); n != int64(total) {
+		t.Fatalf("the first write carried %d bytes, want both pings' %d", n, total)
+	}
+}
