@@ -192,19 +192,6 @@ func (l *leg) ackTickLocked(now int64, ping bool) (ack bool) {
 	return false
 }
 
-// ackPingedLocked reports whether an acknowledgement ping or a probe went
-// out on the upstream leg l within its heartbeat interval before now, so
-// that the interval's own RFC ping would be one more ping (and a pong for
-// the backend to write and tether to read) with nothing to add (README
-// "Heartbeats"): a session whose messages carry pings is pinged at least
-// that often anyway. At 1,000 busy sessions the interval heartbeats were
-// worth about 4 % of tether's p99 (BENCHMARKS.md, tenth sitting); this
-// takes away the upstream's third of them. Only a leg whose interval
-// ping is an RFC ping alone: a JSON ping is a message the backend sees.
-func (l *leg) ackPingedLocked(now int64) bool {
-	return l.ackLast > now-int64(l.hb.Interval) && l.upstream() && l.pingFlags() == pendPingWS
-}
-
 // holdAfterLocked is how long a ping may take before it is overdue: a few
 // of the leg's round trips, within bounds.
 func (l *leg) holdAfterLocked() int64 {

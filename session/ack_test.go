@@ -94,9 +94,7 @@ func TestAckPingSoonAfterSend(t *testing.T) {
 
 // An active session's upstream is probed every probeEvery while its
 // client has sent within activeFor (README "Upstream loss, reconnect and the delivery guarantee"); then,
-// idle, it gets only the interval's pings, the first an interval after
-// the last probe (which stood for the interval's ping; README
-// "Heartbeats").
+// idle, it gets only the interval's pings.
 func TestAckProbeWhileActive(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
@@ -119,25 +117,10 @@ func TestAckProbeWhileActive(t *testing.T) {
 			t.Fatalf("last probe at %v: still probing %v after the message", last, last-time.Second)
 		}
 		r.at(10 * time.Second)
-		if n := len(hbOps(r.up.got(), ws.OpPing)); n != len(pings) {
-			t.Fatalf("%d pings at the interval, want %d: the probes stood for its ping", n, len(pings))
-		}
-		last := pings[len(pings)-1].at.Sub(r.start)
-		r.at(last + 10*time.Second)
-		all := hbOps(r.up.got(), ws.OpPing)
-		if len(all) != len(pings)+1 || all[len(all)-1].at.Sub(r.start) != last+10*time.Second {
-			t.Fatalf("pings %v, want one more an interval after the last probe, at %v", pingTimes(r, all), last+10*time.Second)
+		if n := len(hbOps(r.up.got(), ws.OpPing)); n != len(pings)+1 {
+			t.Fatalf("%d pings at the interval, want %d", n, len(pings)+1)
 		}
 	})
-}
-
-// pingTimes is when each of fs came, from the rig's start.
-func pingTimes(r *hbRig, fs []hbFrame) []time.Duration {
-	ts := make([]time.Duration, len(fs))
-	for i, f := range fs {
-		ts[i] = f.at.Sub(r.start)
-	}
-	return ts
 }
 
 // A session whose messages each carry their own acknowledgement ping is
@@ -591,45 +574,6 @@ func TestAckProbesShareTheGrid(t *testing.T) {
 		}
 		if gap := pa[1].at.Sub(pa[0].at); gap < probeEvery {
 			t.Fatalf("probe %v after the message's ping, want at least %v", gap, probeEvery)
-		}
-	})
-}
-
-// The upstream of a session whose messages carry acknowledgement pings
-// (and whose probes fill the gaps) gets no interval ping of its own: those
-// pings stand for it (README "Heartbeats"). Once the session is idle, the
-// interval's pings come again, every interval.
-func TestAckPingsStandForIntervalPing(t *testing.T) {
-	t.Parallel()
-	synctest.Test(t, func(t *testing.T) {
-		const interval = 10 * time.Second
-		r := newHBRig(t, hbCfg(hbOff, hbLeg(heartbeat.ModeWS, interval, 0)), hbOpts{upAutoPong: true})
-		const n = 25 // one a second from 1.25 s, past two intervals
-		for i := range n {
-			r.at(1250*time.Millisecond + time.Duration(i)*time.Second)
-			r.client.text(strconv.Itoa(i))
-		}
-		r.at(30 * time.Second)
-		busy := hbOps(r.up.got(), ws.OpPing)
-		if len(busy) < n {
-			t.Fatalf("%d pings with %d messages, want one each at least", len(busy), n)
-		}
-		for _, at := range pingTimes(r, busy) {
-			for _, due := range []time.Duration{interval, 2 * interval} {
-				if at > due-100*time.Millisecond && at < due+100*time.Millisecond {
-					t.Fatalf("a ping at %v, the interval's: want none while messages carry pings (pings %v)", at, pingTimes(r, busy))
-				}
-			}
-		}
-		r.at(60 * time.Second)
-		idle := pingTimes(r, hbOps(r.up.got(), ws.OpPing)[len(busy):])
-		if len(idle) != 3 {
-			t.Fatalf("idle pings at %v, want 3 (every interval)", idle)
-		}
-		for i := 1; i < len(idle); i++ {
-			if idle[i]-idle[i-1] != interval {
-				t.Fatalf("idle pings at %v, want one every %v", idle, interval)
-			}
 		}
 	})
 }

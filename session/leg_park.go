@@ -125,11 +125,7 @@ func (l *leg) tick() {
 	now := time.Now().UnixNano()
 	l.ctl.Lock()
 	ping := now >= l.pingDue
-	if ping && l.ackPingedLocked(now) {
-		// An acknowledgement ping or probe went out within the
-		// interval: it was this interval's ping (ack.go).
-		l.pingDue, ping = l.ackLast+int64(l.hb.Interval), false
-	} else if ping {
+	if ping {
 		l.pingDue = now + int64(l.hb.Interval)
 	}
 	ack := l.ackTickLocked(now, ping)
