@@ -20,16 +20,20 @@ import (
 )
 
 // resumePage runs tether.js in the page: it streams n numbered messages
-// through tether to an echo backend, at most 8 unanswered, and collects
-// the echoes and the session events.
+// through tether to an echo backend, at most 8 unanswered and none past
+// window.limit (which the test raises after each cut, so that the
+// stream cannot end before a cut however late the test sees its mark),
+// and collects the echoes and the session events.
 const resumePage = `<!doctype html><meta charset="utf-8"><title>tether resume</title><script type="module">
 import { TetherClient } from "/tether.js";
 window.got = [];
 window.sessions = [];
+window.limit = Infinity;
 window.run = (url, n) => new Promise((resolve) => {
   const c = new TetherClient(url, { initialDelay: 20, maxDelay: 100, maxAttempts: 0, pingInterval: 0 });
   let sent = 0;
-  const pump = () => { while (sent < n && sent - window.got.length < 8) c.send("c" + sent++); };
+  const pump = () => { while (sent < Math.min(n, window.limit) && sent - window.got.length < 8) c.send("c" + sent++); };
+  window.pump = pump;
   c.on("session", (e) => window.sessions.push({ resumed: e.resumed, refused: e.refused }));
   c.on("status", (e) => { if (e.status === "open") pump(); });
   c.on("message", (e) => {
@@ -102,12 +106,24 @@ func TestChromiumResume(t *testing.T) {
 		t.Fatalf("the page's module did not load: %v", err)
 	}
 	const n = 600
-	js[bool](t, ctx, fmt.Sprintf(`window.result = window.run(%q, %d); true`, "ws://"+relay.Addr()+"/ws", n))
-	for _, at := range []int{n / 3, 2 * n / 3} {
+	cuts := []int{n / 3, 2 * n / 3}
+	// The page may send 8 past each cut's mark until that cut's resume:
+	// messages in flight at the cut, and no end of the stream before it.
+	js[bool](t, ctx, fmt.Sprintf(`window.limit = %d; window.result = window.run(%q, %d); true`, cuts[0]+8, "ws://"+relay.Addr()+"/ws", n))
+	for i, at := range cuts {
 		if _, err := chromedp.Run(nav, chromedp.Poll[bool](fmt.Sprintf("window.got.length >= %d", at), chromedp.WithPollingInterval(time.Millisecond))); err != nil {
 			t.Fatalf("waiting for %d messages: %v", at, err)
 		}
 		relay.ResetAll() // cut, not closed: the browser sees 1006
+		// The first session, then one per cut so far.
+		if _, err := chromedp.Run(nav, chromedp.Poll[bool](fmt.Sprintf("window.sessions.length >= %d", i+2))); err != nil {
+			t.Fatalf("waiting for the session after cut %d: %v", i+1, err)
+		}
+		limit := n
+		if i+1 < len(cuts) {
+			limit = cuts[i+1] + 8
+		}
+		js[bool](t, ctx, fmt.Sprintf(`window.limit = %d; window.pump(); true`, limit))
 	}
 	got := js[[]string](t, ctx, `window.result`)
 	sessions := js[[]map[string]bool](t, ctx, `window.sessions`)
