@@ -406,11 +406,18 @@ func (l *leg) flushControlLocked() {
 	}
 	s := l.s
 	one := f&(f-1) == 0
-	// put writes one control frame, or appends it when several go;
-	// scratch: p is a pooled buffer the write may mask in place.
+	// put writes one control frame, or appends it when several go (as
+	// writeFrameRSV coalesces: a payload small enough to copy, into a
+	// buffer written first when it would overflow); scratch: p is a
+	// pooled buffer the write may mask in place.
 	put := func(op ws.OpCode, p []byte, scratch bool) error {
 		switch {
-		case !one:
+		case !one && len(p) <= coalesceBuf/4:
+			if len(l.wbuf)+len(p)+14 > coalesceBuf {
+				if err := l.flushLocked(l.wt); err != nil {
+					return err
+				}
+			}
 			l.appendFrameLocked(op, false, p)
 			return nil
 		case scratch:

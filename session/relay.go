@@ -182,17 +182,8 @@ func (s *Session) admit(c *leg, counted bool, op ws.OpCode, p []byte, mk *maskKe
 			s.mu.Lock()
 			continue // the state may have changed meanwhile
 		}
-		if c.flushTo != nil {
-			// Frames this read loop deferred (forward: more input was
-			// buffered) may hold the very ping the window waits for
-			// (deferPing): write them before waiting. Waiting with them
-			// unwritten stalled a session sending small messages as
-			// fast as it could until the acknowledgement timer's ping,
-			// 75 ms, every 1,024 messages.
-			s.mu.Unlock()
-			c.flushDeferred()
-			s.mu.Lock()
-			continue
+		if s.flushBeforeWait(c) {
+			continue // the state may have changed meanwhile
 		}
 		s.waitForWindow(len(p))
 	}
@@ -235,6 +226,25 @@ func (s *Session) holdUndelivered(failed *leg, seq uint64, op ws.OpCode, p []byt
 	s.upLog.push(seq, op, p, false, mk)
 	s.env.Metrics.Buffered(1)
 	return nil
+}
+
+// flushBeforeWait writes the frames l's read loop deferred (more input
+// was buffered), releasing mu meanwhile, and reports whether there were
+// any: the caller, about to wait on cond for its peer to acknowledge,
+// checks its condition again. A read loop never waits with frames
+// deferred: they may hold what the wait is for (the ping asking for the
+// acknowledgement, deferPing; the messages the client is to
+// acknowledge, holdForClient). Waiting with them unwritten stalled a
+// client sending small messages as fast as it could until the
+// acknowledgement timer's ping, 75 ms, at every full window.
+func (s *Session) flushBeforeWait(l *leg) bool {
+	if l == nil || l.flushTo == nil {
+		return false
+	}
+	s.mu.Unlock()
+	l.flushDeferred()
+	s.mu.Lock()
+	return true
 }
 
 // waitForWindow waits on cond, releasing mu meanwhile, for room in upLog

@@ -340,10 +340,7 @@ func (s *Session) holdForClient(u *leg, op ws.OpCode, p []byte) *leg {
 		if !rs.log.full(len(p)) {
 			break
 		}
-		if u != nil && u.flushTo != nil {
-			s.mu.Unlock()
-			u.flushDeferred()
-			s.mu.Lock()
+		if s.flushBeforeWait(u) {
 			continue
 		}
 		s.waitForClientAck(len(p))
