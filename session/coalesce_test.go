@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -204,5 +205,101 @@ func TestWriteLoggedLeavesMessage(t *testing.T) {
 	}
 	if changed || !bytes.Equal(p, msg) {
 		t.Fatal("a logged message's bytes changed while written")
+	}
+}
+
+// writeSizes records the size of each write tether makes on a connection.
+type writeSizes struct {
+	net.Conn
+	mu    sync.Mutex
+	sizes []int
+}
+
+func (c *writeSizes) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	c.sizes = append(c.sizes, len(p))
+	c.mu.Unlock()
+	return c.Conn.Write(p)
+}
+
+// Control frames flushed together join the frames pending in the write
+// buffer only while it has room: a buffer that would overflow its pool's
+// size class is written first (flushControlLocked, as writeFrameRSV
+// does), so no write grows it and every frame still goes out in order.
+func TestControlFlushBounded(t *testing.T) {
+	env, err := NewEnv(hbCfg(hbLeg(heartbeat.ModeBoth, time.Hour, time.Hour), hbOff), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, cp := net.Pipe()
+	ut, up := net.Pipe()
+	defer cp.Close()
+	defer up.Close()
+	rec := &writeSizes{Conn: ct}
+	dial := func(context.Context) (Upstream, error) { return Upstream{}, errors.New("no") }
+	s := New(env, "bounded", rec, nil, Upstream{Conn: ut}, dial)
+	l := s.client
+
+	got := make(chan []ws.Frame, 1)
+	go func() {
+		var fs []ws.Frame
+		for len(fs) == 0 || fs[len(fs)-1].Header.OpCode != ws.OpText {
+			f, err := ws.ReadFrame(cp)
+			if err != nil {
+				break
+			}
+			fs = append(fs, f)
+		}
+		got <- fs
+	}()
+
+	data := bytes.Repeat([]byte{'d'}, 1000)
+	l.lock()
+	sent := 0
+	for len(l.wbuf)+len(data)+4 <= coalesceBuf-12-130 {
+		l.appendFrameLocked(ws.OpBinary, false, data)
+		sent++
+	}
+	// A last frame leaves 12 bytes free: too few for a pong's frame.
+	pad := bytes.Repeat([]byte{'d'}, coalesceBuf-12-len(l.wbuf)-4)
+	l.appendFrameLocked(ws.OpBinary, false, pad)
+	sent++
+	l.queuePong([]byte("rfc-pong")) // the lock is held: both left pending
+	l.queueJSONPong([]byte(`{"type":"ping","n":7}`))
+	l.unlock()
+
+	var fs []ws.Frame
+	select {
+	case fs = <-got:
+	case <-time.After(10 * time.Second):
+		t.Fatal("frames not written")
+	}
+	if len(fs) != sent+2 {
+		t.Fatalf("client got %d frames, want %d data frames and two pongs", len(fs), sent)
+	}
+	for i, f := range fs[:sent] {
+		want := data
+		if i == sent-1 {
+			want = pad
+		}
+		if f.Header.OpCode != ws.OpBinary || !bytes.Equal(f.Payload, want) {
+			t.Fatalf("frame %d: op %v, %d bytes: want the data frame", i, f.Header.OpCode, len(f.Payload))
+		}
+	}
+	if f := fs[sent]; f.Header.OpCode != ws.OpPong || string(f.Payload) != "rfc-pong" {
+		t.Fatalf("then op %v %q, want the RFC pong", f.Header.OpCode, f.Payload)
+	}
+	if f := fs[sent+1]; f.Header.OpCode != ws.OpText || !bytes.Contains(f.Payload, []byte(`"n":7`)) {
+		t.Fatalf("then op %v %q, want the JSON pong echoing the ping", f.Header.OpCode, f.Payload)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.sizes) != 2 {
+		t.Fatalf("writes of %v bytes, want two: the full buffer, then the pongs", rec.sizes)
+	}
+	for _, n := range rec.sizes {
+		if n > coalesceBuf {
+			t.Fatalf("writes of %v bytes: one grew the %d-byte write buffer", rec.sizes, coalesceBuf)
+		}
 	}
 }

@@ -108,7 +108,12 @@ func (l *leg) writeBufs() error {
 			err = l.werr
 		}
 	} else {
+		// net.Buffers writes each slice, an empty one too, and an
+		// empty write on a pipe waits for the peer's next read.
 		l.bufs = l.bufArr[:]
+		if len(l.bufArr[1]) == 0 {
+			l.bufs = l.bufArr[:1]
+		}
 		_, err = l.bufs.WriteTo(l.conn)
 		l.bufs = nil
 	}
