@@ -9,7 +9,9 @@ package session
 //	go test -run x -bench Relay ./session/
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +26,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/tether-proxy/tether/heartbeat"
+	"github.com/tether-proxy/tether/internal/testkit"
 	"github.com/tether-proxy/tether/replay"
 )
 
@@ -536,6 +539,86 @@ func BenchmarkResumableRelay(b *testing.B) {
 				b.StopTimer()
 				if err := <-errc; err != nil {
 					b.Fatal(err)
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkRelayTLS relays one message at a time (each waits for its
+// echo: a write of its own each way) with TLS on both legs, through a
+// session with the default configuration and directly (client to echo
+// over TLS, no tether) as the baseline for a ratio.
+func BenchmarkRelayTLS(b *testing.B) {
+	certFile, keyFile, pool := testkit.SelfSigned(b)
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := &tls.Config{Certificates: []tls.Certificate{cert}}
+	cli := &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
+	// pair is a loopback TCP pair with TLS: a the client side, b the server.
+	pair := func() (a, c *tls.Conn) {
+		x, y := hbTCPPair(b)
+		a, c = tls.Client(x, cli), tls.Server(y, srv)
+		errc := make(chan error, 1)
+		go func() { errc <- c.Handshake() }()
+		if err := a.Handshake(); err != nil {
+			b.Fatal(err)
+		}
+		if err := <-errc; err != nil {
+			b.Fatal(err)
+		}
+		return a, c
+	}
+	def := hbCfg(hbLeg(heartbeat.ModeBoth, 15*time.Second, 0), hbLeg(heartbeat.ModeWS, 15*time.Second, 0))
+	for _, size := range []int{128, 1 << 10} {
+		for _, direct := range []bool{true, false} {
+			name := map[bool]string{true: "direct", false: "tether"}[direct]
+			b.Run(fmt.Sprintf("%s/%dB", name, size), func(b *testing.B) {
+				var cc, ec *tls.Conn
+				var wg sync.WaitGroup
+				stop := func() {}
+				if direct {
+					cc, ec = pair()
+				} else {
+					env, err := NewEnv(def, nil, nil)
+					if err != nil {
+						b.Fatal(err)
+					}
+					env.CloseWait = 10 * time.Millisecond
+					var cs, uc *tls.Conn
+					cc, cs = pair()
+					uc, ec = pair()
+					s := New(env, "bench", cs, nil, Upstream{Conn: uc}, func(context.Context) (Upstream, error) {
+						return Upstream{}, fmt.Errorf("%w: bench", ErrUpstreamRejected)
+					})
+					wg.Add(1)
+					go func() { defer wg.Done(); s.Run(context.Background()) }()
+					stop = s.Close
+				}
+				echo := newHBWirePeer(ec, false)
+				wg.Add(1)
+				go func() { defer wg.Done(); echo.echo() }()
+				defer func() {
+					_ = cc.Close()
+					_ = ec.Close()
+					stop()
+					wg.Wait()
+				}()
+				client := newHBWirePeer(cc, true)
+				msg := bytes.Repeat([]byte{'m'}, size)
+				frame := append([]byte(nil), client.encode(ws.OpBinary, msg)...)
+				b.SetBytes(int64(size))
+				b.ReportAllocs()
+				b.ResetTimer()
+				for i := range b.N {
+					if _, err := cc.Write(frame); err != nil {
+						b.Fatal(err)
+					}
+					if _, p, err := client.read(); err != nil || len(p) != size {
+						b.Fatalf("message %d: %d bytes, %v", i, len(p), err)
+					}
 				}
 			})
 		}

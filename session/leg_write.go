@@ -177,10 +177,14 @@ func (l *leg) writeFrameRSV(op ws.OpCode, rsv1 bool, p []byte, deadline time.Dur
 	if l.werr != nil {
 		return l.werr
 	}
-	if len(l.wbuf) > 0 {
+	small := len(p) <= coalesceBuf/4
+	if len(l.wbuf) > 0 || (small && l.raw == nil) {
 		// Frames are pending: this one goes after them, in the same
-		// write when it is small enough to copy.
-		if len(p) <= coalesceBuf/4 && len(l.wbuf)+len(p)+14 <= coalesceBuf {
+		// write when it is small enough to copy. A connection not
+		// written raw (TLS, a pipe) takes one write per slice, and
+		// TLS makes each a record: a small frame's header and payload
+		// go in one.
+		if small && len(l.wbuf)+len(p)+14 <= coalesceBuf {
 			l.appendFrameKey(op, rsv1, p, mk)
 			return l.flushLocked(deadline)
 		}
