@@ -210,8 +210,24 @@ func TestQuickAgainstTether(t *testing.T) {
 // (their median about 0.7 of their mean); Go's timers, woken from an idle
 // epoll_wait at millisecond resolution, sent most messages within
 // microseconds of the previous one (median gap 38 µs of a 500 µs mean).
+// A machine busy with other tests can hold the tool back long enough
+// that it catches up in a burst: up to three runs, one with spread gaps
+// passes (the burst sender failed every run).
 func TestLatencyPacing(t *testing.T) {
 	backend := startBackend(t)
+	var median, mean time.Duration
+	for range 3 {
+		if median, mean = latencyGaps(t, backend); median >= mean/4 {
+			return
+		}
+	}
+	t.Errorf("median gap between sends %v, mean %v: sent in bursts", median, mean)
+}
+
+// latencyGaps runs the latency workload for a second at 2,000 msg/s and
+// returns the median and mean gaps between consecutive sends.
+func latencyGaps(t *testing.T, backend string) (median, mean time.Duration) {
+	t.Helper()
 	rttsFile := filepath.Join(t.TempDir(), "rtts")
 	lat := runJSON(t, "latency", "-url", "ws://"+backend+"/", "-conns", "50", "-rate", "2000",
 		"-size", "128", "-duration", "1s", "-rtts", rttsFile, "-proxy-pid", "0")
@@ -225,10 +241,7 @@ func TestLatencyPacing(t *testing.T) {
 		t.Fatalf("%d sends in 1 s at 2,000 msg/s", len(sent))
 	}
 	slices.Sort(gaps)
-	mean := (sent[len(sent)-1] - sent[0]) / int64(len(gaps))
-	if median := gaps[len(gaps)/2]; median < mean/4 {
-		t.Errorf("median gap between sends %v, mean %v: sent in bursts", time.Duration(median), time.Duration(mean))
-	}
+	return time.Duration(gaps[len(gaps)/2]), time.Duration((sent[len(sent)-1] - sent[0]) / int64(len(gaps)))
 }
 
 // TestDeflate checks that -deflate negotiates permessage-deflate with a
