@@ -32,12 +32,18 @@
 # it preempts for 1-5 ms, which is most of every target's p99 (BENCHMARKS.md
 # "Issue 14, seventh sitting"). -no-rt runs them at normal priority.
 #
+# -hops (with -rate) also traces every round trip hop by hop with bpftrace
+# (root; apt-get install bpftrace): the proxy's own part of the round trip,
+# the backend's and the whole on the wire, from the kernel's arrival
+# times, without the load tool's own waits (bench latency -hops; a second
+# table).
+#
 # -keep FILE keeps every run's JSON line (one per target and round, in
 # the order run), e.g. to compare targets round by round.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin:/usr/sbin"
-reps=3 dur=5s size=1024 conns=64 inflight=16 resume="" rate="" keep="" rt=1
+reps=3 dur=5s size=1024 conns=64 inflight=16 resume="" rate="" keep="" rt=1 hops=""
 size_set="" conns_set=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -50,6 +56,7 @@ while [ $# -gt 0 ]; do
     -resume) resume=-resume; shift ;;
     -keep) keep=$2; shift 2 ;;
     -no-rt) rt=""; shift ;;
+    -hops) hops=1; shift ;;
     -*) echo "unknown flag $1" >&2; exit 2 ;;
     *) break ;;
   esac
@@ -91,7 +98,7 @@ for _ in $(seq "$reps"); do
     wait_port "${proxy##*:}"
     if [ -n "$rate" ]; then
       $prio taskset -c 1 "$tmp/bench" latency -url "ws://$proxy/" -target "$label" -label "latency-$conns" -duration "$dur" \
-        -size "$size" -conns "$conns" -rate "$rate" $tres -proxy-pid "$p" -backend-pid "$bk" -json 2>/dev/null >> "$tmp/results.jsonl" || true
+        -size "$size" -conns "$conns" -rate "$rate" $tres ${hops:+-hops $backend} -proxy-pid "$p" -backend-pid "$bk" -json 2>/dev/null >> "$tmp/results.jsonl" || true
     else
       taskset -c 1 "$tmp/bench" throughput -url "ws://$proxy/" -target "$label" -label "throughput-$size" -duration "$dur" \
         -size "$size" -conns "$conns" -inflight "$inflight" $tres -proxy-pid "$p" -backend-pid "$bk" -json 2>/dev/null >> "$tmp/results.jsonl" || true

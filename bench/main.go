@@ -147,6 +147,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	inflight := fs.Int("inflight", 16, "messages in flight per connection (throughput)")
 	rate := fs.Int("rate", 5000, "total messages per second over all connections (latency)")
 	seed := fs.Uint64("seed", 1, "draw the connections' send phases from this seed: the same arrivals in every run (0: a new draw each run) (latency)")
+	hopsBackend := fs.String("hops", "", "trace every round trip hop by hop (needs root and bpftrace): the backend's address, e.g. 127.0.0.1:9001 (latency)")
 	rttsPath := fs.String("rtts", "", "write every message's send time and round trip to this file, as \"SENT RTT\" lines in nanoseconds, SENT in Unix time (latency)")
 	sessions := fs.Int("sessions", 1000, "sessions to hold (idle; mind 20,000 open files per process: a proxy needs two per session)")
 	settle := fs.Duration("settle", time.Second, "wait after opening before the hold starts (idle)")
@@ -174,7 +175,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				return err
 			}
 		}
-		res, err = latency(ctx, o, *conns, *size, *rate, *seed, out)
+		res, err = latency(ctx, o, *conns, *size, *rate, *seed, out, *hopsBackend)
 		if out != nil {
 			if cerr := out.Close(); err == nil {
 				err = cerr
@@ -213,6 +214,10 @@ func (r *Result) String() string {
 		}
 		if r.WirePerMsg > 0 {
 			fmt.Fprintf(&b, "; %.0f wire B per round trip", r.WirePerMsg)
+		}
+		if h := r.Hops; h != nil {
+			fmt.Fprintf(&b, "; hops (µs p50/p99, %d round trips, %d sessions): proxy %.0f/%.0f, backend %.0f/%.0f, wire %.0f/%.0f",
+				h.Msgs, h.Sessions, h.Proxy.P50, h.Proxy.P99, h.Backend.P50, h.Backend.P99, h.Wire.P50, h.Wire.P99)
 		}
 	case "idle":
 		fmt.Fprintf(&b, "%d sessions held %.1f s: proxy rss %.1f -> %.1f MiB, %.0f B per session, proxy cpu %.2f%%, %d pings answered",

@@ -123,6 +123,7 @@ func writeTable(w io.Writer, results []*Result, ref string) error {
 					ratio(rr, m, func(r *Result) float64 { return r.P99ms }),
 					cpuRatio, rounds(rr, m, func(r *Result) float64 { return r.P99ms }))
 			}
+			writeHops(w, g, ref)
 		case "idle":
 			fmt.Fprintf(w, "### %s: idle, %d sessions held %.0f s\n\n", l, first.Conns, first.Seconds)
 			rows := medians(g, func(r *Result) float64 { return r.RSSPerSession })
@@ -271,6 +272,41 @@ func (m *row) median(f func(*Result) float64) float64 {
 	}
 	slices.Sort(v)
 	return v[(len(v)-1)/2]
+}
+
+// writeHops prints, for latency runs traced hop by hop (-hops), where
+// the round trips went: the proxy's own part (from a message's arrival at
+// the proxy to its copy's arrival at the backend, plus the same for the
+// echo), the backend's, and the whole on the wire, as the kernel saw
+// them; the load tool's own waits are in none of them. The row is each
+// target's median run by the proxy's p99, compared round by round.
+func writeHops(w io.Writer, g []*Result, ref string) {
+	var traced []*Result
+	for _, r := range g {
+		if r.Hops != nil && r.Hops.Msgs > 0 {
+			traced = append(traced, r)
+		}
+	}
+	if len(traced) == 0 {
+		return
+	}
+	proxyP99 := func(r *Result) float64 {
+		if r.Hops == nil {
+			return 0
+		}
+		return r.Hops.Proxy.P99
+	}
+	rows := medians(traced, proxyP99)
+	rr := refRow(rows, ref)
+	fmt.Fprintf(w, "\nHop by hop (µs, from the kernel's arrival times; `bench latency -hops`):\n\n")
+	fmt.Fprintf(w, "| target | runs | round trips traced | proxy p50 | proxy p90 | proxy p99 | proxy p99 spread (min–max) | proxy p99.9 | backend p99 | wire p99 | %s ÷ target, proxy p99 | rounds with %s's proxy p99 ≤ target's |\n", ref, ref)
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|")
+	for _, m := range rows {
+		h := m.r.Hops
+		fmt.Fprintf(w, "| %s | %d | %d | %.0f | %.0f | %.0f | %s | %.0f | %.0f | %.0f | %s | %s |\n",
+			m.r.Target, m.n, h.Msgs, h.Proxy.P50, h.Proxy.P90, h.Proxy.P99, m.spread(0), h.Proxy.P999,
+			h.Backend.P99, h.Wire.P99, ratio(rr, m, proxyP99), rounds(rr, m, proxyP99))
+	}
 }
 
 // rounds is in how many rounds (the i-th runs of ref and m, in the order

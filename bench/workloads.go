@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -58,6 +59,9 @@ type Result struct {
 	// "neither" otherwise. Only a "proxy" row measures a proxy's cost at
 	// saturation; a "harness" row's per-CPU figures are taken at part load.
 	Saturated string `json:"saturated,omitempty"`
+
+	// Hops is where the round trips went, hop by hop (latency -hops).
+	Hops *Hops `json:"hops,omitempty"`
 
 	RSSBase          int64   `json:"rss_base,omitempty"`  // proxy RSS before the sessions opened
 	RSSAfter         int64   `json:"rss_after,omitempty"` // proxy RSS at the end of the hold
@@ -355,7 +359,31 @@ func schedulePhases(n int, period time.Duration, seed uint64) []time.Duration {
 // message's send time and round trip, written there as "SENT RTT" lines
 // in nanoseconds (SENT wall-clock Unix time, in send order), to see when
 // the slow ones were sent and set them against traces of the proxy.
-func latency(ctx context.Context, o common, conns, size, rate int, seed uint64, rttsOut io.Writer) (*Result, error) {
+// With hopsBackend (the backend's address), the window's round trips are
+// also traced hop by hop (Hops).
+func latency(ctx context.Context, o common, conns, size, rate int, seed uint64, rttsOut io.Writer, hopsBackend string) (*Result, error) {
+	period := time.Duration(float64(time.Second) * float64(conns) / float64(max(rate, 1)))
+	var tracer *hopsTracer
+	if hopsBackend != "" {
+		// From before the connections open (their first segments end
+		// their handshakes, see analyzeHops).
+		u, err := url.Parse(o.dial.url)
+		if err != nil {
+			return nil, err
+		}
+		// Four segments per round trip and per handshake, and room.
+		maxEvents := int(8*float64(rate)*(o.duration.Seconds()+1)) + 8*conns + 4096
+		// The proxy's reads pair the connections while they open and
+		// each session sends its first five messages.
+		pairFor := 5*period + 500*time.Millisecond
+		if o.connRate > 0 {
+			pairFor += time.Duration(conns) * time.Second / time.Duration(o.connRate)
+		}
+		if tracer, err = startHops(ctx, u.Host, hopsBackend, o.procs.proxy, maxEvents, pairFor); err != nil {
+			return nil, err
+		}
+		defer tracer.kill()
+	}
 	var cnt counters
 	cs, err := dialAll(ctx, o.dial, conns, o.connRate, &cnt)
 	if err != nil {
@@ -363,7 +391,6 @@ func latency(ctx context.Context, o common, conns, size, rate int, seed uint64, 
 	}
 	defer closeAll(cs)
 	op := o.opcode()
-	period := time.Duration(float64(time.Second) * float64(conns) / float64(max(rate, 1)))
 	epoch := time.Now()
 	var stopping atomic.Bool
 	var inWindow atomic.Int64
@@ -401,6 +428,15 @@ func latency(ctx context.Context, o common, conns, size, rate int, seed uint64, 
 	wait(ctx, end)
 	after := o.procs.sample()
 	elapsed := time.Since(start)
+	var hops *Hops
+	var herr error
+	if tracer != nil {
+		// Segments after the window are not traced: the tail of the
+		// round trips in flight at its end is lost, not skewed.
+		// A hop longer than a quarter period is a lost event's, the
+		// chain ending in the session's next message.
+		hops, herr = tracer.stop(period / 4)
+	}
 	// Give the last echoes a moment, then close: readers end.
 	time.Sleep(200 * time.Millisecond)
 	stopping.Store(true)
@@ -410,7 +446,11 @@ func latency(ctx context.Context, o common, conns, size, rate int, seed uint64, 
 	res := &Result{Label: o.label, Target: o.target, Mode: "latency", Conns: conns, Size: size, Rate: rate,
 		Seconds: elapsed.Seconds(), Msgs: inWindow.Load(), CPU: after.since(before), RealTime: o.procs.realTime()}
 	res.MsgsPerSec = float64(res.Msgs) / res.Seconds
+	res.Hops = hops
 	percentiles(res, all)
+	if herr != nil {
+		return res, herr
+	}
 	for err := range errc {
 		return res, err
 	}
