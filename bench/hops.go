@@ -42,6 +42,21 @@ type Hops struct {
 	ToClient  Quantiles `json:"to_client"`
 	Proxy     Quantiles `json:"proxy"`
 	Wire      Quantiles `json:"wire"`
+
+	// trips are the round trips traced, in the order of A: A (the
+	// kernel's monotonic clock), B - A, C - B and D - C in nanoseconds.
+	trips [][4]int64
+}
+
+// writeTrips writes the round trips traced as "A TO_BACKEND BACKEND
+// TO_CLIENT" lines (nanoseconds; A in the kernel's monotonic clock), in
+// the order of A, to set the slow ones against traces of the proxy.
+func (h *Hops) writeTrips(w io.Writer) error {
+	bw := bufio.NewWriter(w)
+	for _, t := range h.trips {
+		fmt.Fprintf(bw, "%d %d %d %d\n", t[0], t[1], t[2], t[3])
+	}
+	return bw.Flush()
 }
 
 // Quantiles of a distribution, in microseconds.
@@ -257,8 +272,10 @@ func analyzeHops(evs []hopEvent, maxHop time.Duration) *Hops {
 			}
 			toB, bk, toC = append(toB, tb-ta), append(bk, tc-tb), append(toC, td-tc)
 			prox, wire = append(prox, tb-ta+td-tc), append(wire, td-ta)
+			h.trips = append(h.trips, [4]int64{ta, tb - ta, tc - tb, td - tc})
 		}
 	}
+	slices.SortFunc(h.trips, func(a, b [4]int64) int { return cmp.Compare(a[0], b[0]) })
 	h.Msgs = len(wire)
 	h.ToBackend, h.Backend, h.ToClient = quantiles(toB), quantiles(bk), quantiles(toC)
 	h.Proxy, h.Wire = quantiles(prox), quantiles(wire)

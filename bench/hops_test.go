@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -128,14 +129,22 @@ func TestHopsTraced(t *testing.T) {
 	}
 	backend := startBackend(t)
 	relay := startRelay(t, backend, true)
+	trips := filepath.Join(t.TempDir(), "trips")
 	lat := runJSON(t, "latency", "-url", "ws://"+relay+"/", "-target", "relay", "-conns", "20", "-rate", "400",
-		"-size", "128", "-duration", "2s", "-sources", "4", "-hops", backend, "-proxy-pid", itoa(os.Getpid()))
+		"-size", "128", "-duration", "2s", "-sources", "4", "-hops", backend, "-hops-out", trips, "-proxy-pid", itoa(os.Getpid()))
 	h := lat.Hops
 	if h == nil {
 		t.Fatalf("no hops in %+v", lat)
 	}
 	if h.Sessions != 20 || h.Lost != 0 || float64(h.Msgs) < 0.9*float64(lat.Msgs) {
 		t.Fatalf("traced %d round trips of %d sessions (%d events lost); the tool counted %d in the window", h.Msgs, h.Sessions, h.Lost, lat.Msgs)
+	}
+	b, err := os.ReadFile(trips)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(b), "\n"); n != h.Msgs {
+		t.Errorf("-hops-out has %d lines for %d round trips traced", n, h.Msgs)
 	}
 	if h.Proxy.P50 <= 0 || h.Backend.P50 <= 0 || h.Proxy.P50+h.Backend.P50 > h.Wire.P99 || h.Wire.P50 > lat.P99ms*1000 {
 		t.Errorf("hops do not add up: proxy p50 %.1f µs, backend %.1f, wire p50 %.1f p99 %.1f, the tool's p99 %.1f", h.Proxy.P50, h.Backend.P50, h.Wire.P50, h.Wire.P99, lat.P99ms*1000)

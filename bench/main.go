@@ -148,6 +148,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	rate := fs.Int("rate", 5000, "total messages per second over all connections (latency)")
 	seed := fs.Uint64("seed", 1, "draw the connections' send phases from this seed: the same arrivals in every run (0: a new draw each run) (latency)")
 	hopsBackend := fs.String("hops", "", "trace every round trip hop by hop (needs root and bpftrace): the backend's address, e.g. 127.0.0.1:9001 (latency)")
+	hopsOut := fs.String("hops-out", "", "with -hops, write every round trip traced to this file, as \"A TO_BACKEND BACKEND TO_CLIENT\" lines in nanoseconds, A in the kernel's monotonic clock (latency)")
 	rttsPath := fs.String("rtts", "", "write every message's send time and round trip to this file, as \"SENT RTT\" lines in nanoseconds, SENT in Unix time (latency)")
 	sessions := fs.Int("sessions", 1000, "sessions to hold (idle; mind 20,000 open files per process: a proxy needs two per session)")
 	settle := fs.Duration("settle", time.Second, "wait after opening before the hold starts (idle)")
@@ -181,6 +182,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				err = cerr
 			}
 		}
+		if *hopsOut != "" && res != nil && res.Hops != nil && err == nil {
+			err = writeFile(*hopsOut, res.Hops.writeTrips)
+		}
 	case "idle":
 		res, err = idle(ctx, o, *sessions, *settle, *admin)
 	}
@@ -194,6 +198,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *asJSON {
 		b, _ := json.Marshal(res)
 		fmt.Fprintln(stdout, string(b))
+	}
+	return err
+}
+
+// writeFile creates path and has write fill it.
+func writeFile(path string, write func(io.Writer) error) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	err = write(f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
 	return err
 }
