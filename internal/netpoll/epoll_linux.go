@@ -5,7 +5,9 @@ package netpoll
 import (
 	"errors"
 	"os"
+	"sync/atomic"
 	"syscall"
+	"unsafe"
 )
 
 const supported = true
@@ -24,6 +26,9 @@ type epoll struct {
 	rc     syscall.RawConn
 	wr, rd int // wake pipe
 }
+
+// pollSeen, set by tests, is told how many events each poll returned.
+var pollSeen atomic.Pointer[func(n int)]
 
 // wakeID is the epoll data of the wake pipe; Handle ids start at 1.
 const wakeID = 0
@@ -78,14 +83,43 @@ func (e *epoll) arm(fd int, id uint64, added bool) error {
 	if added {
 		op = syscall.EPOLL_CTL_MOD
 	}
-	err := syscall.EpollCtl(e.epfd, op, fd, &ev)
+	err := epollCtl(e.epfd, op, fd, &ev)
 	switch {
 	case errors.Is(err, syscall.ENOENT) && op == syscall.EPOLL_CTL_MOD:
-		err = syscall.EpollCtl(e.epfd, syscall.EPOLL_CTL_ADD, fd, &ev)
+		err = epollCtl(e.epfd, syscall.EPOLL_CTL_ADD, fd, &ev)
 	case errors.Is(err, syscall.EEXIST) && op == syscall.EPOLL_CTL_ADD:
-		err = syscall.EpollCtl(e.epfd, syscall.EPOLL_CTL_MOD, fd, &ev)
+		err = epollCtl(e.epfd, syscall.EPOLL_CTL_MOD, fd, &ev)
 	}
 	return err
+}
+
+// epollCtl and epollPoll call the kernel with syscall.RawSyscall6, not
+// through syscall.EpollCtl and syscall.EpollWait, which tell the Go
+// scheduler about each call: the first such call after the process's
+// only P went idle woke the runtime's monitor thread (sysmon), which went
+// back to sleep microseconds later, a futex wake, a nanosleep and two
+// context switches at every park and wake of a leg. Neither call blocks:
+// epoll_ctl never does, and epollPoll does not wait (timeout 0).
+func epollCtl(epfd, op, fd int, ev *syscall.EpollEvent) error {
+	_, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_CTL, uintptr(epfd), uintptr(op), uintptr(fd), uintptr(unsafe.Pointer(ev)), 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+// epollPoll returns the events ready now, without waiting.
+func epollPoll(epfd int, events []syscall.EpollEvent) (int, error) {
+	for {
+		n, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+		switch e {
+		case 0:
+			return int(n), nil
+		case syscall.EINTR:
+			continue
+		}
+		return 0, e
+	}
 }
 
 func (e *epoll) wake() {
@@ -103,20 +137,54 @@ func (e *epoll) close() {
 }
 
 // wait is the poller goroutine: it reports readiness until no Handle is
-// registered, then closes the instance and returns.
+// registered, then closes the instance and returns. Each wake reads the
+// ready events once: a poll that returned fewer than it could take has
+// emptied the ready list, so it waits for readiness again inside the same
+// RawConn.Read call, as the legs' reads do (Go's poller reports every
+// event after the wake; a new RawConn.Read would forget one that came
+// before it and poll once more into nothing).
 func (e *epoll) wait() {
 	var events [128]syscall.EpollEvent
 	var drain [64]byte
-	for {
-		var n int
-		var werr error
-		err := e.rc.Read(func(fd uintptr) bool {
-			n, werr = syscall.EpollWait(int(fd), events[:], 0)
-			if errors.Is(werr, syscall.EINTR) {
-				n, werr = 0, nil
+	var werr error
+	exit := false
+	poll := func(fd uintptr) bool {
+		for {
+			n, err := epollPoll(int(fd), events[:])
+			if f := pollSeen.Load(); f != nil {
+				(*f)(n)
 			}
-			return n > 0 || werr != nil // false: wait until readable
-		})
+			if err != nil {
+				werr = err
+				return true
+			}
+			for i := range n {
+				id := getID(&events[i])
+				if id != wakeID {
+					e.p.ready(id)
+					continue
+				}
+				for {
+					if k, _ := syscall.Read(e.rd, drain[:]); k <= 0 {
+						break
+					}
+				}
+				if e.p.idle(e) {
+					exit = true // closed outside: Close waits for this Read
+					return true
+				}
+			}
+			if n < len(events) {
+				return false // emptied: wait for readiness
+			}
+		}
+	}
+	for {
+		err := e.rc.Read(poll)
+		if exit {
+			e.close()
+			return
+		}
 		if err == nil {
 			err = werr
 		}
@@ -127,22 +195,6 @@ func (e *epoll) wait() {
 			e.p.fail(e)
 			e.close()
 			return
-		}
-		for i := 0; i < n; i++ {
-			id := getID(&events[i])
-			if id == wakeID {
-				for {
-					if k, _ := syscall.Read(e.rd, drain[:]); k <= 0 {
-						break
-					}
-				}
-				if e.p.idle(e) {
-					e.close()
-					return
-				}
-				continue
-			}
-			e.p.ready(id)
 		}
 	}
 }
