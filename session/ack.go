@@ -82,8 +82,8 @@ func (l *leg) armAck() {
 
 // armProbe arms a ping probeEvery from now on the upstream leg l, for an
 // active session whose messages are all acknowledged; an acknowledgement
-// ping armed meanwhile goes instead. While l runs and can park, the
-// sweeper sends it (sweep.go); otherwise its timer does.
+// ping armed meanwhile goes instead. When l can park, the sweeper sends
+// it (sweep.go); otherwise its timer does.
 func (l *leg) armProbe() {
 	if !l.hb.Mode.SendsWS() {
 		return
@@ -100,20 +100,23 @@ func (l *leg) armProbe() {
 	l.ctl.Unlock()
 }
 
-// sweptProbes reports whether the sweeper sends l's probes: while a leg
-// that can park runs, it is on the sweeper's list, which looks at it every
-// IdleAfter/sweepsPerIdle anyway. Moving the leg's timer to the next probe
-// instead, at every message whose ping made the armed probe needless,
-// made the Go runtime walk all of its timers every probeEvery
-// (BENCHMARKS.md, tenth sitting). A parked leg's probe, and that of a leg
-// that never parks, is its timer's.
+// sweptProbes reports whether the sweeper sends l's probes: a leg that
+// can park is on the sweeper's list while it runs, which looks at it every
+// IdleAfter/sweepsPerIdle anyway, and on its list of parked probes while
+// parked with one armed (addProbe). Moving the leg's timer to the next
+// probe instead, at every message whose ping made the armed probe
+// needless, made the Go runtime walk all of its timers every probeEvery
+// (BENCHMARKS.md, tenth sitting), and a parked leg's timer fired for
+// nothing at nearly every message of a session sending about every
+// probeEvery (eleventh sitting). A leg that never parks has its probes
+// sent by its timer.
 func (l *leg) sweptProbes() bool {
-	return l.parks && l.state.Load() != legParked
+	return l.parks
 }
 
-// probe sends the probe of the running leg l if it is due: the sweeper's
-// part of ackTickLocked, on a goroutine of its own (the ping's write may
-// wait for a full socket).
+// probe sends the probe of l, running or parked, if it is due: the
+// sweeper's part of ackTickLocked, on a goroutine of its own (the ping's
+// write may wait for a full socket).
 func (l *leg) probe() {
 	now := time.Now().UnixNano()
 	l.ctl.Lock()

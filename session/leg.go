@@ -62,8 +62,10 @@ type leg struct {
 	mask    bool            // frames we send are masked (we are the client side)
 	deflate bool            // permessage-deflate on sends (client leg), set before Run
 	parks   bool            // read raw (pump), and parks when idle: a socket and a poller
-	// sweepAt is the leg's place in Env's sweeper while its read loop
-	// runs (index + 1; 0: none), under the sweeper's lock (sweep.go).
+	// sweepAt is the leg's place in Env's sweeper, under the sweeper's
+	// lock (sweep.go): index + 1 in its running legs while the read loop
+	// runs, -(index + 1) in its parked probes while parked with a probe
+	// armed, 0 in neither.
 	sweepAt int32
 
 	// ctl guards the ctl-marked fields of legWriteState (the pongs to

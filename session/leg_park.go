@@ -136,8 +136,12 @@ func (l *leg) tick() {
 	if ping {
 		l.signal(l.pingFlags())
 	}
-	if l.state.Load() == legParked && l.hb.Timeout > 0 && now >= l.lastRead.Load()+int64(l.hb.Timeout) {
+	parked := l.state.Load() == legParked
+	if parked && l.hb.Timeout > 0 && now >= l.lastRead.Load()+int64(l.hb.Timeout) {
 		l.wakeExpired()
+	}
+	if parked && l.parks && l.probeDue.Load() > 0 {
+		l.s.env.sweep.addProbe(l) // this tick armed it anew
 	}
 	l.ctl.Lock()
 	if !l.timerStop.Load() {
@@ -169,11 +173,14 @@ func (l *leg) nextTickLocked(now int64) int64 {
 }
 
 // scheduleParkedTick makes the timer of a leg that just parked fire by
-// what only the timer can now do for it: end it at its heartbeat timeout,
-// and send the probe that was the sweeper's while the leg ran.
+// what only the timer can now do for it, end it at its heartbeat timeout,
+// and has the sweeper send its probe if one is armed.
 func (l *leg) scheduleParkedTick() {
 	if !l.hb.Mode.On() {
 		return
+	}
+	if l.probeDue.Load() > 0 {
+		l.s.env.sweep.addProbe(l)
 	}
 	l.ctl.Lock()
 	if l.timer != nil && !l.timerStop.Load() {

@@ -29,7 +29,12 @@ type peerFrame struct {
 // answerPings reads every frame tether writes to the upstream peer c,
 // answers each ping with a pong, and reports each frame on the channel
 // (closed when the connection ends).
-func answerPings(c net.Conn) <-chan peerFrame {
+func answerPings(c net.Conn) <-chan peerFrame { return upstreamPeer(c, false) }
+
+// upstreamPeer is answerPings that, with echo, also sends every text
+// message back, as a backend does (its leg then runs until IdleAfter
+// passes, woken by data, not only by pongs).
+func upstreamPeer(c net.Conn, echo bool) <-chan peerFrame {
 	ch := make(chan peerFrame, 1024)
 	go func() {
 		defer close(ch)
@@ -41,8 +46,15 @@ func answerPings(c net.Conn) <-chan peerFrame {
 			if f.Header.Masked {
 				ws.Cipher(f.Payload, f.Header.Mask, 0)
 			}
-			if f.Header.OpCode == ws.OpPing {
-				if err := ws.WriteFrame(c, ws.NewPongFrame(f.Payload)); err != nil {
+			reply, send := ws.Frame{}, false
+			switch {
+			case f.Header.OpCode == ws.OpPing:
+				reply, send = ws.NewPongFrame(f.Payload), true
+			case echo && f.Header.OpCode == ws.OpText:
+				reply, send = ws.NewTextFrame(f.Payload), true
+			}
+			if send {
+				if err := ws.WriteFrame(c, reply); err != nil {
 					return
 				}
 			}
@@ -172,9 +184,10 @@ func TestProbeBySweeperWhileRunning(t *testing.T) {
 }
 
 // An active session whose upstream leg parks after its pong still gets
-// its probe: parking sets the leg's timer for it.
-func TestProbeByTimerWhileParked(t *testing.T) {
-	r, ticks, _ := newProbeRig(t, 10*time.Millisecond)
+// its probe, probeEvery after the last ping, from the sweeper (parking
+// lists it with its probe): the leg's timer neither fires nor moves.
+func TestProbeBySweeperWhileParked(t *testing.T) {
+	r, ticks, sets := newProbeRig(t, 10*time.Millisecond)
 	frames := answerPings(r.upstream)
 	if err := wsutil.WriteClientText(r.client, []byte("m")); err != nil {
 		t.Fatal(err)
@@ -185,8 +198,46 @@ func TestProbeByTimerWhileParked(t *testing.T) {
 	if gap := probe.at.Sub(ping.at); gap < probeEvery {
 		t.Fatalf("probe %v after the message's ping, want at least %v", gap, probeEvery)
 	}
-	if k := ticks.Load(); k == 0 {
-		t.Fatal("the probe came without the parked leg's timer firing")
+	if k, s := ticks.Load(), sets.Load(); k != 0 || s != 0 {
+		t.Fatalf("the parked leg's timer fired %d times and was moved %d times; the sweeper should have sent the probe", k, s)
+	}
+}
+
+// A session sending a little more often than probeEvery, its legs
+// parking between messages, gets no probe: each message's own ping
+// probes. Its upstream leg's timer does not fire between messages (it
+// fired at nearly every one before, set at each park for a probe that
+// the next message's ping made needless: a goroutine and a wake each).
+func TestParkedProbeNeedlessBetweenMessages(t *testing.T) {
+	// Legs park 200-250 ms after their last bytes: the upstream leg
+	// parks with the probe armed, and the next message, 470 ms after the
+	// last, comes before the probe and wakes it after the probe's time.
+	r, ticks, _ := newProbeRig(t, 200*time.Millisecond)
+	frames := upstreamPeer(r.upstream, true)
+	const n, every = 4, probeEvery - 30*time.Millisecond
+	pings := 0
+	for i := range n {
+		msg := "m" + strconv.Itoa(i)
+		if err := wsutil.WriteClientText(r.client, []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		f := nextFrame(t, frames, ws.OpText, &pings)
+		if string(f.p) != msg {
+			t.Fatalf("upstream got %q, want %q", f.p, msg)
+		}
+		waitAcked(t, r.up())
+		r.waitParked(r.up())
+		time.Sleep(time.Until(f.at.Add(every)))
+	}
+	if err := wsutil.WriteClientText(r.client, []byte("end")); err != nil {
+		t.Fatal(err)
+	}
+	nextFrame(t, frames, ws.OpText, &pings)
+	if pings != n {
+		t.Fatalf("%d pings before the last of %d messages %v apart, want one per message and no probe", pings, n, every)
+	}
+	if k := ticks.Load(); k != 0 {
+		t.Fatalf("the upstream leg's timer fired %d times between messages; want none", k)
 	}
 }
 

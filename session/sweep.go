@@ -25,6 +25,9 @@ import (
 // sends the probes of the legs it lists too (sweptProbes), and the
 // runtime no longer walks its timers at that load (tenth sitting).
 //
+// A parked leg with a probe armed is listed too (addProbe), and a sweep
+// sends its probe when due.
+//
 // Every IdleAfter/sweepsPerIdle, sweep looks at the time of each running
 // leg's last received bytes; a leg quiet for IdleAfter, and again one
 // quiet for its heartbeat timeout, has its read deadline set in the past
@@ -45,13 +48,17 @@ type sweeper struct {
 	// park (inside a frame) is not interrupted again until it receives
 	// more or its heartbeat timeout passes. A slice, not a map: a
 	// sweep over 2,000 legs took 18 µs against the map's 89 (cold caches).
-	legs  []*leg
-	done  []int64
-	timer *time.Timer // nil until the first leg runs
-	armed bool        // timer is set: some leg ran since the last sweep
-	every time.Duration
-	idle  int64 // IdleAfter in nanoseconds
-	test  *testHooks
+	legs []*leg
+	done []int64
+	// probes are the parked legs with a probe armed (leg.sweepAt is
+	// minus the index of each, minus one): a sweep sends the probes that
+	// are due.
+	probes []*leg
+	timer  *time.Timer // nil until the first leg runs
+	armed  bool        // timer is set: some leg ran or parked with a probe since the last sweep
+	every  time.Duration
+	idle   int64 // IdleAfter in nanoseconds
+	test   *testHooks
 }
 
 // sweepsPerIdle is how many sweeps look at a leg within IdleAfter (and
@@ -59,21 +66,49 @@ type sweeper struct {
 // the default IdleAfter).
 const sweepsPerIdle = 4
 
-// add registers l, whose read loop starts running. The first one sets
-// the sweeper up from its Env (whose fields tests may set after NewEnv).
+// add registers l, whose read loop starts running.
 func (w *sweeper) add(l *leg) {
 	w.mu.Lock()
-	if w.every == 0 {
-		e := l.s.env
-		w.every = max(min(e.idleAfter()/sweepsPerIdle, probeEvery/8), time.Millisecond)
-		w.idle = int64(e.idleAfter())
-		w.test = e.test
-	}
-	if l.sweepAt == 0 {
+	w.setUpLocked(l.s.env)
+	w.removeProbeLocked(l) // the legs' sweep sends it now
+	if l.sweepAt <= 0 {
 		w.legs = append(w.legs, l)
 		w.done = append(w.done, 0)
 		l.sweepAt = int32(len(w.legs))
 	}
+	w.armLocked()
+	w.mu.Unlock()
+}
+
+// addProbe registers l, which parked with a probe armed: a sweep sends
+// it when it is due, unless l runs again first (add). Its heartbeat timer
+// did before: at a session sending about every probeEvery, the timer
+// fired at nearly every message for a probe that the message's own ping
+// had made needless, a goroutine and a wake each time (BENCHMARKS.md,
+// eleventh sitting).
+func (w *sweeper) addProbe(l *leg) {
+	w.mu.Lock()
+	w.setUpLocked(l.s.env)
+	if l.sweepAt == 0 {
+		w.probes = append(w.probes, l)
+		l.sweepAt = -int32(len(w.probes))
+		w.armLocked()
+	}
+	w.mu.Unlock()
+}
+
+// setUpLocked sets the sweeper up from its Env on first use (tests set
+// the Env's fields after NewEnv).
+func (w *sweeper) setUpLocked(e *Env) {
+	if w.every == 0 {
+		w.every = max(min(e.idleAfter()/sweepsPerIdle, probeEvery/8), time.Millisecond)
+		w.idle = int64(e.idleAfter())
+		w.test = e.test
+	}
+}
+
+// armLocked sets the timer for the next sweep unless it is set.
+func (w *sweeper) armLocked() {
 	if !w.armed {
 		w.armed = true
 		if w.timer == nil {
@@ -82,7 +117,19 @@ func (w *sweeper) add(l *leg) {
 			w.timer.Reset(w.every)
 		}
 	}
-	w.mu.Unlock()
+}
+
+// removeProbeLocked unregisters l's parked probe, if registered.
+func (w *sweeper) removeProbeLocked(l *leg) {
+	if i := -int(l.sweepAt) - 1; i >= 0 {
+		last := len(w.probes) - 1
+		m := w.probes[last]
+		w.probes[i] = m
+		m.sweepAt = -int32(i + 1)
+		w.probes[last] = nil
+		w.probes = w.probes[:last]
+		l.sweepAt = 0
+	}
 }
 
 // remove unregisters l, whose read loop parks or ends.
@@ -118,9 +165,22 @@ func (w *sweeper) sweep() {
 	now := time.Now().UnixNano()
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if len(w.legs) == 0 {
+	if len(w.legs) == 0 && len(w.probes) == 0 {
 		w.armed = false
 		return
+	}
+	for i := 0; i < len(w.probes); {
+		l := w.probes[i]
+		p := l.probeDue.Load()
+		switch {
+		case p > 0 && now < p && l.state.Load() == legParked:
+			i++
+			continue
+		case p > 0 && l.state.Load() == legParked:
+			go l.probe()
+		}
+		// Sent, disarmed, or the leg runs again (add) or ended.
+		w.removeProbeLocked(l)
 	}
 	for i, l := range w.legs {
 		if p := l.probeDue.Load(); p > 0 && now >= p {
