@@ -3,7 +3,6 @@
 package netpoll
 
 import (
-	"net"
 	"sync"
 	"syscall"
 	"testing"
@@ -25,23 +24,7 @@ func TestOnePollPerWake(t *testing.T) {
 	pollSeen.Store(&seen)
 	defer pollSeen.Store(nil)
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	acc := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		acc <- c
-	}()
-	peer, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer peer.Close()
-	ours := (<-acc).(*net.TCPConn)
-	defer ours.Close()
+	peer, ours := loopbackPair(t)
 	rc, err := ours.SyscallConn()
 	if err != nil {
 		t.Fatal(err)
