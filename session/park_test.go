@@ -1301,3 +1301,65 @@ func TestCoalesceMidSizeMessages(t *testing.T) {
 		t.Fatalf("%d bursts of three messages of 8 KiB took %d writes upstream, want about one each", bursts, w)
 	}
 }
+
+// Legs that go quiet together are parked a batch at a time: one sweep
+// interrupts at most maxInterrupts of them, and the next comes
+// sweepBacklog later, so that the read loops those interrupts wake do not
+// put everything else behind them at once (slow round trips at every
+// sweep before, with many sessions sending now and then).
+func TestSweepInterruptsInBatches(t *testing.T) {
+	if !netpoll.Supported() {
+		t.Skip("parking needs epoll (Linux)")
+	}
+	env, err := NewEnv(hbCfg(hbOff, hbOff), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.IdleAfter = 40 * time.Millisecond
+	env.CloseWait = 200 * time.Millisecond
+	var mu sync.Mutex
+	var counts []int
+	env.test = &testHooks{swept: func(n int) {
+		if n > 0 {
+			mu.Lock()
+			counts = append(counts, n)
+			mu.Unlock()
+		}
+	}}
+	const sessions = 40 // 80 legs, quiet from the start
+	dial := func(context.Context) (Upstream, error) { return Upstream{}, errors.New("no") }
+	for range sessions {
+		ct, _ := parkPair(t)
+		ut, _ := parkPair(t)
+		done := make(chan struct{})
+		s := New(env, "batch", ct, nil, Upstream{Conn: ut}, dial)
+		s.Start(context.Background(), finished(func() { close(done) }))
+		t.Cleanup(func() {
+			s.Close()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				t.Error("a session did not finish after Close")
+			}
+		})
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for env.ParkedLegs() < 2*sessions {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d legs parked", env.ParkedLegs(), 2*sessions)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	most := 0
+	for _, n := range counts {
+		most = max(most, n)
+	}
+	if most > maxInterrupts {
+		t.Fatalf("sweeps interrupted %v legs: one took %d at once, over %d", counts, most, maxInterrupts)
+	}
+	if most < maxInterrupts {
+		t.Fatalf("sweeps interrupted %v legs: the %d legs that went quiet together never filled a sweep", counts, 2*sessions)
+	}
+}

@@ -105,6 +105,7 @@ type testHooks struct {
 	deadline  func(l *leg)                   // told of each read deadline a read loop sets
 	early     func(l *leg)                   // told of each read deadline that passed with the leg neither idle nor dead
 	sweep     func(l *leg)                   // told of each leg the sweeper interrupts (quiet for IdleAfter or its timeout)
+	swept     func(interrupted int)          // told of each sweep's count of interrupted legs
 	clearing  func(l *leg)                   // told just before a read loop clears a deadline a sweep or park left
 	tick      func(l *leg)                   // told of each firing of a leg's timer
 	timerSet  func(l *leg)                   // told of each Reset of a leg's timer
