@@ -125,11 +125,6 @@ func (l *leg) probe() {
 	if ack {
 		l.signal(pendPingWS)
 	}
-	if l.parks && l.state.Load() == legParked && l.probeDue.Load() > 0 {
-		// Armed anew for later (a ping went out since it was armed):
-		// the sweep that started this probe took the leg off its list.
-		l.s.env.sweep.addProbe(l)
-	}
 }
 
 // probeGrid rounds a probe's time up to a multiple of 1<<24 ns (16.8

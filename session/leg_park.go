@@ -136,12 +136,8 @@ func (l *leg) tick() {
 	if ping {
 		l.signal(l.pingFlags())
 	}
-	parked := l.state.Load() == legParked
-	if parked && l.hb.Timeout > 0 && now >= l.lastRead.Load()+int64(l.hb.Timeout) {
+	if l.state.Load() == legParked && l.hb.Timeout > 0 && now >= l.lastRead.Load()+int64(l.hb.Timeout) {
 		l.wakeExpired()
-	}
-	if parked && l.parks && l.probeDue.Load() > 0 {
-		l.s.env.sweep.addProbe(l) // this tick armed it anew
 	}
 	l.ctl.Lock()
 	if !l.timerStop.Load() {

@@ -203,6 +203,31 @@ func TestProbeBySweeperWhileParked(t *testing.T) {
 	}
 }
 
+// A parked leg's probe that finds, when due, a ping gone out since it was
+// armed arms itself again for probeEvery after that ping (ackTickLocked)
+// and is sent then: the leg stays on the sweeper's list while its probe
+// is armed.
+func TestParkedProbeArmedAnew(t *testing.T) {
+	r, _, _ := newProbeRig(t, 10*time.Millisecond)
+	frames := answerPings(r.upstream)
+	if err := wsutil.WriteClientText(r.client, []byte("m")); err != nil {
+		t.Fatal(err)
+	}
+	ping := nextFrame(t, frames, ws.OpPing, nil)
+	u := r.up()
+	r.waitParked(u)
+	// As if a ping had gone out 200 ms after the message's: when the
+	// probe is due, it is needless until probeEvery after that one.
+	later := ping.at.Add(200 * time.Millisecond)
+	u.ctl.Lock()
+	u.ackLast = later.UnixNano()
+	u.ctl.Unlock()
+	probe := nextFrame(t, frames, ws.OpPing, nil)
+	if gap := probe.at.Sub(later); gap < probeEvery-5*time.Millisecond {
+		t.Fatalf("probe %v after the later ping, want about %v", gap, probeEvery)
+	}
+}
+
 // A session sending a little more often than probeEvery, its legs
 // parking between messages, gets no probe: each message's own ping
 // probes. Its upstream leg's timer does not fire between messages (it

@@ -25,8 +25,10 @@ import (
 // sends the probes of the legs it lists too (sweptProbes), and the
 // runtime no longer walks its timers at that load (tenth sitting).
 //
-// A parked leg with a probe armed is listed too (addProbe), and a sweep
-// sends its probe when due.
+// A parked leg with a probe armed is listed too (addProbe, as it parks),
+// and a sweep sends its probe when due; it stays listed while its probe
+// is armed (a probe may arm itself anew for later), so that parking is
+// the one place that lists it.
 //
 // Every IdleAfter/sweepsPerIdle, sweep looks at the time of each running
 // leg's last received bytes; a leg quiet for IdleAfter, and again one
@@ -172,15 +174,17 @@ func (w *sweeper) sweep() {
 	for i := 0; i < len(w.probes); {
 		l := w.probes[i]
 		p := l.probeDue.Load()
-		switch {
-		case p > 0 && now < p && l.state.Load() == legParked:
-			i++
+		if p == 0 || l.state.Load() != legParked {
+			// Sent or disarmed, or the leg runs again (add) or ended.
+			w.removeProbeLocked(l)
 			continue
-		case p > 0 && l.state.Load() == legParked:
+		}
+		if now >= p {
+			// Listed until it is sent: the probe may find a ping gone
+			// out since and arm itself anew for later (ackTickLocked).
 			go l.probe()
 		}
-		// Sent, disarmed, or the leg runs again (add) or ended.
-		w.removeProbeLocked(l)
+		i++
 	}
 	interrupted, more := 0, false
 	for i, l := range w.legs {
