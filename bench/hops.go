@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"regexp"
@@ -289,7 +290,6 @@ type hopsTracer struct {
 	copied         chan struct{} // out holds all bpftrace printed
 	stderr         bytes.Buffer
 	proxy, backend uint16
-	maxKeys        int // the event map's size
 }
 
 // startHops starts bpftrace on the proxy's and the backend's ports and
@@ -316,9 +316,9 @@ func startHops(ctx context.Context, proxyAddr, backendAddr string, proxyPid, max
 	}
 	h := &hopsTracer{proxy: pp, backend: bp, copied: make(chan struct{})}
 	h.cmd = exec.Command(path, "-e", hopsProgram(pp, bp, proxyPid, pairFor))
-	h.maxKeys = maxEvents
-	// Older bpftrace (Debian 12's 0.17) reads the first name.
-	keys := strconv.Itoa(h.maxKeys)
+	// The event map's size; older bpftrace (Debian 12's 0.17) reads the
+	// first name.
+	keys := strconv.Itoa(maxEvents)
 	h.cmd.Env = append(os.Environ(), "BPFTRACE_MAP_KEYS_MAX="+keys, "BPFTRACE_MAX_MAP_KEYS="+keys)
 	h.cmd.Stderr = &h.stderr
 	stdout, err := h.cmd.StdoutPipe()
@@ -398,9 +398,12 @@ func readHops(out string, proxy, backend uint16, maxHop time.Duration) (*Hops, e
 var seenRe = regexp.MustCompile(`(?m)^@n\[\d+\]: (\d+)$`)
 
 func portOf(addr string) (uint16, error) {
-	i := strings.LastIndexByte(addr, ':')
-	p, err := strconv.ParseUint(addr[i+1:], 10, 16)
-	if i < 0 || err != nil {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 0, err
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
 		return 0, fmt.Errorf("no port in %q", addr)
 	}
 	return uint16(p), nil
