@@ -32,24 +32,7 @@ import (
 // and the peer's.
 func parkPair(t *testing.T) (tether, peer net.Conn) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	acc := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		acc <- c
-	}()
-	peer, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	tether = <-acc
-	if tether == nil {
-		t.Fatal("accept failed")
-	}
+	peer, tether = hbTCPPair(t)
 	t.Cleanup(func() { tether.Close(); peer.Close() })
 	return tether, peer
 }

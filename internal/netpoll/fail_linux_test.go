@@ -13,7 +13,7 @@ import (
 // on an instance that no longer reports, and the next Arm starts a new
 // instance that reports readiness again.
 func TestBrokenInstanceWakesEveryWaiter(t *testing.T) {
-	pair := func() (peer, ours *net.TCPConn) { return loopbackPair(t) }
+	pair := func() (peer, ours *net.TCPConn) { return LoopbackPair(t) }
 	wait := func(ch <-chan struct{}, what string) {
 		t.Helper()
 		select {
@@ -71,30 +71,4 @@ func TestBrokenInstanceWakesEveryWaiter(t *testing.T) {
 	for i := range handles {
 		p.Release(&handles[i])
 	}
-}
-
-// loopbackPair is a connected pair of loopback TCP sockets, closed when
-// the test ends.
-func loopbackPair(t *testing.T) (peer, ours *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	acc := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		acc <- c
-	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := <-acc
-	if s == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c.(*net.TCPConn), s.(*net.TCPConn)
 }

@@ -24,7 +24,7 @@ func TestOnePollPerWake(t *testing.T) {
 	pollSeen.Store(&seen)
 	defer pollSeen.Store(nil)
 
-	peer, ours := loopbackPair(t)
+	peer, ours := LoopbackPair(t)
 	rc, err := ours.SyscallConn()
 	if err != nil {
 		t.Fatal(err)
