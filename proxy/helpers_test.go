@@ -103,7 +103,7 @@ func startTether(t *testing.T, upstream string, mod func(*proxy.Config)) *tether
 
 // startTetherOpts starts tether with opts (a fresh registry, the test
 // logger and a 1 s close wait unless opts says otherwise).
-func startTetherOpts(t *testing.T, upstream string, opts proxy.Options, mod func(*proxy.Config)) *tether {
+func startTetherOpts(t testing.TB, upstream string, opts proxy.Options, mod func(*proxy.Config)) *tether {
 	t.Helper()
 	cfg, err := proxy.DefaultConfig(upstream)
 	if err != nil {

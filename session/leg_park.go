@@ -81,7 +81,7 @@ func (l *leg) wakeAs(woken uint32) {
 				if woken == legWokenExpired {
 					l.expired.Store(true)
 				}
-				go l.resume()
+				l.s.env.workers.run(job{l: l})
 				return
 			}
 		case legParking:

@@ -200,7 +200,7 @@ func (s *Session) resume(up Upstream) resumeResult {
 	s.mu.Unlock()
 	// Tell the client first: anything the new upstream sends comes after.
 	s.notify(statusConnected)
-	go u.resume()
+	s.env.workers.run(job{l: u})
 	u.startHeartbeat()
 
 	for _, m := range replay {

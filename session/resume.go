@@ -555,7 +555,7 @@ func (s *Session) Attach(conn net.Conn, buffered []byte, deflate bool, token str
 		m.ResumeResent(false, resent)
 	}
 	s.log.Info("client resumed", "session", s.id, "detached_for", away, "resent_to_client", resent, "client_count", recv)
-	go l.resume()
+	s.env.workers.run(job{l: l})
 	l.startHeartbeat()
 	return nil
 }

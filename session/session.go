@@ -92,6 +92,8 @@ type Env struct {
 	poller *netpoll.Poller
 	parked atomic.Int64
 	sweep  sweeper // finds the running legs quiet for IdleAfter (to park) or their heartbeat timeout
+	// workers runs read loops and probes on goroutines that outlive them.
+	workers workers
 	// test is the seam for tests; nil in production.
 	test *testHooks
 }
@@ -374,8 +376,9 @@ func (s *Session) Relay(ctx context.Context) {
 	up, c := s.up, s.client
 	c.resume = func() { s.run(c) }
 	s.parts.Store(2) // the client's read loop and the upstream's
-	go c.resume()
-	go up.resume()
+	s.env.workers.begin()
+	s.env.workers.run(job{l: c})
+	s.env.workers.run(job{l: up})
 	s.client.startHeartbeat()
 	up.startHeartbeat()
 }
@@ -422,6 +425,7 @@ func (s *Session) partDone() {
 	if onEnd != nil {
 		onEnd(Finished, o)
 	}
+	s.env.workers.end()
 }
 
 // Close tears the session down at once (drain deadline passed).

@@ -182,14 +182,14 @@ func (w *sweeper) sweep() {
 		if now >= p {
 			// Listed until it is sent: the probe may find a ping gone
 			// out since and arm itself anew for later (ackTickLocked).
-			go l.probe()
+			l.s.env.workers.run(job{l: l, probe: true})
 		}
 		i++
 	}
 	interrupted, more := 0, false
 	for i, l := range w.legs {
 		if p := l.probeDue.Load(); p > 0 && now >= p {
-			go l.probe() // sweptProbes
+			l.s.env.workers.run(job{l: l, probe: true}) // sweptProbes
 		}
 		last := l.lastRead.Load()
 		quiet, done := now-last, w.done[i]

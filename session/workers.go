@@ -1,0 +1,129 @@
+package session
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// workers runs the read loops of legs that start or wake, and the
+// sweeper's probes, on goroutines that outlive them (README
+// "Architecture": a woken leg's goroutine). A new goroutine starts with a
+// small stack, and the read loop's first message grew it in three or four
+// copies: 11 % of tether's CPU for sessions that send now and then, each
+// message waking both legs (BENCHMARKS.md, twelfth sitting). A worker
+// keeps the stack its jobs grew; between jobs it waits on its own channel.
+//
+// Idle workers are taken last in, first out, so the ones at the bottom of
+// the list are those no job needed lately: every trimEvery, the workers
+// that stayed idle through the whole period end. A process whose legs are
+// all parked keeps no worker for longer than twice trimEvery, and the
+// trim timer is set only while idle workers exist. When the last session
+// ends, so do the idle workers: a process without sessions has none.
+type workers struct {
+	live    atomic.Int64 // sessions started and not finished
+	mu      sync.Mutex
+	idle    []*worker // last in, first out
+	low     int       // fewest idle since the last trim: the bottom ones idled throughout
+	timer   *time.Timer
+	armed   bool
+	started int // goroutines started (tests)
+}
+
+// trimEvery is how long an idle worker waits for a job at least before it
+// ends (at most twice that).
+const trimEvery = time.Second
+
+type worker struct{ jobs chan job }
+
+// job is a read loop to run (resume) or a probe to send.
+type job struct {
+	l     *leg
+	probe bool
+}
+
+func (j job) do() {
+	if j.probe {
+		j.l.probe()
+	} else {
+		j.l.resume()
+	}
+}
+
+// run runs j on an idle worker, or on a new one when none is idle. It never
+// blocks.
+func (p *workers) run(j job) {
+	p.mu.Lock()
+	if n := len(p.idle) - 1; n >= 0 {
+		w := p.idle[n]
+		p.idle[n] = nil
+		p.idle = p.idle[:n]
+		p.low = min(p.low, n)
+		p.mu.Unlock()
+		w.jobs <- j // buffered, and empty while the worker is idle
+		return
+	}
+	p.started++
+	p.mu.Unlock()
+	go p.work(j)
+}
+
+func (p *workers) work(j job) {
+	w := &worker{jobs: make(chan job, 1)}
+	for {
+		j.do()
+		p.mu.Lock()
+		if p.live.Load() == 0 {
+			p.mu.Unlock()
+			return
+		}
+		p.idle = append(p.idle, w)
+		if !p.armed {
+			p.armed, p.low = true, len(p.idle)
+			if p.timer == nil {
+				p.timer = time.AfterFunc(trimEvery, p.trim)
+			} else {
+				p.timer.Reset(trimEvery)
+			}
+		}
+		p.mu.Unlock()
+		if j = <-w.jobs; j.l == nil {
+			return // trimmed
+		}
+	}
+}
+
+// begin counts a session that starts; end, one that finished.
+func (p *workers) begin() { p.live.Add(1) }
+
+func (p *workers) end() {
+	if p.live.Add(-1) == 0 {
+		p.mu.Lock()
+		p.stopLocked(len(p.idle))
+		p.mu.Unlock()
+	}
+}
+
+// trim ends the workers that were idle since the last trim.
+func (p *workers) trim() {
+	p.mu.Lock()
+	p.stopLocked(p.low)
+	p.mu.Unlock()
+}
+
+// stopLocked ends the bottom n idle workers, and sets the trim timer again
+// for those left.
+func (p *workers) stopLocked(n int) {
+	for i, w := range p.idle[:n] {
+		w.jobs <- job{}
+		p.idle[i] = nil
+	}
+	p.idle = append(p.idle[:0], p.idle[n:]...)
+	clear(p.idle[len(p.idle) : n+len(p.idle)])
+	p.low = len(p.idle)
+	if p.armed = len(p.idle) > 0; p.armed {
+		p.timer.Reset(trimEvery)
+	} else if p.timer != nil {
+		p.timer.Stop()
+	}
+}

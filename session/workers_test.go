@@ -1,0 +1,144 @@
+package session
+
+import (
+	"bytes"
+	"runtime"
+	"strconv"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/gobwas/ws/wsutil"
+)
+
+// jobLeg is a leg whose read loop is f.
+func jobLeg(f func()) *leg { return &leg{resume: f} }
+
+func (p *workers) counts() (idle, started int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.idle), p.started
+}
+
+// One job after another runs on one goroutine.
+func TestWorkersReuseOneGoroutine(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var p workers
+		p.begin()
+		ran := make(chan struct{})
+		l := jobLeg(func() { ran <- struct{}{} })
+		for range 10 {
+			p.run(job{l: l})
+			<-ran
+			synctest.Wait() // the worker is idle again
+		}
+		if idle, started := p.counts(); started != 1 || idle != 1 {
+			t.Fatalf("10 jobs in turn: %d goroutines started, %d idle; want 1 and 1", started, idle)
+		}
+		p.end() // the last session: the idle worker ends (else the bubble would not)
+	})
+}
+
+// Jobs at the same time get a worker each; once they are done, as many
+// later jobs start no goroutine. The workers no job needed for a whole
+// trimEvery end; the ones in use stay.
+func TestWorkersConcurrentAndTrim(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var p workers
+		p.begin()
+		release := make(chan struct{})
+		blocking := jobLeg(func() { <-release })
+		for range 3 {
+			p.run(job{l: blocking})
+		}
+		synctest.Wait()
+		if idle, started := p.counts(); started != 3 || idle != 0 {
+			t.Fatalf("3 blocked jobs: %d started, %d idle; want 3 and 0", started, idle)
+		}
+		close(release)
+		synctest.Wait()
+		for range 3 {
+			p.run(job{l: blocking}) // release is closed: returns at once
+			synctest.Wait()
+		}
+		if idle, started := p.counts(); started != 3 || idle != 3 {
+			t.Fatalf("3 more jobs: %d started, %d idle; want 3 and 3", started, idle)
+		}
+		// One worker is used through the next periods; the other two
+		// idle through the first whole period and end at its trim.
+		deadline := time.Now().Add(3 * trimEvery)
+		for time.Now().Before(deadline) {
+			p.run(job{l: blocking})
+			synctest.Wait()
+			time.Sleep(trimEvery / 10)
+		}
+		if idle, started := p.counts(); started != 3 || idle != 1 {
+			t.Fatalf("after 3 periods with one job at a time: %d started, %d idle; want 3 and 1", started, idle)
+		}
+		// Nothing more: the last one ends within two periods.
+		time.Sleep(2 * trimEvery)
+		synctest.Wait()
+		if idle, _ := p.counts(); idle != 0 {
+			t.Fatalf("%d workers idle two periods after the last job, want 0", idle)
+		}
+		p.run(job{l: blocking}) // a new one, as the first
+		synctest.Wait()
+		if _, started := p.counts(); started != 4 {
+			t.Fatalf("a job after the trims: %d started in all, want 4", started)
+		}
+		p.end()
+	})
+}
+
+// goid is the calling goroutine's id (from its stack trace's header).
+func goid() uint64 {
+	var buf [64]byte
+	b := buf[:runtime.Stack(buf[:], false)]
+	b = bytes.TrimPrefix(b, []byte("goroutine "))
+	b = b[:bytes.IndexByte(b, ' ')]
+	n, _ := strconv.ParseUint(string(b), 10, 64)
+	return n
+}
+
+// A parked leg that wakes runs its read loop on a goroutine that ran one
+// before (a worker's), not on a new one whose stack the first message
+// grows in several copies (README "Architecture").
+func TestWokenLegsReuseGoroutines(t *testing.T) {
+	var mu sync.Mutex
+	goroutines := map[uint64]bool{}
+	r := newParkRigWith(t, hbCfg(hbOff, hbOff), func(e *Env) {
+		e.test.read = func(*leg, int, error) {
+			id := goid()
+			mu.Lock()
+			goroutines[id] = true
+			mu.Unlock()
+		}
+	})
+	c, u := r.s.client, r.up()
+	const wakes = 20
+	for range wakes {
+		r.waitParked(c, u)
+		if err := wsutil.WriteClientText(r.client, []byte("hello")); err != nil {
+			t.Fatal(err)
+		}
+		if got := readClientMsg(t, r.upstream); got != "hello" {
+			t.Fatalf("upstream got %q", got)
+		}
+		if err := wsutil.WriteServerText(r.upstream, []byte("world")); err != nil {
+			t.Fatal(err)
+		}
+		if got := readServerMsg(t, r.client); got != "world" {
+			t.Fatalf("client got %q", got)
+		}
+	}
+	r.waitParked(c, u)
+	mu.Lock()
+	n := len(goroutines)
+	mu.Unlock()
+	// Two legs, each woken 20 times: two workers (a few more when a
+	// trim falls between a wake and the next, or the legs overlap).
+	if n > 6 {
+		t.Errorf("the read loops of %d wakes of each leg ran on %d goroutines, want at most 6", wakes, n)
+	}
+}
