@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,7 +19,6 @@ import (
 // accept a client's handshake, dial and upgrade the upstream, relay one
 // message each way and close. The peers are written on the bytes, so that
 // nearly all the allocations counted are the proxy's.
-
 
 // byteEchoBackend is a WebSocket echo server on 127.0.0.1 written on the bytes:
 // it answers an upgrade, echoes data frames unmasked, answers pings and
@@ -44,24 +44,35 @@ func byteEchoBackend(tb testing.TB) string {
 
 var keyHeader = []byte("\r\nsec-websocket-key:")
 
+// echoState is a connection's buffers, pooled so that the benchmark's
+// allocations are the proxy's.
+type echoState struct {
+	br   *bufio.Reader
+	head [4096]byte
+	buf  [4096]byte
+	out  [256]byte
+}
+
+var echoStates = sync.Pool{New: func() any { return &echoState{br: bufio.NewReaderSize(nil, 4096)} }}
+
 func byteEcho(c net.Conn) {
 	defer c.Close()
-	br := bufio.NewReaderSize(c, 4096)
-	var head [4096]byte
+	st := echoStates.Get().(*echoState)
+	defer echoStates.Put(st)
+	st.br.Reset(c)
 	n := 0
-	for !bytes.Contains(head[:n], []byte("\r\n\r\n")) {
-		if n == len(head) {
+	for !bytes.Contains(st.head[:n], []byte("\r\n\r\n")) {
+		if n == len(st.head) {
 			return
 		}
-		m, err := br.Read(head[n:])
+		m, err := st.br.Read(st.head[n:])
 		if err != nil {
 			return
 		}
 		n += m
 	}
-	req := head[:n]
-	lower := bytes.ToLower(req)
-	i := bytes.Index(lower, keyHeader)
+	req := st.head[:n]
+	i := bytes.Index(bytes.ToLower(req), keyHeader)
 	if i < 0 {
 		return
 	}
@@ -71,16 +82,14 @@ func byteEcho(c net.Conn) {
 	h.Write(key)
 	h.Write([]byte(wsGUID))
 	var sum [sha1.Size]byte
-	var resp [256]byte
-	out := append(resp[:0], "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "...)
+	out := append(st.out[:0], "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "...)
 	out = base64.StdEncoding.AppendEncode(out, h.Sum(sum[:0]))
 	out = append(out, "\r\n\r\n"...)
 	if _, err := c.Write(out); err != nil {
 		return
 	}
-	var buf [4096]byte
 	for {
-		op, payload, err := readFrame(br, buf[:])
+		op, payload, err := readFrame(st.br, st.buf[:])
 		if err != nil {
 			return
 		}
@@ -90,7 +99,7 @@ func byteEcho(c net.Conn) {
 		case 0xA:
 			continue
 		}
-		if _, err := c.Write(appendFrame(buf[:0:0], op, payload, false)); err != nil || op == 0x8 {
+		if _, err := c.Write(appendFrame(st.out[:0], op, payload, false)); err != nil || op == 0x8 {
 			return
 		}
 	}
@@ -162,6 +171,7 @@ func BenchmarkSessionOpen(b *testing.B) {
 	msg := appendFrame(nil, 0x1, bytes.Repeat([]byte("m"), 64), true)
 	bye := appendFrame(nil, 0x8, []byte{0x03, 0xe8}, true)
 	var buf [4096]byte
+	br := bufio.NewReaderSize(nil, 4096)
 	open := func() error {
 		c, err := net.Dial("tcp", tt.Addr)
 		if err != nil {
@@ -172,7 +182,7 @@ func BenchmarkSessionOpen(b *testing.B) {
 		if _, err := c.Write(req); err != nil {
 			return err
 		}
-		br := bufio.NewReaderSize(c, 4096)
+		br.Reset(c)
 		for {
 			line, err := br.ReadSlice('\n')
 			if err != nil {

@@ -37,7 +37,8 @@
 // read buffer goes back to a pool, and the process's poller
 // (internal/netpoll, one goroutine for all parked sockets) waits for the
 // socket; readiness, a Close to send, a failed write or the heartbeat
-// timeout starts the loop again on a new goroutine. Whether a running leg
+// timeout starts the loop again on a worker goroutine (workers.go: one
+// that ran a loop before and keeps its grown stack). Whether a running leg
 // has been quiet for IdleAfter or its heartbeat timeout is the sweeper's
 // question (sweep.go: one timer per Env, set only while some leg that can
 // park runs), not a read deadline's. A leg woken by control

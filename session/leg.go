@@ -41,10 +41,11 @@ const (
 //
 // Parking: a leg whose connection is a socket (not TLS, not a pipe) and
 // that has been quiet for Env.IdleAfter at a message boundary parks: its
-// read loop returns, its goroutine exits, its read buffer goes back to a
-// pool and the process's poller waits for the socket to become readable.
+// read loop returns, its goroutine goes back to the workers, its read
+// buffer goes back to a pool and the process's poller waits for the socket
+// to become readable.
 // Readiness, a Close to send, a failed write or a heartbeat timeout wakes
-// it (wake), which starts a new goroutine running the same read loop. So
+// it (wake), which runs the same read loop on a worker goroutine. So
 // an idle leg costs no goroutine and no buffer, only its structs.
 //
 // Closing (leg.go): writeClose sends a Close under the write lock and
@@ -172,7 +173,7 @@ func newLeg(s *Session, conn net.Conn, buffered []byte, fromClient bool, hb hear
 	l.fr = frameReader{fromClient: fromClient, max: int64(s.cfg.MaxMessageBytes)}
 	// A leg with heartbeats more often than parkMinInterval wakes for
 	// every ping anyway: parking it would cost a park and a wake (an
-	// epoll_ctl and a goroutine start) per interval to save memory for
+	// epoll_ctl and a hand-off to a worker goroutine) per interval to save memory for
 	// less than that interval, so it keeps its goroutine.
 	parkable := !hb.Mode.On() || hb.Interval >= s.env.parkMinInterval()
 	switch c := conn.(type) {

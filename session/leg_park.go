@@ -47,7 +47,7 @@ func (l *leg) park() bool {
 	l.state.Store(legParking)
 	err := l.s.env.poller.Arm(&l.ph, l.raw.Control, l.wakeFn)
 	if err == nil && l.state.CompareAndSwap(legParking, legParked) {
-		// Parked: from here on a wake hands the leg to a new goroutine.
+		// Parked: from here on a wake hands the leg to a worker.
 		l.scheduleParkedTick()
 		return true
 	}
@@ -70,7 +70,7 @@ func (l *leg) wake() { l.wakeAs(legWoken) }
 // read loop gets a deadline error at once.
 func (l *leg) wakeExpired() { l.wakeAs(legWokenExpired) }
 
-// wakeAs wakes the leg: a parked one on a new goroutine, a parking one by
+// wakeAs wakes the leg: a parked one on a worker goroutine, a parking one by
 // leaving woken (legWoken or legWokenExpired) for its read loop.
 func (l *leg) wakeAs(woken uint32) {
 	for {

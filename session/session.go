@@ -78,7 +78,7 @@ type Env struct {
 	// IdleAfter is how long a leg waits at a message boundary with a
 	// goroutine before it parks in the poller (see leg); 0 means 250 ms,
 	// a negative value never parks. A leg quiet for longer costs a park
-	// and a wake (an epoll_ctl and a goroutine start) per message, which
+	// and a wake (an epoll_ctl and a hand-off to a worker goroutine) per message, which
 	// is noise at that message rate.
 	IdleAfter time.Duration
 	// CloseWait bounds the wait for a peer's Close reply; 0 means 3 s.
