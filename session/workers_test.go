@@ -136,9 +136,11 @@ func TestWokenLegsReuseGoroutines(t *testing.T) {
 	mu.Lock()
 	n := len(goroutines)
 	mu.Unlock()
-	// Two legs, each woken 20 times: two workers (a few more when a
-	// trim falls between a wake and the next, or the legs overlap).
-	if n > 6 {
-		t.Errorf("the read loops of %d wakes of each leg ran on %d goroutines, want at most 6", wakes, n)
+	// Two legs, each woken 20 times: two workers (a few more when a wake
+	// comes before the last loop's worker is back in the list, or a
+	// trim ends one between wakes).
+	t.Logf("%d goroutines ran the read loops", n)
+	if n > 8 {
+		t.Errorf("the read loops of %d wakes of each leg ran on %d goroutines, want at most 8", wakes, n)
 	}
 }
