@@ -16,14 +16,15 @@ const (
 )
 
 // parkMinInterval is the shortest heartbeat interval at which a leg parks.
-// At 1 s, parking costs 6-10 % more CPU than a goroutine blocked in its
-// read (an epoll_ctl and a goroutine start per ping) and saves two thirds
-// of the memory: 9,000 sessions with 1 s heartbeats on both legs measured
-// 8.5-8.8 KiB and 27-28 % of a core parked, 25.5-26.2 KiB and 24-26 %
-// unparked (BENCHMARKS.md "Heartbeat cost"). At 500 ms the CPU cost
-// doubled (measured at an earlier stop), so faster legs keep their
-// goroutine.
-const parkMinInterval = 1 * time.Second
+// Since a wake runs the read loop on a worker (workers.go: no goroutine
+// start, no stack growth), parking 500 ms legs costs the CPU of keeping
+// their goroutines and saves 58 % of the memory: 9,000 sessions with
+// 500 ms heartbeats on both legs measured 11.0-11.2 KiB and 53-55 % of a
+// core parked, 26.3 KiB and 50-54 % unparked (BENCHMARKS.md "Heartbeat
+// cost"); with a goroutine started per wake, parking at 500 ms had
+// doubled the CPU. Legs with faster heartbeats are never quiet for
+// IdleAfter long enough to gain from it, and keep their goroutine.
+const parkMinInterval = 500 * time.Millisecond
 
 // park gives up the read loop's goroutine and buffers until the socket is
 // readable or wake is called. It reports whether the leg parked (the
