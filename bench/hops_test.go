@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -149,4 +152,27 @@ func TestHopsTraced(t *testing.T) {
 	if h.Proxy.P50 <= 0 || h.Backend.P50 <= 0 || h.Proxy.P50+h.Backend.P50 > h.Wire.P99 || h.Wire.P50 > lat.P99ms*1000 {
 		t.Errorf("hops do not add up: proxy p50 %.1f µs, backend %.1f, wire p50 %.1f p99 %.1f, the tool's p99 %.1f", h.Proxy.P50, h.Backend.P50, h.Wire.P50, h.Wire.P99, lat.P99ms*1000)
 	}
+}
+
+// A run that fails after the tracer started (the load tool's dial, say)
+// leaves no bpftrace behind: kill ends it. (Kill after stop, the deferred
+// one in latency, runs in TestHopsTraced.)
+func TestHopsTracerKilled(t *testing.T) {
+	if _, err := exec.LookPath("bpftrace"); err != nil {
+		testkit.Missing(t, "bpftrace not found; install it with `apt-get install -y bpftrace` to test bench latency -hops")
+	}
+	if os.Geteuid() != 0 {
+		testkit.Missing(t, "bench latency -hops needs root (bpftrace)")
+	}
+	ctx := context.Background()
+	h, err := startHops(ctx, "127.0.0.1:19891", "127.0.0.1:19892", os.Getpid(), 1024, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := h.cmd.Process.Pid
+	h.kill()
+	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Fatalf("bpftrace (pid %d) still there after kill: %v", pid, err)
+	}
+	h.kill() // a second time: nothing
 }
