@@ -135,6 +135,25 @@ func (r *parkRig) waitParked(legs ...*leg) {
 	}
 }
 
+// exchange sends "hello" from the client peer and "world" back from the
+// upstream peer, each checked where it arrives.
+func (r *parkRig) exchange() {
+	t := r.t
+	t.Helper()
+	if err := wsutil.WriteClientText(r.client, []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if got := readClientMsg(t, r.upstream); got != "hello" {
+		t.Fatalf("upstream got %q", got)
+	}
+	if err := wsutil.WriteServerText(r.upstream, []byte("world")); err != nil {
+		t.Fatal(err)
+	}
+	if got := readServerMsg(t, r.client); got != "world" {
+		t.Fatalf("client got %q", got)
+	}
+}
+
 func (r *parkRig) up() *leg {
 	r.s.mu.Lock()
 	defer r.s.mu.Unlock()
@@ -203,18 +222,7 @@ func TestParkIdleLegsRelay(t *testing.T) {
 		t.Fatalf("ParkedLegs = %d, want 2", n)
 	}
 	for i := 0; i < 3; i++ {
-		if err := wsutil.WriteClientText(r.client, []byte("hello")); err != nil {
-			t.Fatal(err)
-		}
-		if got := readClientMsg(t, r.upstream); got != "hello" {
-			t.Fatalf("upstream got %q", got)
-		}
-		if err := wsutil.WriteServerText(r.upstream, []byte("world")); err != nil {
-			t.Fatal(err)
-		}
-		if got := readServerMsg(t, r.client); got != "world" {
-			t.Fatalf("client got %q", got)
-		}
+		r.exchange()
 		r.waitParked(c, u)
 	}
 	// A Close from the client ends the session through parked legs.

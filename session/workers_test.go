@@ -8,8 +8,6 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
-
-	"github.com/gobwas/ws/wsutil"
 )
 
 // jobLeg is a leg whose read loop is f.
@@ -119,18 +117,7 @@ func TestWokenLegsReuseGoroutines(t *testing.T) {
 	const wakes = 20
 	for range wakes {
 		r.waitParked(c, u)
-		if err := wsutil.WriteClientText(r.client, []byte("hello")); err != nil {
-			t.Fatal(err)
-		}
-		if got := readClientMsg(t, r.upstream); got != "hello" {
-			t.Fatalf("upstream got %q", got)
-		}
-		if err := wsutil.WriteServerText(r.upstream, []byte("world")); err != nil {
-			t.Fatal(err)
-		}
-		if got := readServerMsg(t, r.client); got != "world" {
-			t.Fatalf("client got %q", got)
-		}
+		r.exchange()
 	}
 	r.waitParked(c, u)
 	mu.Lock()
