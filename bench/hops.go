@@ -356,6 +356,10 @@ func startHops(ctx context.Context, proxyAddr, backendAddr string, proxyPid, max
 	return h, nil
 }
 
+// hopsStopWait bounds stop's wait for bpftrace to print its maps and end
+// (a second or two for a full map).
+var hopsStopWait = 30 * time.Second
+
 // kill ends bpftrace if stop did not (a run that failed).
 func (h *hopsTracer) kill() {
 	if h.cmd.ProcessState == nil {
@@ -369,7 +373,14 @@ func (h *hopsTracer) kill() {
 // for real (see analyzeHops).
 func (h *hopsTracer) stop(maxHop time.Duration) (*Hops, error) {
 	_ = h.cmd.Process.Signal(syscall.SIGINT)
-	<-h.copied // Wait closes the pipe: read it all first
+	select {
+	case <-h.copied: // Wait closes the pipe: read it all first
+	case <-time.After(hopsStopWait):
+		// bpftrace 0.17 can miss a SIGINT that comes just after it
+		// printed "Attaching" (it then waits for another forever).
+		h.kill()
+		return nil, fmt.Errorf("-hops: bpftrace did not end within %v of SIGINT: %s", hopsStopWait, strings.TrimSpace(h.stderr.String()))
+	}
 	err := h.cmd.Wait()
 	var ee *exec.ExitError
 	if err != nil && !errors.As(err, &ee) {
