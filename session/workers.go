@@ -16,7 +16,8 @@ import (
 //
 // Idle workers are taken last in, first out, so the ones at the bottom of
 // the list are those no job needed lately: every trimEvery, the workers
-// that stayed idle through the whole period end. A process whose legs are
+// that stayed idle through the whole period end (trimBatch at a time, see
+// trim). A process whose legs are
 // all parked keeps no worker for longer than twice trimEvery, and the
 // trim timer is set only while idle workers exist. When the last session
 // ends, so do the idle workers: a process without sessions has none.
@@ -99,20 +100,43 @@ func (p *workers) begin() { p.live.Add(1) }
 func (p *workers) end() {
 	if p.live.Add(-1) == 0 {
 		p.mu.Lock()
-		p.stopLocked(len(p.idle))
+		p.stopLocked(len(p.idle)) // no session waits behind them
+		p.low, p.armed = 0, false
+		if p.timer != nil {
+			p.timer.Stop()
+		}
 		p.mu.Unlock()
 	}
 }
 
-// trim ends the workers that were idle since the last trim.
+// trim ends the workers that were idle since the last trim, at most
+// trimBatch at a time: each one ended is a goroutine to wake, and after a
+// burst of sessions that went quiet together thousands can be idle at
+// once; the messages of that moment would wait behind all of them. The
+// rest follow trimBacklog apart.
 func (p *workers) trim() {
 	p.mu.Lock()
-	p.stopLocked(p.low)
-	p.mu.Unlock()
+	defer p.mu.Unlock()
+	n := min(p.low, trimBatch)
+	p.low -= n // those still idle since the period began
+	p.stopLocked(n)
+	switch {
+	case p.low > 0:
+		p.timer.Reset(trimBacklog)
+	case len(p.idle) > 0:
+		p.low = len(p.idle) // a new period
+		p.timer.Reset(trimEvery)
+	default:
+		p.armed = false
+	}
 }
 
-// stopLocked ends the bottom n idle workers, and sets the trim timer again
-// for those left.
+const (
+	trimBatch   = 32
+	trimBacklog = 2 * time.Millisecond
+)
+
+// stopLocked ends the bottom n idle workers.
 func (p *workers) stopLocked(n int) {
 	for i, w := range p.idle[:n] {
 		w.jobs <- job{}
@@ -120,10 +144,4 @@ func (p *workers) stopLocked(n int) {
 	}
 	p.idle = append(p.idle[:0], p.idle[n:]...)
 	clear(p.idle[len(p.idle) : n+len(p.idle)])
-	p.low = len(p.idle)
-	if p.armed = len(p.idle) > 0; p.armed {
-		p.timer.Reset(trimEvery)
-	} else if p.timer != nil {
-		p.timer.Stop()
-	}
 }

@@ -131,3 +131,45 @@ func TestWokenLegsReuseGoroutines(t *testing.T) {
 		t.Errorf("the read loops of %d wakes of each leg ran on %d goroutines, want at most 8", wakes, n)
 	}
 }
+
+// Many workers idle at once (a burst of sessions that went quiet
+// together) end trimBatch at a time, trimBacklog apart, not all in one
+// wake.
+func TestWorkersTrimInBatches(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var p workers
+		p.begin()
+		release := make(chan struct{})
+		blocking := jobLeg(func() { <-release })
+		const n = 3*trimBatch + 5
+		for range n {
+			p.run(job{l: blocking})
+		}
+		synctest.Wait()
+		close(release)
+		synctest.Wait()
+		if idle, started := p.counts(); started != n || idle != n {
+			t.Fatalf("%d jobs at once, done: %d started, %d idle; want %d and %d", n, started, idle, n, n)
+		}
+		// The period began when the first of them went idle: the others
+		// count from the next one.
+		time.Sleep(trimEvery)
+		synctest.Wait()
+		if idle, _ := p.counts(); idle != n-1 {
+			t.Fatalf("first trim: %d idle, want %d", idle, n-1)
+		}
+		time.Sleep(trimEvery)
+		synctest.Wait()
+		left := n - 1
+		for i := 0; left > 0; i++ {
+			idle, _ := p.counts()
+			if want := max(left-trimBatch, 0); idle != want {
+				t.Fatalf("trim %d: %d idle, want %d (at most %d ended at a time)", i, idle, want, trimBatch)
+			}
+			left = max(left-trimBatch, 0)
+			time.Sleep(trimBacklog)
+			synctest.Wait()
+		}
+		p.end()
+	})
+}
