@@ -19,6 +19,25 @@ func (p *workers) counts() (idle, started int) {
 	return len(p.idle), p.started
 }
 
+// runAtOnce runs n jobs on p that wait for each other, each on a new
+// worker, and returns once they are all done (their workers idle) with
+// the leg of a job that now returns at once. Inside a synctest bubble.
+func runAtOnce(t *testing.T, p *workers, n int) *leg {
+	t.Helper()
+	release := make(chan struct{})
+	blocking := jobLeg(func() { <-release })
+	for range n {
+		p.run(job{l: blocking})
+	}
+	synctest.Wait()
+	if idle, started := p.counts(); started != n || idle != 0 {
+		t.Fatalf("%d blocked jobs: %d started, %d idle; want %d and 0", n, started, idle, n)
+	}
+	close(release)
+	synctest.Wait()
+	return blocking
+}
+
 // One job after another runs on one goroutine.
 func TestWorkersReuseOneGoroutine(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
@@ -45,17 +64,7 @@ func TestWorkersConcurrentAndTrim(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var p workers
 		p.begin()
-		release := make(chan struct{})
-		blocking := jobLeg(func() { <-release })
-		for range 3 {
-			p.run(job{l: blocking})
-		}
-		synctest.Wait()
-		if idle, started := p.counts(); started != 3 || idle != 0 {
-			t.Fatalf("3 blocked jobs: %d started, %d idle; want 3 and 0", started, idle)
-		}
-		close(release)
-		synctest.Wait()
+		blocking := runAtOnce(t, &p, 3)
 		for range 3 {
 			p.run(job{l: blocking}) // release is closed: returns at once
 			synctest.Wait()
@@ -139,15 +148,8 @@ func TestWorkersTrimInBatches(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var p workers
 		p.begin()
-		release := make(chan struct{})
-		blocking := jobLeg(func() { <-release })
 		const n = 3*trimBatch + 5
-		for range n {
-			p.run(job{l: blocking})
-		}
-		synctest.Wait()
-		close(release)
-		synctest.Wait()
+		runAtOnce(t, &p, n)
 		if idle, started := p.counts(); started != n || idle != n {
 			t.Fatalf("%d jobs at once, done: %d started, %d idle; want %d and %d", n, started, idle, n, n)
 		}
