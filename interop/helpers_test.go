@@ -402,10 +402,13 @@ func (c *wireConn) CloseWrite() error {
 	return c.Conn.Close()
 }
 
+// Write keeps the head before it writes: the peer may act on the bytes
+// (a browser's onopen, the test's look at the head) before the write
+// returns here.
 func (c *wireConn) Write(p []byte) (int, error) {
+	c.out.add(c.w, &c.w.responses, p)
 	n, err := c.Conn.Write(p)
 	c.w.written.Add(int64(n))
-	c.out.add(c.w, &c.w.responses, p[:n])
 	return n, err
 }
 
