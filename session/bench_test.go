@@ -227,31 +227,11 @@ func (p *hbWirePeer) echo() {
 	}
 }
 
+// hbTCPPair is a connected pair of loopback TCP sockets (dialed,
+// accepted), closed when the test ends.
 func hbTCPPair(tb testing.TB) (a, b net.Conn) {
-	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer ln.Close()
-	acc := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			acc <- nil
-			return
-		}
-		acc <- c
-	}()
-	a, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	b = <-acc
-	if b == nil {
-		tb.Fatal("accept failed")
-	}
-	return a, b
+	d, acc := testkit.LoopbackPair(tb)
+	return d, acc
 }
 
 // hbRelay is a client peer, a session and an echoing upstream over

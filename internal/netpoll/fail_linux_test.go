@@ -6,6 +6,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/tether-proxy/tether/internal/testkit"
 )
 
 // If the epoll instance breaks under the poller goroutine (its wait
@@ -13,7 +15,7 @@ import (
 // on an instance that no longer reports, and the next Arm starts a new
 // instance that reports readiness again.
 func TestBrokenInstanceWakesEveryWaiter(t *testing.T) {
-	pair := func() (peer, ours *net.TCPConn) { return LoopbackPair(t) }
+	pair := func() (peer, ours *net.TCPConn) { return testkit.LoopbackPair(t) }
 	wait := func(ch <-chan struct{}, what string) {
 		t.Helper()
 		select {

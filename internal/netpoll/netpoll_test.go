@@ -9,11 +9,12 @@ import (
 	"time"
 
 	"github.com/tether-proxy/tether/internal/netpoll"
+	"github.com/tether-proxy/tether/internal/testkit"
 )
 
 func tcpPair(t *testing.T) (a, b *net.TCPConn) {
 	t.Helper()
-	return netpoll.LoopbackPair(t)
+	return testkit.LoopbackPair(t)
 }
 
 func control(t *testing.T, c syscall.Conn) func(func(uintptr)) error {

@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tether-proxy/tether/internal/testkit"
 )
 
 // Each wake of the poller polls the ready events once: a poll that took
@@ -24,7 +26,7 @@ func TestOnePollPerWake(t *testing.T) {
 	pollSeen.Store(&seen)
 	defer pollSeen.Store(nil)
 
-	peer, ours := LoopbackPair(t)
+	peer, ours := testkit.LoopbackPair(t)
 	rc, err := ours.SyscallConn()
 	if err != nil {
 		t.Fatal(err)

@@ -274,3 +274,33 @@ func Sleeper(t *testing.T, realTime bool) int {
 		}
 	}
 }
+
+// LoopbackPair is a connected pair of TCP sockets on 127.0.0.1, the dialed
+// end and the accepted one, both closed when the test ends.
+func LoopbackPair(tb testing.TB) (dialed, accepted *net.TCPConn) {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	acc := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			c = nil
+		}
+		acc <- c
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s := <-acc
+	if s == nil {
+		c.Close()
+		tb.Fatal("accept failed")
+	}
+	tb.Cleanup(func() { c.Close(); s.Close() })
+	return c.(*net.TCPConn), s.(*net.TCPConn)
+}
