@@ -364,6 +364,9 @@ func (s *Session) flushHeld() {
 // until the leg parks or ends. When it ends, run classifies why, lets end
 // finish the leg's Close, closes the connection and finishes its part.
 func (s *Session) run(l *leg) {
+	if t := s.env.test; t != nil && t.running != nil {
+		t.running(l)
+	}
 	if l.parks {
 		s.env.sweep.add(l)
 	}

@@ -103,6 +103,7 @@ type Env struct {
 type testHooks struct {
 	parkMin   time.Duration                  // overrides parkMinInterval
 	readBuf   func(l *leg, size int)         // told the size of each read buffer a read loop takes
+	running   func(l *leg)                   // told of each run of a read loop as it starts
 	quickPark func(l *leg)                   // told of each leg that parks right after a control-only wake
 	deadline  func(l *leg)                   // told of each read deadline a read loop sets
 	early     func(l *leg)                   // told of each read deadline that passed with the leg neither idle nor dead

@@ -70,6 +70,7 @@ func (p *workers) run(j job) {
 }
 
 func (p *workers) work(j job) {
+	growStack(0)
 	w := &worker{jobs: make(chan job, 1)}
 	for {
 		j.do()
@@ -145,3 +146,28 @@ func (p *workers) stopLocked(n int) {
 	p.idle = append(p.idle[:0], p.idle[n:]...)
 	clear(p.idle[len(p.idle) : n+len(p.idle)])
 }
+
+// growStack grows a new worker's stack, while it is nearly empty, to the
+// size the read loop's message path needs (4 KiB, from the runtime's
+// smallest start of 2 KiB): the leg's first message then runs without a
+// stack growth, which copies every frame of that deep path and adjusts
+// their pointers; here the copy is a frame or two. In the window after
+// 1,000 sessions opened, the first message of each session ran on a new
+// worker (the opening had reused the parked legs' workers) and grew its
+// stack: 2,056 growths for 962 new goroutines in the first 300 ms, 962
+// for 962 with growStack (BENCHMARKS.md, thirteenth sitting). A running
+// read loop holds 4 KiB either way (go_memstats_stack_inuse_bytes: 8.8
+// MB for 2,011 goroutines at 5,000 msg/s over 1,000 sessions, with or
+// without). TestWorkerStackHoldsMessagePath fails when the path outgrows
+// it.
+//
+//go:noinline
+func growStack(i int) byte {
+	var b [workerStackFrame]byte
+	b[i] = 1
+	return b[len(b)-1-i] // another index: b must be on the stack
+}
+
+// workerStackFrame is growStack's frame: with the stack guard, it needs
+// a 4 KiB stack.
+const workerStackFrame = 2560

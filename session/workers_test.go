@@ -2,12 +2,15 @@ package session
 
 import (
 	"bytes"
+	"os"
+	"os/exec"
 	"runtime"
 	"strconv"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
+	"unsafe"
 )
 
 // jobLeg is a leg whose read loop is f.
@@ -174,4 +177,67 @@ func TestWorkersTrimInBatches(t *testing.T) {
 		}
 		p.end()
 	})
+}
+
+// A worker's stack holds the read loop's message path from its start
+// (growStack): no message a leg relays grows it, not even the first one
+// on a new worker, where a growth copies every frame of the deep path.
+// The check runs in a child process whose goroutines start with the
+// runtime's smallest stack (adaptivestackstart=0: otherwise the start
+// follows the process's average, and a larger one would hide a missing
+// growStack) and whose collector shrinks no stack (gcshrinkstackoff=1).
+// A stack that grows moves: the read hook's frame is at another address
+// at the next read of the same goroutine.
+func TestWorkerStackHoldsMessagePath(t *testing.T) {
+	if os.Getenv("TETHER_STACK_CHILD") == "" {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestWorkerStackHoldsMessagePath$", "-test.count=1", "-test.v")
+		cmd.Env = append(os.Environ(), "TETHER_STACK_CHILD=1", "GODEBUG=adaptivestackstart=0,gcshrinkstackoff=1")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("child process: %v\n%s", err, out)
+		}
+		t.Logf("child process:\n%s", out)
+		return
+	}
+	// The running hook is called first in each run of a read loop, at
+	// the same depth from the worker's loop: a stack that grew during a
+	// run has the hook's frame at another address in the next run on
+	// that goroutine.
+	var mu sync.Mutex
+	frames := map[uint64][]uintptr{} // by goroutine, run by run
+	r := newParkRigWith(t, hbCfg(hbOff, hbOff), func(e *Env) {
+		e.test.running = func(*leg) {
+			var here byte
+			at := uintptr(unsafe.Pointer(&here))
+			id := goid()
+			mu.Lock()
+			frames[id] = append(frames[id], at)
+			mu.Unlock()
+		}
+	})
+	c, u := r.s.client, r.up()
+	// Each exchange wakes both parked legs: a run relays a message, and
+	// the next run of the same worker comes after it.
+	for range 4 {
+		r.waitParked(c, u)
+		r.exchange()
+	}
+	r.waitParked(c, u)
+	mu.Lock()
+	defer mu.Unlock()
+	again := 0 // goroutines that ran a read loop more than once
+	for id, at := range frames {
+		if len(at) > 1 {
+			again++
+		}
+		for i := 1; i < len(at); i++ {
+			if at[i] != at[0] {
+				t.Errorf("goroutine %d: its stack moved between runs 1 and %d of a read loop (the hook's frame at %#x, then %#x): a message grew it", id, i+1, at[0], at[i])
+				break
+			}
+		}
+	}
+	if again == 0 {
+		t.Fatal("no goroutine ran a read loop twice: nothing compared")
+	}
 }
