@@ -130,7 +130,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 
 	var o common
-	fs.StringVar(&o.dial.url, "url", "ws://127.0.0.1:8080/", "WebSocket URL of the target (a proxy or the backend)")
+	fs.StringVar(&o.dial.url, "url", "ws://127.0.0.1:8080/", "WebSocket URL of the target (a proxy or the backend); wss:// accepts any certificate")
 	fs.IntVar(&o.dial.sources, "sources", 16, "source addresses 127.0.0.1..127.0.0.N to dial from")
 	fs.BoolVar(&o.dial.deflate, "deflate", false, "offer permessage-deflate (no context takeover)")
 	fs.BoolVar(&o.dial.resume, "resume", false, "ask tether for resumable sessions (tether_resume=new) and acknowledge what arrives")

@@ -52,6 +52,13 @@ func startBackend(t *testing.T) string {
 // load tool that did not answer pings would lose its sessions.
 func startTether(t *testing.T, backend string, compression bool) string {
 	t.Helper()
+	return startTetherWith(t, backend, func(cfg *proxy.Config) { cfg.ClientCompression = compression })
+}
+
+// startTetherWith is startTether with configure applied to its
+// configuration last.
+func startTetherWith(t *testing.T, backend string, configure func(*proxy.Config)) string {
+	t.Helper()
 	cfg, err := proxy.DefaultConfig("ws://" + backend)
 	if err != nil {
 		t.Fatal(err)
@@ -59,7 +66,7 @@ func startTether(t *testing.T, backend string, compression bool) string {
 	for _, hb := range []*heartbeat.Config{&cfg.Session.ClientHeartbeat, &cfg.Session.UpstreamHeartbeat} {
 		hb.Mode, hb.Interval, hb.Timeout = heartbeat.ModeJSON, 100*time.Millisecond, time.Second
 	}
-	cfg.ClientCompression = compression
+	configure(&cfg)
 	srv, err := proxy.New(cfg, proxy.Options{CloseWait: time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -222,6 +229,19 @@ func TestLatencyPacing(t *testing.T) {
 		}
 	}
 	t.Errorf("median gap between sends %v, mean %v: sent in bursts", median, mean)
+}
+
+// The load tool dials wss:// URLs, accepting the test certificate of a
+// proxy on loopback: tether with TLS on its listener.
+func TestLatencyOverTLS(t *testing.T) {
+	backend := startBackend(t)
+	certFile, keyFile, _ := testkit.SelfSigned(t)
+	addr := startTetherWith(t, backend, func(cfg *proxy.Config) { cfg.TLSCertFile, cfg.TLSKeyFile = certFile, keyFile })
+	lat := runJSON(t, "latency", "-url", "wss://"+addr+"/", "-conns", "20", "-rate", "400",
+		"-size", "128", "-duration", "500ms", "-proxy-pid", "0")
+	if lat.Msgs < 100 || lat.Error != "" {
+		t.Fatalf("%d round trips over wss in 0.5 s at 400 msg/s (error %q)", lat.Msgs, lat.Error)
+	}
 }
 
 // latencyGaps runs the latency workload for a second at 2,000 msg/s and
