@@ -154,8 +154,9 @@ func (p *workers) stopLocked(n int) {
 // their pointers; here the copy is a frame or two. In the window after
 // 1,000 sessions opened, the first message of each session ran on a new
 // worker (the opening had reused the parked legs' workers) and grew its
-// stack: 2,056 growths for 962 new goroutines in the first 300 ms, 962
-// for 962 with growStack (BENCHMARKS.md, thirteenth sitting). A running
+// stack: 2,056 growths for 962 new goroutines in the first 300 ms; with
+// growStack, one per new goroutine, this cheap one (BENCHMARKS.md,
+// thirteenth sitting). A running
 // read loop holds 4 KiB either way (go_memstats_stack_inuse_bytes: 8.8
 // MB for 2,011 goroutines at 5,000 msg/s over 1,000 sessions, with or
 // without). TestWorkerStackHoldsMessagePath fails when the path outgrows
