@@ -26,6 +26,7 @@ import (
 	"github.com/tether-proxy/tether/internal/buildinfo"
 	"github.com/tether-proxy/tether/internal/ctxtime"
 	"github.com/tether-proxy/tether/internal/memrelease"
+	"github.com/tether-proxy/tether/internal/rawtcp"
 	"github.com/tether-proxy/tether/internal/resume"
 	"github.com/tether-proxy/tether/session"
 )
@@ -164,7 +165,10 @@ func New(cfg Config, opts Options) (*Server, error) {
 // until Shutdown; it then returns nil.
 func (s *Server) Serve(ln net.Listener) error {
 	if s.clientTLS != nil {
-		ln = tls.NewListener(ln, s.clientTLS)
+		// crypto/tls reads and writes the socket through a rawtcp.Conn:
+		// system calls the scheduler does not see, as a leg read raw
+		// makes (README "Performance").
+		ln = tls.NewListener(rawtcp.Listener{Listener: ln}, s.clientTLS)
 	}
 	// clientListener sees the plaintext request (obs-fold, see
 	// clientConn). Being outside the TLS listener, it also hides the

@@ -4,6 +4,8 @@ import (
 	"os"
 	"syscall"
 	"unsafe"
+
+	"github.com/tether-proxy/tether/internal/rawtcp"
 )
 
 // Socket reads and writes on a leg's hot path go straight to the kernel
@@ -18,24 +20,11 @@ import (
 // sends a few a second: a futex wake, a nanosleep and two context
 // switches per message (README "Performance").
 
-// sysRead reads fd once.
-func sysRead(fd uintptr, p []byte) (int, error) {
-	var ptr unsafe.Pointer
-	if len(p) > 0 {
-		ptr = unsafe.Pointer(&p[0])
-	}
-	n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(ptr), uintptr(len(p)))
-	if e != 0 {
-		return -1, e
-	}
-	return int(n), nil
-}
-
 // readSocket is a leg's raw socket read: one read system call (again on
 // EINTR), told to the test hook.
 func (l *leg) readSocket(fd uintptr, p []byte) (int, error) {
 	for {
-		n, err := sysRead(fd, p)
+		n, err := rawtcp.Read(fd, p)
 		if err == syscall.EINTR {
 			continue
 		}
