@@ -6,7 +6,7 @@
 # alone on core 0 with one worker; the load tool and echo backend share
 # core 1, as in compare.sh.
 #
-#   bench/ab.sh [-reps 3] [-duration 5s] [-size 1024] [-conns 64] [-inflight 16] [-resume] TARGET...
+#   bench/ab.sh [-reps 3] [-duration 5s] [-size 1024] [-conns 64] [-inflight 16] [-resume] [-tls] TARGET...
 #   bench/ab.sh -rate 5000 [-conns 1000] [-size 128] [-reps 6] [-duration 7s] TARGET...
 #
 # -rate runs the latency workload instead (a fixed rate over the
@@ -38,12 +38,17 @@
 # times, without the load tool's own waits (bench latency -hops; a second
 # table).
 #
+# -tls has every target serve TLS on its listener with a self-signed
+# certificate (openssl) and the load tool dial wss:// (it accepts any
+# certificate); the backend stays plain ws://, e.g. the idle cost or the
+# latency of TLS termination in each proxy.
+#
 # -keep FILE keeps every run's JSON line (one per target and round, in
 # the order run), e.g. to compare targets round by round.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin:/usr/sbin"
-reps=3 dur=5s size=1024 conns=64 inflight=16 resume="" rate="" keep="" rt=1 hops=""
+reps=3 dur=5s size=1024 conns=64 inflight=16 resume="" rate="" keep="" rt=1 hops="" tls=""
 size_set="" conns_set=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -57,6 +62,7 @@ while [ $# -gt 0 ]; do
     -keep) keep=$2; shift 2 ;;
     -no-rt) rt=""; shift ;;
     -hops) hops=1; shift ;;
+    -tls) tls=1; shift ;;
     -*) echo "unknown flag $1" >&2; exit 2 ;;
     *) break ;;
   esac
@@ -82,8 +88,16 @@ $prio taskset -c 1 "$tmp/bench" backend -addr $backend 2>/dev/null &
 bk=$!; pids+=("$bk")
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 wait_port "${backend##*:}"
-haproxy_cfg "$tmp/haproxy.cfg" "$proxy" "$backend"
-caddyfile "$tmp/Caddyfile" "$proxy" "$backend"
+scheme=ws tetherenv=()
+if [ -n "$tls" ]; then
+  test_cert "$tmp"
+  scheme=wss tetherenv=(TETHER_TLS_CERT_FILE="$tmp/cert.pem" TETHER_TLS_KEY_FILE="$tmp/key.pem")
+  haproxy_cfg "$tmp/haproxy.cfg" "$proxy" "$backend" "$tmp/both.pem"
+  caddyfile "$tmp/Caddyfile" "$proxy" "$backend" "$tmp/cert.pem" "$tmp/key.pem"
+else
+  haproxy_cfg "$tmp/haproxy.cfg" "$proxy" "$backend"
+  caddyfile "$tmp/Caddyfile" "$proxy" "$backend"
+fi
 for _ in $(seq "$reps"); do
   for t in "$@"; do
     tres=$resume
@@ -91,16 +105,16 @@ for _ in $(seq "$reps"); do
     case "$t" in
       haproxy) $prio taskset -c 0 haproxy -db -f "$tmp/haproxy.cfg" >/dev/null 2>&1 & p=$! label=haproxy ;;
       caddy) GOMAXPROCS=1 XDG_DATA_HOME="$tmp" XDG_CONFIG_HOME="$tmp" $prio taskset -c 0 caddy run --config "$tmp/Caddyfile" --adapter caddyfile >/dev/null 2>&1 & p=$! label=caddy ;;
-      *) env GOMAXPROCS=1 TETHER_UPSTREAM_URL="ws://$backend" TETHER_LISTEN_ADDR=$proxy TETHER_ADMIN_ADDR=$admin TETHER_LOG_LEVEL=warn \
+      *) env GOMAXPROCS=1 "${tetherenv[@]}" TETHER_UPSTREAM_URL="ws://$backend" TETHER_LISTEN_ADDR=$proxy TETHER_ADMIN_ADDR=$admin TETHER_LOG_LEVEL=warn \
            $prio taskset -c 0 "${t%+resume}" 2>/dev/null & p=$! label=$(basename "$t") ;;
     esac
     pids+=("$p")
     wait_port "${proxy##*:}"
     if [ -n "$rate" ]; then
-      $prio taskset -c 1 "$tmp/bench" latency -url "ws://$proxy/" -target "$label" -label "latency-$conns" -duration "$dur" \
+      $prio taskset -c 1 "$tmp/bench" latency -url "$scheme://$proxy/" -target "$label" -label "latency-$conns" -duration "$dur" \
         -size "$size" -conns "$conns" -rate "$rate" $tres ${hops:+-hops $backend} -proxy-pid "$p" -backend-pid "$bk" -json 2>/dev/null >> "$tmp/results.jsonl" || true
     else
-      taskset -c 1 "$tmp/bench" throughput -url "ws://$proxy/" -target "$label" -label "throughput-$size" -duration "$dur" \
+      taskset -c 1 "$tmp/bench" throughput -url "$scheme://$proxy/" -target "$label" -label "throughput-$size" -duration "$dur" \
         -size "$size" -conns "$conns" -inflight "$inflight" $tres -proxy-pid "$p" -backend-pid "$bk" -json 2>/dev/null >> "$tmp/results.jsonl" || true
     fi
     kill "$p"; wait "$p" 2>/dev/null || true
