@@ -28,6 +28,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -65,12 +66,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch cmd {
 	case "backend":
 		addr := fs.String("addr", "127.0.0.1:9001", "listen address")
+		cert := fs.String("cert", "", "with -key: serve TLS (wss) with this certificate file")
+		key := fs.String("key", "", "with -cert: the certificate's key file")
 		if err := fs.Parse(args); err != nil {
 			return err
 		}
 		ln, err := net.Listen("tcp", *addr)
 		if err != nil {
 			return err
+		}
+		if *cert != "" || *key != "" {
+			pair, err := tls.LoadX509KeyPair(*cert, *key)
+			if err != nil {
+				ln.Close()
+				return err
+			}
+			ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{pair}})
 		}
 		fmt.Fprintf(stderr, "bench backend listening on %s\n", ln.Addr())
 		return serveBackend(ctx, ln)

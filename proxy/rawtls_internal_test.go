@@ -3,10 +3,14 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
+
+	"github.com/gobwas/ws"
 
 	"github.com/tether-proxy/tether/internal/rawtcp"
 	"github.com/tether-proxy/tether/internal/testkit"
@@ -59,5 +63,41 @@ func TestTLSListenerSocketIsRaw(t *testing.T) {
 		}
 	default:
 		t.Fatal("the handler saw no TLS connection")
+	}
+}
+
+// A wss:// upstream's TLS client reads and writes its socket through a
+// rawtcp.Conn too.
+func TestTLSUpstreamSocketIsRaw(t *testing.T) {
+	up := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, _, _, err := ws.UpgradeHTTP(r, w)
+		if err != nil {
+			return
+		}
+		_, _ = io.Copy(io.Discard, c) // until the dialer closes
+		_ = c.Close()
+	}))
+	defer up.Close()
+	cfg, err := DefaultConfig("wss://" + up.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.UpstreamTLSInsecure = true // httptest's certificate
+	s, err := New(cfg, Options{CloseWait: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := httptest.NewRequest(http.MethodGet, "/", nil)
+	u, _, err := s.newDialer(r, false).dial(t.Context(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Conn.Close()
+	tc, ok := u.Conn.(*tls.Conn)
+	if !ok {
+		t.Fatalf("the wss:// upstream is a %T, want a *tls.Conn", u.Conn)
+	}
+	if _, ok := tc.NetConn().(*rawtcp.Conn); !ok {
+		t.Fatalf("the upstream's TLS connection reads and writes a %T, want a *rawtcp.Conn", tc.NetConn())
 	}
 }

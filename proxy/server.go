@@ -526,6 +526,17 @@ func (d *upstreamDialer) dial(ctx context.Context, first bool) (session.Upstream
 	return session.Upstream{}, nil, lastErr
 }
 
+// dialRaw connects to a wss:// upstream's address: the TLS client reads
+// and writes the socket through a rawtcp.Conn.
+func dialRaw(ctx context.Context, network, addr string) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, network, addr)
+	if tc, ok := c.(*net.TCPConn); ok && err == nil {
+		return rawtcp.New(tc), nil
+	}
+	return c, err
+}
+
 func (d *upstreamDialer) dialOne(ctx context.Context, idx int, first bool) (session.Upstream, []string, error) {
 	base := d.s.cfg.UpstreamURLs[idx]
 	target := targetURL(base, &url.URL{Path: d.path, RawPath: d.rawPath, RawQuery: d.rawQuery})
@@ -541,6 +552,9 @@ func (d *upstreamDialer) dialOne(ctx context.Context, idx int, first bool) (sess
 			}
 			return nil
 		},
+	}
+	if base.Scheme == "wss" {
+		dialer.NetDial = dialRaw // crypto/tls reads and writes it raw, as on the listener (Serve)
 	}
 	conn, br, hs, err := dialer.Dial(ctx, target)
 	if err != nil {
