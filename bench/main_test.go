@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"net/http"
@@ -241,6 +243,34 @@ func TestLatencyOverTLS(t *testing.T) {
 		"-size", "128", "-duration", "500ms", "-proxy-pid", "0")
 	if lat.Msgs < 100 || lat.Error != "" {
 		t.Fatalf("%d round trips over wss in 0.5 s at 400 msg/s (error %q)", lat.Msgs, lat.Error)
+	}
+}
+
+// The backend serves wss:// with -cert and -key (a TLS upstream for a
+// proxy under test).
+func TestBackendOverTLS(t *testing.T) {
+	certFile, keyFile, _ := testkit.SelfSigned(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"backend", "-addr", "127.0.0.1:0", "-cert", certFile, "-key", keyFile}, io.Discard, pw)
+		_ = pw.Close()
+	}()
+	line, err := bufio.NewReader(pr).ReadString('\n')
+	if err != nil {
+		t.Fatalf("backend: %v", err)
+	}
+	go func() { _, _ = io.Copy(io.Discard, pr) }()
+	addr := strings.TrimSpace(line[strings.LastIndexByte(line, ' ')+1:])
+	lat := runJSON(t, "latency", "-url", "wss://"+addr+"/", "-conns", "10", "-rate", "200",
+		"-size", "128", "-duration", "300ms", "-proxy-pid", "0")
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("backend: %v", err)
+	}
+	if lat.Msgs < 30 || lat.Error != "" {
+		t.Fatalf("%d round trips over wss in 0.3 s at 200 msg/s (error %q)", lat.Msgs, lat.Error)
 	}
 }
 
