@@ -75,7 +75,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if *cert != "" || *key != "" {
+		if (*cert == "") != (*key == "") {
+			ln.Close()
+			return errors.New("backend: -cert and -key go together")
+		}
+		if *cert != "" {
 			pair, err := tls.LoadX509KeyPair(*cert, *key)
 			if err != nil {
 				ln.Close()

@@ -26,16 +26,23 @@ func pair(t *testing.T) (*Conn, net.Conn) {
 	return a, y
 }
 
-// Bytes go both ways; a read returns what the socket holds (after
-// waiting in the poller for it), and the peer's close is io.EOF.
+// Bytes go both ways, and the peer's close is io.EOF. The socket buffers
+// are made small, so the write fills the socket and waits in the poller
+// for the peer's reads (EAGAIN, then RawConn.Write's wait).
 func TestReadWrite(t *testing.T) {
 	a, b := pair(t)
+	if err := a.SetWriteBuffer(16 << 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.(*net.TCPConn).SetReadBuffer(16 << 10); err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan []byte)
 	go func() {
 		got, _ := io.ReadAll(b)
 		done <- got
 	}()
-	want := bytes.Repeat([]byte("tether "), 1<<17) // 896 KiB: fills the socket, so writes wait
+	want := bytes.Repeat([]byte("tether "), 1<<14) // 112 KiB through 32 KiB of buffers
 	if n, err := a.Write(want); err != nil || n != len(want) {
 		t.Fatalf("Write: %d of %d, %v", n, len(want), err)
 	}
@@ -46,11 +53,10 @@ func TestReadWrite(t *testing.T) {
 		t.Fatalf("peer read %d bytes, want %d", len(got), len(want))
 	}
 
-	go func() {
-		time.Sleep(10 * time.Millisecond) // the read below waits in the poller first
-		_, _ = b.Write([]byte("hello"))
-		_ = b.Close()
-	}()
+	if _, err := b.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	_ = b.Close()
 	p := make([]byte, 64)
 	n, err := a.Read(p)
 	if err != nil || string(p[:n]) != "hello" {
@@ -61,7 +67,9 @@ func TestReadWrite(t *testing.T) {
 	}
 }
 
-// Deadlines and Close end a waiting read with the errors net.Conn gives.
+// A read of an empty socket waits in the poller until its deadline, and
+// ends with the timeout net.Conn gives; a closed Conn reads and writes
+// net.ErrClosed.
 func TestReadDeadlineAndClose(t *testing.T) {
 	a, _ := pair(t)
 	if err := a.SetReadDeadline(time.Now().Add(20 * time.Millisecond)); err != nil {
@@ -73,11 +81,9 @@ func TestReadDeadlineAndClose(t *testing.T) {
 	if !errors.Is(err, os.ErrDeadlineExceeded) || !errors.As(err, &ne) || !ne.Timeout() {
 		t.Fatalf("read past its deadline: %v, want a timeout", err)
 	}
-	_ = a.SetReadDeadline(time.Time{})
-	go func() {
-		time.Sleep(10 * time.Millisecond)
-		_ = a.Close()
-	}()
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := a.Read(p[:]); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("read on a closed connection: %v, want net.ErrClosed", err)
 	}
